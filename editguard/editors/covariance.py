@@ -1,0 +1,91 @@
+"""Second moment C = E[k kᵀ] of an edited layer's MLP keys over a text corpus.
+
+ROME's `mom2_adjustment` multiplies k̄ by C⁻¹. C is computed once per (model fingerprint,
+layer, corpus hash, token count) and cached on disk; a file lock lets parallel workers share
+one computation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from filelock import FileLock
+
+from editguard.progress import progress_bar
+from editguard.models.loading import ModelUnderEdit, cache_dir
+
+
+class _StopForward(Exception):
+    """Raised by the hook once the edited layer has run: later layers are not needed."""
+
+
+def _token_chunks(mue: ModelUnderEdit, lines: list[str], n_tokens: int, seq_len: int) -> list[list[int]]:
+    """Corpus lines, joined and tokenized, cut into sequences until n_tokens are collected."""
+    chunks, buffer, total = [], [], 0
+    for line in lines:
+        buffer.extend(mue.tokenizer(line + "\n", add_special_tokens=False)["input_ids"])
+        while len(buffer) >= seq_len and total < n_tokens:
+            chunks.append(buffer[:seq_len])
+            buffer, total = buffer[seq_len:], total + seq_len
+        if total >= n_tokens:
+            break
+    if total < n_tokens and buffer:
+        chunks.append(buffer[: n_tokens - total])
+    return chunks
+
+
+def corpus_hash(lines: list[str]) -> str:
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:12]
+
+
+def second_moment(mue: ModelUnderEdit, layer: int, lines: list[str], n_tokens: int = 100_000,
+                  seq_len: int = 256, batch_size: int = 8, progress: bool = True) -> torch.Tensor:
+    """E[k kᵀ] over up to `n_tokens` corpus tokens, float64 accumulation, cached on disk."""
+    name = f"{mue.fingerprint}-layer{layer}-{corpus_hash(lines)}-{n_tokens}tok.pt"
+    path = cache_dir() / "stats" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if path.exists():
+            return torch.load(path)["mom2"]
+        chunks = _token_chunks(mue, lines, n_tokens, seq_len)
+        module = mue.module(mue.family.rewrite.format(layer))
+        width = module.weight.shape[0] if mue.family.weight_is_in_by_out else module.weight.shape[1]
+        total = torch.zeros(width, width, dtype=torch.float64)
+        count = 0
+        bar = progress_bar(f"covariance {mue.name} layer {layer}", len(chunks), enabled=progress)
+        with bar:
+            for start in range(0, len(chunks), batch_size):
+                batch = chunks[start : start + batch_size]
+                count += _accumulate(mue, module, batch, total)
+                bar.advance(len(batch))
+        mom2 = (total / count).float()
+        torch.save({"mom2": mom2, "n_tokens": count, "layer": layer, "model": mue.name}, path)
+        return mom2
+
+
+@torch.no_grad()
+def _accumulate(mue: ModelUnderEdit, module: torch.nn.Module, batch: list[list[int]], total: torch.Tensor) -> int:
+    width = max(len(ids) for ids in batch)
+    pad = mue.tokenizer.pad_token_id
+    ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, seq in enumerate(batch):
+        ids[row, : len(seq)], mask[row, : len(seq)] = torch.tensor(seq), 1
+
+    captured = {}
+
+    def capture_and_stop(_module, args, _output):
+        captured["keys"] = args[0]
+        raise _StopForward
+
+    handle = module.register_forward_hook(capture_and_stop)
+    try:
+        mue.model(input_ids=ids.to(mue.device), attention_mask=mask.to(mue.device))
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    keys = captured["keys"][mask.to(mue.device).bool()].double().cpu()
+    total += keys.T @ keys
+    return keys.shape[0]

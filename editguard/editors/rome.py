@@ -1,0 +1,305 @@
+"""ROME (Meng et al. 2022) and C-ROME ("The Fall of ROME", Yang et al. 2024).
+
+The update rewrites the MLP output projection W of one layer so that the subject's key maps to
+a new value v*:
+
+    ΔW = (v* − W k) (C⁻¹k̄)ᵀ / ((C⁻¹k̄)ᵀ k)
+
+k̄ is the subject key averaged over context templates ("{}" and 20 model-generated prefixes).
+ROME as published (and as the papers ran it) plugs the *unprefixed* key kᵘ into k; when the
+subject is the prompt's first token kᵘ is far from k̄, the denominator nearly vanishes and the
+update explodes. C-ROME uses k̄ for k as well, and tests its edit behind a prefix.
+
+The three steps are split as in the original: `subject_keys` (k̄, kᵘ), `optimize_value` (v*),
+`rank_one_update` (ΔW).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Sequence
+
+import torch
+
+from editguard.cases import EditCase
+from editguard.editors.base import EditReport
+from editguard.editors.keys import context_templates, fill, keys_and_values, subject_last_index
+from editguard.models.loading import ModelUnderEdit
+
+
+@dataclass(frozen=True)
+class RomeHparams:
+    layer: int | None = None          # None: the model's registered edit layer
+    v_num_grad_steps: int = 25
+    v_lr: float = 0.5
+    v_weight_decay: float = 1e-3
+    clamp_norm_factor: float = 4.0    # ‖v* − v‖ ≤ clamp · ‖v‖
+    kl_factor: float = 0.0625
+    early_stop_loss: float = 5e-2
+    mom2_adjustment: bool = False     # the papers ran EasyEdit's default (off); ROME's paper: on
+    mom2_corpus: str = "wikitext-2-raw"
+    mom2_n_tokens: int = 100_000
+    context_template_length_params: tuple[tuple[int, int], ...] = ((5, 10), (10, 10))
+    template_seed: int = 0
+
+    @classmethod
+    def for_family(cls, family: str, overrides: dict[str, Any] | None = None) -> "RomeHparams":
+        base = replace(cls(), **FAMILY_DEFAULTS.get(family, {}))
+        return base.with_overrides(overrides or {})
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "RomeHparams":
+        valid = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - valid)
+        if unknown:
+            raise ValueError(f"unknown ROME hyperparameters {unknown}; valid: {sorted(valid)}")
+        if "context_template_length_params" in overrides:
+            overrides = {**overrides, "context_template_length_params":
+                         tuple(tuple(p) for p in overrides["context_template_length_params"])}
+        return replace(self, **overrides)
+
+
+# The ROME/EasyEdit configs the papers used (gpt2-xl.yaml, gpt-j-6B.yaml, llama-7b.yaml).
+FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gpt2": {"v_num_grad_steps": 20, "v_weight_decay": 0.5},
+    "gptj": {"v_num_grad_steps": 20, "v_weight_decay": 0.5},
+    "llama": {"v_num_grad_steps": 25, "v_weight_decay": 1e-3},
+}
+
+
+@dataclass
+class SubjectKeys:
+    k_bar: torch.Tensor        # mean key over all context templates
+    v_bar: torch.Tensor        # mean value (W k̄ + b) over the same
+    k_unprefixed: torch.Tensor
+    v_unprefixed: torch.Tensor
+
+
+def subject_keys(mue: ModelUnderEdit, layer: int, case: EditCase, templates: list[str]) -> SubjectKeys:
+    keys, values = keys_and_values(mue, layer, [fill(t, case.prompt) for t in templates], case.subject)
+    plain_key, plain_value = keys_and_values(mue, layer, [case.prompt], case.subject)
+    return SubjectKeys(keys.mean(0), values.mean(0), plain_key[0], plain_value[0])
+
+
+@dataclass
+class ValueResult:
+    v_star: torch.Tensor
+    v_init: torch.Tensor       # the value at the unprefixed prompt before the edit
+    steps: int
+    loss: float
+    target_prob: float         # mean P(target_new) over the rewriting prompts at the end
+
+
+class _PrefixCachedBatch:
+    """Sequences split at the subject's last token: the part before it is run once and kept
+    as a key/value cache, since a change at the subject cannot reach earlier positions.
+    Each optimisation step then runs only the suffixes (subject's last token onward)."""
+
+    def __init__(self, mue: ModelUnderEdit, sequences: list[list[int]], lookups: list[int]):
+        device, pad = mue.device, mue.tokenizer.pad_token_id
+        prefix_len = [lk for lk in lookups]
+        suffixes = [seq[lk:] for seq, lk in zip(sequences, lookups)]
+        p_width, s_width = max(prefix_len), max(len(s) for s in suffixes)
+        n = len(sequences)
+        suffix_ids = torch.full((n, s_width), pad, dtype=torch.long)
+        suffix_mask = torch.zeros((n, s_width), dtype=torch.long)
+        prefix_ids = torch.full((n, p_width), pad, dtype=torch.long)
+        prefix_mask = torch.zeros((n, p_width), dtype=torch.long)
+        for row, (seq, lk, suf) in enumerate(zip(sequences, lookups, suffixes)):
+            suffix_ids[row, : len(suf)], suffix_mask[row, : len(suf)] = torch.tensor(suf), 1
+            if lk:  # prefixes are left-padded so that every suffix starts at column p_width
+                prefix_ids[row, p_width - lk :], prefix_mask[row, p_width - lk :] = torch.tensor(seq[:lk]), 1
+        self.suffix_ids = suffix_ids.to(device)
+        self.mask = torch.cat([prefix_mask, suffix_mask], dim=1).to(device)
+        self.suffix_positions = (torch.tensor(prefix_len)[:, None] + torch.arange(s_width)[None]).to(device)
+        self.cache = None
+        if p_width:
+            prefix_positions = (prefix_mask.cumsum(1) - 1).clamp(min=0)
+            with torch.no_grad():
+                out = mue.model.base_model(
+                    input_ids=prefix_ids.to(device), attention_mask=prefix_mask.to(device),
+                    position_ids=prefix_positions.to(device), use_cache=True,
+                )
+            self.cache = getattr(out, "cache", None) or out.past_key_values
+
+    def hidden(self, mue: ModelUnderEdit) -> torch.Tensor:
+        """Final hidden states at the suffix positions (batch, suffix width, hidden)."""
+        base = mue.model.base_model
+        # transformers renamed `past_key_values` to `cache` in the forward signature (5.x)
+        cache_kw = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+        return base(
+            input_ids=self.suffix_ids, attention_mask=self.mask, position_ids=self.suffix_positions,
+            use_cache=self.cache is not None, **{cache_kw: copy.deepcopy(self.cache)},
+        ).last_hidden_state
+
+
+def optimize_value(mue: ModelUnderEdit, hp: RomeHparams, layer: int, case: EditCase,
+                   templates: list[str]) -> ValueResult:
+    """v* = v + δ, δ found by Adam so that the rewriting prompts predict target_new, with a KL
+    term that keeps "{subject} is a" unchanged, a weight decay on ‖δ‖ and the norm clamp."""
+    tok = mue.tokenizer
+    target = tok(" " + case.target_new, add_special_tokens=False)["input_ids"]
+    rewrite_templates = [fill(t, case.prompt) for t in templates]
+    sequences = [tok(fill(t, case.subject))["input_ids"] + target[:-1] for t in rewrite_templates]
+    lookups = [subject_last_index(tok, t, case.subject) for t in rewrite_templates]
+    kl_template = "{} is a"
+    sequences.append(tok(fill(kl_template, case.subject))["input_ids"])
+    lookups.append(subject_last_index(tok, kl_template, case.subject))
+    batch = _PrefixCachedBatch(mue, sequences, lookups)
+
+    # Where target token j of rewriting prompt i is predicted, in suffix coordinates.
+    n_rewrite = len(rewrite_templates)
+    rows, cols, labels = [], [], []
+    for i in range(n_rewrite):
+        last_prompt_token = len(sequences[i]) - len(target) - lookups[i]
+        for j, token in enumerate(target):
+            rows.append(i), cols.append(last_prompt_token + j), labels.append(token)
+    rows_t, cols_t = torch.tensor(rows, device=mue.device), torch.tensor(cols, device=mue.device)
+    labels_t = torch.tensor(labels, device=mue.device)
+
+    mlp = mue.module(mue.family.mlp.format(layer))
+    head = mue.model.get_output_embeddings()
+    hidden_size = mue.model.config.hidden_size
+    delta = torch.zeros(hidden_size, device=mue.device, requires_grad=True)
+    at_subject = torch.zeros(1, batch.suffix_ids.shape[1], 1, device=mue.device)
+    at_subject[0, 0, 0] = 1.0  # column 0 of every suffix is the subject's last token
+    recorded: dict[str, torch.Tensor] = {}
+
+    def add_delta(_module, _args, output):
+        if "v_init" not in recorded:
+            recorded["v_init"] = output[0, 0].detach().float().clone()
+        return output + at_subject * delta.to(output.dtype)
+
+    opt = torch.optim.Adam([delta], lr=hp.v_lr)
+    grad_flags = {name: p.requires_grad for name, p in mue.model.named_parameters()}
+    mue.model.requires_grad_(False)
+    handle = mlp.register_forward_hook(add_delta)
+    kl_init = None
+    try:
+        for step in range(hp.v_num_grad_steps):
+            opt.zero_grad()
+            hidden = batch.hidden(mue)
+            log_probs = torch.log_softmax(head(hidden[rows_t, cols_t]).float(), dim=-1)
+            token_lp = log_probs.gather(1, labels_t[:, None])[:, 0]
+            nll_per_prompt = -token_lp.view(n_rewrite, len(target)).sum(1) / len(target)
+            nll = nll_per_prompt.mean()
+            kl_lp = torch.log_softmax(head(hidden[n_rewrite:, 0]).float(), dim=-1)
+            if kl_init is None:
+                kl_init = kl_lp.detach().clone()
+            kl = hp.kl_factor * torch.nn.functional.kl_div(kl_init, kl_lp, log_target=True, reduction="batchmean")
+            v_init = recorded["v_init"]
+            decay = hp.v_weight_decay * (delta.norm() / v_init.norm() ** 2)
+            loss = nll + kl + decay
+            if loss.item() < hp.early_stop_loss or step == hp.v_num_grad_steps - 1:
+                break
+            loss.backward()
+            opt.step()
+            max_norm = hp.clamp_norm_factor * v_init.norm()
+            if delta.norm() > max_norm:
+                with torch.no_grad():
+                    delta.mul_(max_norm / delta.norm())
+    finally:
+        handle.remove()
+        for name, p in mue.model.named_parameters():
+            p.requires_grad_(grad_flags[name])
+    return ValueResult(
+        v_star=(recorded["v_init"] + delta.detach()).float(),
+        v_init=recorded["v_init"],
+        steps=step + 1,
+        loss=float(loss.item()),
+        target_prob=float(torch.exp(-nll_per_prompt.detach()).mean()),
+    )
+
+
+def rank_one_update(v_star: torch.Tensor, value: torch.Tensor, key: torch.Tensor,
+                    left: torch.Tensor) -> torch.Tensor:
+    """ΔW (out × in) with ΔW key = v* − value and ΔW x ∝ leftᵀx for every x."""
+    return torch.outer(v_star - value, left) / torch.dot(left, key)
+
+
+@dataclass
+class ROME:
+    """ROME, or with `consistent=True` C-ROME. One edit at a time (ROME is single-edit)."""
+
+    consistent: bool = False
+    overrides: dict[str, Any] = field(default_factory=dict)
+    data_dir: Any = None
+
+    @property
+    def name(self) -> str:
+        return "c-rome" if self.consistent else "rome"
+
+    def hparams(self, mue: ModelUnderEdit) -> dict[str, Any]:
+        hp = self._resolve(mue)
+        return {**asdict(hp), "consistent_keys": self.consistent}
+
+    def _resolve(self, mue: ModelUnderEdit) -> RomeHparams:
+        hp = RomeHparams.for_family(mue.family.name, self.overrides)
+        return hp if hp.layer is not None else replace(hp, layer=mue.edit_layer)
+
+    def touched_parameters(self, mue: ModelUnderEdit, cases: Sequence[EditCase]) -> list[str]:
+        return [mue.family.rewrite_weight(self._resolve(mue).layer)]
+
+    def inverse_second_moment(self, mue: ModelUnderEdit, hp: RomeHparams) -> torch.Tensor:
+        from editguard.data import load_text_corpus
+        from editguard.editors.covariance import second_moment
+
+        key = (mue.fingerprint, hp.layer, hp.mom2_corpus, hp.mom2_n_tokens)
+        cache = _INVERSE_MOM2
+        if key not in cache:
+            lines = load_text_corpus(hp.mom2_corpus, self.data_dir)
+            mom2 = second_moment(mue, hp.layer, lines, n_tokens=hp.mom2_n_tokens)
+            cache[key] = torch.linalg.inv(mom2.double()).float().to(mue.device)
+        return cache[key]
+
+    def apply(self, mue: ModelUnderEdit, cases: Sequence[EditCase]) -> EditReport:
+        if len(cases) != 1:
+            raise ValueError(f"{self.name} applies one edit at a time; got {len(cases)} cases "
+                             f"(apply them one by one for sequential editing)")
+        case = cases[0]
+        hp = self._resolve(mue)
+        templates = context_templates(mue, hp.context_template_length_params, hp.template_seed)
+        keys = subject_keys(mue, hp.layer, case, templates)
+        value = optimize_value(mue, hp, hp.layer, case, templates)
+        left = keys.k_bar
+        if hp.mom2_adjustment:
+            left = self.inverse_second_moment(mue, hp) @ left
+        k_used, value_used = (keys.k_bar, keys.v_bar) if self.consistent else (keys.k_unprefixed, keys.v_unprefixed)
+        delta_w = rank_one_update(value.v_star, value_used, k_used, left)
+        weight = mue.rewrite_matrix(hp.layer)
+        weight_norm = float(weight.detach().float().norm())
+        with torch.no_grad():
+            weight.add_(delta_w.to(weight.dtype))
+
+        unit = left / left.norm()
+        denominator = float(unit @ k_used)
+        denominator_kbar = float(unit @ keys.k_bar)
+        diagnostics = {
+            "layer": hp.layer,
+            "numerator_norm": float((value.v_star - value_used).norm()),
+            "denominator": denominator,
+            "denominator_kbar": denominator_kbar,
+            "denominator_unprefixed": float(unit @ keys.k_unprefixed),
+            "denominator_ratio": denominator / denominator_kbar,
+            "key_cosine": float(torch.nn.functional.cosine_similarity(keys.k_bar, keys.k_unprefixed, dim=0)),
+            "key_rel_distance": float((keys.k_unprefixed - keys.k_bar).norm() / keys.k_bar.norm()),
+            "update_norm": float(delta_w.norm()),
+            "update_norm_rel": float(delta_w.norm()) / weight_norm,
+            "v_star_norm": float(value.v_star.norm()),
+            "v_init_norm": float(value.v_init.norm()),
+            "v_steps": value.steps,
+            "v_loss": value.loss,
+            "v_target_prob": value.target_prob,
+        }
+        return EditReport(
+            touched=[mue.family.rewrite_weight(hp.layer)],
+            diagnostics=diagnostics,
+            vectors={"k_bar": keys.k_bar, "k_unprefixed": keys.k_unprefixed, "v_star": value.v_star,
+                     "left": left, "delta_w": delta_w},
+            # The paper's test-time cure: C-ROME's edit is read behind a prefix like its templates.
+            test_prefix=fill(templates[1], "") if self.consistent and len(templates) > 1 else "",
+        )
+
+
+_INVERSE_MOM2: dict[tuple, torch.Tensor] = {}

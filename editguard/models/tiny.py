@@ -1,0 +1,66 @@
+"""Tiny, seeded, randomly initialised models of each family, for fast tests.
+
+They share a byte-level tokenizer built in code (256 byte tokens and one end-of-text token),
+so nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import GPT2Config, GPTJConfig, LlamaConfig, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM
+
+
+TINY_SEED = 1234
+_EOT = "<|endoftext|>"
+_VOCAB = 320  # 256 bytes + end-of-text, rounded up
+
+
+def _byte_to_char() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map, which ByteLevel pre-tokenizers expect."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    mapping, shift = {}, 0
+    for b in range(256):
+        if b in printable:
+            mapping[b] = chr(b)
+        else:
+            mapping[b] = chr(256 + shift)
+            shift += 1
+    return mapping
+
+
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    byte_chars = _byte_to_char()
+    vocab = {byte_chars[b]: b for b in range(256)}
+    vocab[_EOT] = 256
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=_EOT, eos_token=_EOT, pad_token=_EOT, unk_token=_EOT
+    )
+    fast.padding_side = "right"
+    return fast
+
+
+def tiny_config(family: str):
+    common = dict(vocab_size=_VOCAB, bos_token_id=256, eos_token_id=256, pad_token_id=256)
+    if family == "gpt2":
+        return GPT2Config(n_layer=4, n_embd=64, n_head=4, n_positions=256, **common)
+    if family == "gptj":
+        return GPTJConfig(n_layer=4, n_embd=64, n_head=4, rotary_dim=16, n_positions=256, **common)
+    if family == "llama":
+        return LlamaConfig(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=256, **common,
+        )
+    raise ValueError(f"no tiny config for family '{family}' (have: gpt2, gptj, llama)")
+
+
+def build_tiny_model(family: str) -> torch.nn.Module:
+    config = tiny_config(family)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        model = AutoModelForCausalLM.from_config(config)
+    return model
