@@ -19,6 +19,7 @@ group `editguard.editors`.
 from __future__ import annotations
 
 import importlib
+import inspect
 import importlib.metadata
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence, runtime_checkable
@@ -101,7 +102,17 @@ def get_editor(spec: str, overrides: dict[str, Any] | None = None, data_dir=None
             f"unknown editor '{spec}'; available: {', '.join(available_editors())}, "
             f"or give a user editor as package.module:ClassName"
         )
-    editor = factory(overrides=overrides) if overrides else factory()
+    if overrides:
+        try:
+            accepts = "overrides" in inspect.signature(factory).parameters
+        except (TypeError, ValueError):
+            accepts = False
+        if not accepts:
+            raise ValueError(f"--editor={spec} takes no hyperparameters (its factory has no `overrides` "
+                             f"argument), but --hparams gave {sorted(overrides)}")
+        editor = factory(overrides=overrides)
+    else:
+        editor = factory()
     missing = [m for m in ("name", "touched_parameters", "apply") if not hasattr(editor, m)]
     if missing:
         raise EditorNotFound(f"--editor={spec} gives {editor!r}, which lacks {', '.join(missing)} (see editguard.Editor)")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Sequence
 
@@ -259,9 +260,12 @@ class ROME:
                              f"(apply them one by one for sequential editing)")
         case = cases[0]
         hp = self._resolve(mue)
+        clock = time.perf_counter()
         templates = context_templates(mue, hp.context_template_length_params, hp.template_seed)
         keys = subject_keys(mue, hp.layer, case, templates)
+        seconds_keys, clock = time.perf_counter() - clock, time.perf_counter()
         value = optimize_value(mue, hp, hp.layer, case, templates)
+        seconds_value, clock = time.perf_counter() - clock, time.perf_counter()
         left = keys.k_bar
         if hp.mom2_adjustment:
             left = self.inverse_second_moment(mue, hp) @ left
@@ -271,6 +275,8 @@ class ROME:
         weight_norm = float(weight.detach().float().norm())
         with torch.no_grad():
             weight.add_(delta_w.to(weight.dtype))
+
+        seconds_update = time.perf_counter() - clock
 
         unit = left / left.norm()
         denominator = float(unit @ k_used)
@@ -291,6 +297,9 @@ class ROME:
             "v_steps": value.steps,
             "v_loss": value.loss,
             "v_target_prob": value.target_prob,
+            "seconds_keys": seconds_keys,
+            "seconds_v_star": seconds_value,
+            "seconds_update": seconds_update,
         }
         return EditReport(
             touched=[mue.family.rewrite_weight(hp.layer)],

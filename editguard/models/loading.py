@@ -204,3 +204,18 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "fl
         name=name, model=model, tokenizer=tok, family=family, edit_layer=layer,
         device=torch_device, dtype=torch_dtype, fingerprint=model_fingerprint(name, model), source=source,
     )
+
+
+def load_tokenizer(name: str = DEFAULT_MODEL):
+    """The tokenizer of a model without its weights where that is possible."""
+    from transformers import AutoTokenizer
+
+    spec = MODELS.get(name)
+    if spec is not None and spec.kind == "tiny":
+        return byte_tokenizer()
+    if spec is not None and spec.kind == "gguf-package":
+        return load_model(name).tokenizer
+    try:
+        return AutoTokenizer.from_pretrained(spec.source if spec else name, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"could not load the tokenizer of '{name}' locally: {err}") from None

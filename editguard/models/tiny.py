@@ -47,13 +47,13 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
 def tiny_config(family: str):
     common = dict(vocab_size=_VOCAB, bos_token_id=256, eos_token_id=256, pad_token_id=256)
     if family == "gpt2":
-        return GPT2Config(n_layer=4, n_embd=64, n_head=4, n_positions=256, **common)
+        return GPT2Config(n_layer=4, n_embd=64, n_head=4, n_positions=1024, **common)
     if family == "gptj":
-        return GPTJConfig(n_layer=4, n_embd=64, n_head=4, rotary_dim=16, n_positions=256, **common)
+        return GPTJConfig(n_layer=4, n_embd=64, n_head=4, rotary_dim=16, n_positions=1024, **common)
     if family == "llama":
         return LlamaConfig(
             hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=256, **common,
+            num_key_value_heads=2, max_position_embeddings=1024, **common,
         )
     raise ValueError(f"no tiny config for family '{family}' (have: gpt2, gptj, llama)")
 

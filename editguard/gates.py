@@ -1,0 +1,90 @@
+"""Thresholds turn measurements into a Verdict that says which gates held and why."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    # The papers' collapse line: mean per-sentence ME-PPL above 1000.
+    ppl_max: float = 1000.0
+    # Relative to the unedited model: a doubling is far beyond what a working edit costs
+    # (normal cases move ME-PPL_50 by < 1% on the embedded model).
+    ppl_max_ratio: float = 2.0
+    # ROME's denominator with the key actually used, over the one with k̄. 1 when keys are
+    # consistent; the papers' collapsing cases sit near 0.01.
+    denominator_ratio_min: float = 0.1
+    # ‖ΔW‖_F / ‖W‖_F of any touched matrix. Calibrated on the embedded model's normal
+    # CounterFact cases (bench/calibrate_update_norm.py; see README "Gates").
+    update_norm_rel_max: float = 0.5
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GateResult:
+    name: str
+    passed: bool
+    value: float
+    bound: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    gates: tuple[GateResult, ...]
+    context: str = ""   # the likely cause, appended to failure messages
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.gates)
+
+    @property
+    def failed(self) -> list[GateResult]:
+        return [g for g in self.gates if not g.passed]
+
+    def explain(self) -> str:
+        if self.passed:
+            return "all gates held: " + "; ".join(g.reason for g in self.gates)
+        text = "; ".join(g.reason for g in self.failed)
+        return f"{text}; {self.context}" if self.context else text
+
+
+def judge(ppl: float, baseline_ppl: float, diagnostics: dict, thresholds: Thresholds,
+          subject_first: bool) -> Verdict:
+    """Apply every gate that the available measurements allow."""
+    t = thresholds
+    limit = min(t.ppl_max, t.ppl_max_ratio * baseline_ppl)
+    if ppl > t.ppl_max:
+        ppl_reason = f"perplexity {ppl:.1f} > collapse line {t.ppl_max:g}"
+    elif ppl > t.ppl_max_ratio * baseline_ppl:
+        ppl_reason = f"perplexity {ppl:.1f} > {t.ppl_max_ratio:g} × baseline {baseline_ppl:.1f}"
+    else:
+        ppl_reason = f"perplexity {ppl:.1f} ≤ {limit:.1f}"
+    gates = [GateResult("perplexity", ppl <= limit, ppl, limit, ppl_reason)]
+
+    if "denominator_ratio" in diagnostics:
+        ratio = diagnostics["denominator_ratio"]
+        ok = ratio >= t.denominator_ratio_min
+        detail = ""
+        if "denominator" in diagnostics and "denominator_kbar" in diagnostics:
+            detail = f" ({diagnostics['denominator']:.3g} with the key used vs {diagnostics['denominator_kbar']:.3g} with k̄)"
+        sign = "≥" if ok else "<"
+        gates.append(GateResult("denominator_ratio", ok, ratio, t.denominator_ratio_min,
+                                f"denominator ratio {ratio:.3g} {sign} {t.denominator_ratio_min:g}{detail}"))
+
+    if "update_norm_rel" in diagnostics:
+        rel = diagnostics["update_norm_rel"]
+        ok = rel <= t.update_norm_rel_max
+        sign = "≤" if ok else ">"
+        gates.append(GateResult("update_norm", ok, rel, t.update_norm_rel_max,
+                                f"‖ΔW‖/‖W‖ {rel:.3g} {sign} {t.update_norm_rel_max:g}"))
+
+    context = ""
+    if "key_cosine" in diagnostics:
+        context = f"cos(k̄,kᵘ) = {diagnostics['key_cosine']:.2f}"
+        if subject_first:
+            context += ": the subject is the prompt's first token"
+    return Verdict(tuple(gates), context)

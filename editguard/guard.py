@@ -1,0 +1,144 @@
+"""One guarded edit: snapshot, edit, probe, judge, restore (verified).
+
+    baseline = measure_baseline(model, sentences)
+    result = check(model, editor, case, baseline)
+    assert result.passed, result.explanation
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from editguard.cases import EditCase
+from editguard.editors.base import Editor
+from editguard.gates import Thresholds, Verdict, judge
+from editguard.metrics.efficacy import efficacy
+from editguard.metrics.perplexity import PerplexityResult, perplexity
+from editguard.models.loading import ModelUnderEdit
+from editguard.models.snapshot import RestoreError, WeightSnapshot, parameter_checksums
+
+
+@dataclass
+class Baseline:
+    """The unedited model's measurements, taken once per session."""
+
+    ppl: PerplexityResult
+    sentences: list[str]
+    corpus: str
+    checksums: dict[str, float] = field(repr=False)
+
+
+def measure_baseline(mue: ModelUnderEdit, sentences: list[str], corpus: str = "") -> Baseline:
+    return Baseline(perplexity(mue, sentences), sentences, corpus, parameter_checksums(mue.model))
+
+
+@dataclass
+class CaseResult:
+    case: EditCase
+    editor: str
+    model: str
+    verdict: Verdict
+    ppl: float
+    corpus_ppl: float
+    ppl_baseline: float
+    diagnostics: dict[str, Any]
+    efficacy: bool | None
+    efficacy_logprob_new: float
+    efficacy_logprob_true: float | None
+    test_prefix: str
+    seconds: float
+    timings: dict[str, float]
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict.passed
+
+    @property
+    def explanation(self) -> str:
+        return f"{self.case.case_id} ({self.case.text!r} -> {self.case.target_new!r}): {self.verdict.explain()}"
+
+    def to_json(self) -> dict[str, Any]:
+        d = self.diagnostics
+        return {
+            "case_id": self.case.case_id,
+            "subject": self.case.subject,
+            "prompt": self.case.prompt,
+            "target_new": self.case.target_new,
+            "target_true": self.case.target_true,
+            "editor": self.editor,
+            "model": self.model,
+            "passed": self.passed,
+            "failed_gates": [g.name for g in self.verdict.failed],
+            "reason": self.verdict.explain(),
+            "ppl": self.ppl,
+            "corpus_ppl": self.corpus_ppl,
+            "ppl_baseline": self.ppl_baseline,
+            "denominator_ratio": d.get("denominator_ratio"),
+            "key_cosine": d.get("key_cosine"),
+            "update_norm_rel": d.get("update_norm_rel"),
+            "efficacy": self.efficacy,
+            "seconds": self.seconds,
+            "timings": self.timings,
+            "diagnostics": d,
+        }
+
+
+def relative_change(snapshot: WeightSnapshot, mue: ModelUnderEdit) -> float:
+    """max over touched matrices of ‖W_new − W_old‖_F / ‖W_old‖_F: editor-agnostic anatomy."""
+    worst = 0.0
+    for name in snapshot.names:
+        old = snapshot.saved(name).float()
+        new = mue.parameter(name).detach().float()
+        worst = max(worst, float((new - old).norm() / old.norm().clamp_min(1e-12)))
+    return worst
+
+
+def verify_pristine(mue: ModelUnderEdit, baseline: Baseline, editor_name: str) -> None:
+    now = parameter_checksums(mue.model)
+    changed = [n for n, v in now.items() if v != baseline.checksums.get(n)]
+    if changed:
+        raise RestoreError(
+            f"after restoring, parameters {changed[:5]} still differ from the unedited model: editor "
+            f"'{editor_name}' changed weights it did not list in touched_parameters(); every later result "
+            f"would be measured on a modified model"
+        )
+
+
+def check(mue: ModelUnderEdit, editor: Editor, case: EditCase, baseline: Baseline,
+          thresholds: Thresholds = Thresholds()) -> CaseResult:
+    """Apply `editor` to `case`, measure, judge, and restore the model bit for bit."""
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    snapshot = WeightSnapshot(mue.model, editor.touched_parameters(mue, [case]))
+    timings["snapshot"] = time.perf_counter() - start
+    try:
+        t = time.perf_counter()
+        report = editor.apply(mue, [case])
+        timings["edit"] = time.perf_counter() - t
+        timings.update({k: v for k, v in report.diagnostics.items() if k.startswith("seconds_")})
+        t = time.perf_counter()
+        ppl = perplexity(mue, baseline.sentences)
+        timings["perplexity"] = time.perf_counter() - t
+        t = time.perf_counter()
+        eff = efficacy(mue, case.text, case.target_new, case.target_true, prefix=report.test_prefix)
+        timings["efficacy"] = time.perf_counter() - t
+        t = time.perf_counter()
+        diagnostics = {k: v for k, v in report.diagnostics.items() if not k.startswith("seconds_")}
+        diagnostics["update_norm_rel"] = relative_change(snapshot, mue)
+        timings["anatomy"] = time.perf_counter() - t
+    finally:
+        t = time.perf_counter()
+        snapshot.restore()
+        verify_pristine(mue, baseline, editor.name)
+        timings["restore"] = time.perf_counter() - t
+    verdict = judge(ppl.ppl, baseline.ppl.ppl, diagnostics, thresholds, case.subject_first)
+    return CaseResult(
+        case=case, editor=editor.name, model=mue.name, verdict=verdict, ppl=ppl.ppl,
+        corpus_ppl=ppl.corpus_ppl, ppl_baseline=baseline.ppl.ppl, diagnostics=diagnostics,
+        efficacy=eff.success, efficacy_logprob_new=eff.logprob_new, efficacy_logprob_true=eff.logprob_true,
+        test_prefix=report.test_prefix, seconds=time.perf_counter() - start, timings=timings,
+    )

@@ -1,0 +1,49 @@
+"""Did the edit take? Efficacy compares the new and the true target on the edit prompt."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from editguard.models.loading import ModelUnderEdit
+
+
+@torch.no_grad()
+def target_logprobs(mue: ModelUnderEdit, prompt: str, targets: list[str]) -> list[float]:
+    """log P(" " + target | prompt), summed over the target's tokens, for each target."""
+    tok = mue.tokenizer
+    prompt_ids = tok(prompt)["input_ids"]
+    target_ids = [tok(" " + t, add_special_tokens=False)["input_ids"] for t in targets]
+    sequences = [prompt_ids + t for t in target_ids]
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)], mask[row, : len(seq)] = torch.tensor(seq), 1
+    logits = mue.model(input_ids=ids.to(mue.device), attention_mask=mask.to(mue.device)).logits.float()
+    log_probs = torch.log_softmax(logits, dim=-1)
+    out = []
+    for row, t in enumerate(target_ids):
+        positions = torch.arange(len(prompt_ids) - 1, len(prompt_ids) - 1 + len(t), device=mue.device)
+        out.append(float(log_probs[row, positions, torch.tensor(t, device=mue.device)].sum()))
+    return out
+
+
+@dataclass(frozen=True)
+class Efficacy:
+    logprob_new: float
+    logprob_true: float | None
+    prefix: str
+
+    @property
+    def success(self) -> bool | None:
+        """P(target_new) > P(target_true); None when the case has no true target."""
+        return None if self.logprob_true is None else self.logprob_new > self.logprob_true
+
+
+def efficacy(mue: ModelUnderEdit, prompt_text: str, target_new: str, target_true: str | None,
+             prefix: str = "") -> Efficacy:
+    targets = [target_new] if target_true is None else [target_new, target_true]
+    logps = target_logprobs(mue, prefix + prompt_text, targets)
+    return Efficacy(logps[0], logps[1] if target_true is not None else None, prefix)

@@ -1,0 +1,341 @@
+"""pytest plugin: options -> fixtures, suites' cases -> parametrized tests, results -> one report.
+
+A suite module declares where its cases come from with a function
+
+    def edit_cases(settings: EditguardSettings) -> list[EditCase]: ...
+
+and its tests ask for `edit_case` and `edit_guard`:
+
+    def test_edit_keeps_model_intact(edit_case, edit_guard):
+        edit_guard.assert_safe(edit_case)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# name, ini key, default, type, help
+_OPTIONS: list[tuple[str, str, Any, type, str]] = [
+    ("--editor", "editguard_editor", "rome", str,
+     "editing algorithm under test: a built-in (rome, c-rome), an entry point of group "
+     "editguard.editors, or package.module:Class"),
+    ("--model", "editguard_model", "smollm2-135m", str,
+     "model to edit: a registered name (smollm2-135m, tiny-gpt2, tiny-gptj, tiny-llama, gpt2-xl, "
+     "gpt-j-6b, llama2-7b), a local directory, or a hub id already in the Hugging Face cache"),
+    ("--device", "editguard_device", "auto", str, "auto, cpu, cuda or cuda:N"),
+    ("--dtype", "editguard_dtype", "float32", str, "float32, bfloat16 or float16"),
+    ("--edit-layer", "editguard_edit_layer", None, int, "layer to edit (default: the model's registered layer)"),
+    ("--hparams", "editguard_hparams", None, str, "JSON file of editor hyperparameter overrides"),
+    ("--editguard-data", "editguard_data", None, str,
+     "data directory laid out like shared/data (default: env EDITGUARD_DATA)"),
+    ("--editguard-download", "editguard_download", False, bool,
+     "fetch missing public data files into the cache instead of failing"),
+    ("--ppl-corpus", "editguard_ppl_corpus", "me-ppl-50", str,
+     "perplexity corpus: me-ppl-50, me-ppl-1k, me-ppl, or a path (.json/.txt)"),
+    ("--ppl-threshold", "editguard_ppl_threshold", 1000.0, float, "collapse line for perplexity"),
+    ("--ppl-max-ratio", "editguard_ppl_max_ratio", 2.0, float, "largest allowed edited/unedited perplexity ratio"),
+    ("--denominator-ratio-min", "editguard_denominator_ratio_min", 0.1, float,
+     "smallest allowed ROME denominator ratio (key used vs k̄)"),
+    ("--update-norm-max", "editguard_update_norm_max", None, float,
+     "largest allowed ‖ΔW‖_F/‖W‖_F of a touched matrix (default: calibrated bound, see README)"),
+    ("--max-cases", "editguard_max_cases", None, int, "run only the first N cases of each suite (deterministic)"),
+    ("--editguard-json", "editguard_json", None, str, "write the JSON report to this path"),
+]
+
+
+def _dest(flag: str) -> str:
+    return "editguard_opt_" + flag.lstrip("-").replace("-", "_")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("editguard", "editguard: safety checks for LLM knowledge edits")
+    for flag, ini, default, kind, help_text in _OPTIONS:
+        shown = f" (default: {default})" if default not in (None, False) else ""
+        if kind is bool:
+            group.addoption(flag, action="store_true", default=None, dest=_dest(flag), help=help_text)
+            parser.addini(ini, help_text, type="bool", default=default)
+        else:
+            group.addoption(flag, action="store", default=None, dest=_dest(flag), help=help_text + shown)
+            parser.addini(ini, help_text + shown, default=None)
+
+
+def _option(config: pytest.Config, flag: str) -> Any:
+    """Command line, else ini key, else the default; converted to the option's type."""
+    _, ini, default, kind, _ = next(o for o in _OPTIONS if o[0] == flag)
+    value = config.getoption(_dest(flag))
+    source = flag
+    if value is None:
+        value, source = config.getini(ini), f"ini key {ini}"
+    if value in (None, ""):
+        return default
+    if kind is bool:
+        return bool(value)
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise pytest.UsageError(f"{source}: expected {kind.__name__}, got {value!r}") from None
+
+
+@dataclass
+class EditguardSettings:
+    editor: str
+    model: str
+    device: str
+    dtype: str
+    edit_layer: int | None
+    hparams: dict[str, Any]
+    data_dir: str | None
+    download: bool
+    ppl_corpus: str
+    thresholds: Any
+    max_cases: int | None
+    json_path: str | None
+
+    @classmethod
+    def from_config(cls, config: pytest.Config) -> "EditguardSettings":
+        from editguard.gates import Thresholds
+
+        hparams: dict[str, Any] = {}
+        hparams_file = _option(config, "--hparams")
+        if hparams_file:
+            try:
+                hparams = json.loads(Path(hparams_file).read_text())
+            except (OSError, json.JSONDecodeError) as err:
+                raise pytest.UsageError(f"--hparams {hparams_file}: {err}") from None
+            if not isinstance(hparams, dict):
+                raise pytest.UsageError(f"--hparams {hparams_file}: expected a JSON object of name: value")
+        update_max = _option(config, "--update-norm-max")
+        thresholds = Thresholds(
+            ppl_max=_option(config, "--ppl-threshold"),
+            ppl_max_ratio=_option(config, "--ppl-max-ratio"),
+            denominator_ratio_min=_option(config, "--denominator-ratio-min"),
+            **({"update_norm_rel_max": update_max} if update_max is not None else {}),
+        )
+        max_cases = _option(config, "--max-cases")
+        if max_cases is not None and max_cases < 1:
+            raise pytest.UsageError(f"--max-cases must be at least 1, got {max_cases}")
+        return cls(
+            editor=_option(config, "--editor"), model=_option(config, "--model"),
+            device=_option(config, "--device"), dtype=_option(config, "--dtype"),
+            edit_layer=_option(config, "--edit-layer"), hparams=hparams,
+            data_dir=_option(config, "--editguard-data") or os.environ.get("EDITGUARD_DATA"),
+            download=_option(config, "--editguard-download"), ppl_corpus=_option(config, "--ppl-corpus"),
+            thresholds=thresholds, max_cases=max_cases, json_path=_option(config, "--editguard-json"),
+        )
+
+    def tokenizer(self):
+        """The model's tokenizer alone, for suites that order cases by token counts."""
+        from editguard.models import load_tokenizer
+
+        return load_tokenizer(self.model)
+
+
+_SETTINGS_KEY = pytest.StashKey[EditguardSettings]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_SETTINGS_KEY] = EditguardSettings.from_config(config)
+    config.pluginmanager.register(_ResultCollector(config), f"editguard-results-{id(config)}")
+    config.addinivalue_line("markers", "editguard: a test that edits a model through editguard")
+
+
+def _case_id(case) -> str:
+    subject = re.sub(r"[^\w.-]+", "_", case.subject).strip("_")
+    return f"{case.case_id}-{subject}"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "edit_case" not in metafunc.fixturenames:
+        return
+    source = getattr(metafunc.module, "edit_cases", None)
+    if not callable(source):
+        raise pytest.UsageError(
+            f"{metafunc.definition.nodeid} asks for edit_case, but its module defines no "
+            f"edit_cases(settings) function returning the cases to test"
+        )
+    settings = metafunc.config.stash[_SETTINGS_KEY]
+    try:
+        cases = list(source(settings))
+    except _user_errors() as err:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: cannot load its cases: {err}") from None
+    if settings.max_cases is not None:
+        cases = cases[: settings.max_cases]
+    metafunc.parametrize("edit_case", cases, ids=[_case_id(c) for c in cases])
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors caused by bad input or setup, shown without a traceback."""
+    from editguard.cases import CaseError
+    from editguard.data import DataError
+    from editguard.editors import EditorNotFound
+    from editguard.models import ModelLoadError
+
+    return (CaseError, DataError, EditorNotFound, ModelLoadError, ValueError)
+
+
+def _fail_cleanly(what: str, err: Exception):
+    pytest.fail(f"editguard could not {what}: {err}", pytrace=False)
+
+
+# --- fixtures ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def editguard_settings(request: pytest.FixtureRequest) -> EditguardSettings:
+    return request.config.stash[_SETTINGS_KEY]
+
+
+@pytest.fixture(scope="session")
+def model_under_edit(editguard_settings: EditguardSettings):
+    """The model, loaded once per session (per xdist worker)."""
+    from editguard.models import load_model
+
+    s = editguard_settings
+    try:
+        return load_model(s.model, s.device, s.dtype, s.edit_layer)
+    except _user_errors() as err:
+        _fail_cleanly(f"load --model={s.model}", err)
+
+
+@pytest.fixture(scope="session")
+def editor(editguard_settings: EditguardSettings, model_under_edit):
+    """The editor under test; its hyperparameters are resolved for the model up front, so a
+    bad --hparams key fails here, once, with the list of valid keys."""
+    from editguard.editors import get_editor
+
+    s = editguard_settings
+    try:
+        editor = get_editor(s.editor, s.hparams, data_dir=s.data_dir)
+        if hasattr(editor, "hparams"):
+            editor.hparams(model_under_edit)
+        return editor
+    except _user_errors() as err:
+        _fail_cleanly(f"set up --editor={s.editor}", err)
+
+
+@pytest.fixture(scope="session")
+def ppl_sentences(editguard_settings: EditguardSettings) -> list[str]:
+    from editguard.data import load_ppl_corpus
+
+    s = editguard_settings
+    try:
+        return load_ppl_corpus(s.ppl_corpus, s.data_dir, download=s.download)
+    except _user_errors() as err:
+        _fail_cleanly(f"read --ppl-corpus={s.ppl_corpus}", err)
+
+
+@pytest.fixture(scope="session")
+def baseline(model_under_edit, ppl_sentences, editguard_settings):
+    """The unedited model's perplexity and weight checksums, measured once per session."""
+    from editguard.guard import measure_baseline
+
+    return measure_baseline(model_under_edit, ppl_sentences, editguard_settings.ppl_corpus)
+
+
+class EditGuard:
+    """What tests use: `check(case)` returns a CaseResult; `assert_safe(case)` fails the test
+    with the reasons when a gate fails. Every result is recorded for the end-of-run report."""
+
+    def __init__(self, request, model, editor, baseline, settings):
+        self._request, self.model, self.editor = request, model, editor
+        self.baseline, self.settings = baseline, settings
+
+    def run_info(self) -> dict[str, Any]:
+        from editguard.report import RunInfo
+
+        s, mue = self.settings, self.model
+        return RunInfo(
+            model=mue.name, editor=self.editor.name,
+            hparams=self.editor.hparams(mue) if hasattr(self.editor, "hparams") else {},
+            thresholds=s.thresholds.to_dict(), baseline_ppl=self.baseline.ppl.ppl,
+            baseline_corpus_ppl=self.baseline.ppl.corpus_ppl, ppl_corpus=s.ppl_corpus,
+            model_fingerprint=mue.fingerprint, device=str(mue.device), dtype=str(mue.dtype).replace("torch.", ""),
+            suite=_suite_name(self._request.node),
+        ).to_json()
+
+    def check(self, case):
+        from editguard.guard import check
+
+        result = check(self.model, self.editor, case, self.baseline, self.settings.thresholds)
+        node = self._request.node
+        node.user_properties.append(("editguard_case", json.dumps(result.to_json())))
+        node.user_properties.append(("editguard_run", json.dumps(self.run_info())))
+        return result
+
+    def assert_safe(self, case):
+        result = self.check(case)
+        if not result.passed:
+            pytest.fail(result.explanation, pytrace=False)
+        return result
+
+
+def _suite_name(node) -> str:
+    path = Path(str(node.path))
+    return path.parent.name if path.parent.name not in ("tests", "") else path.stem
+
+
+@pytest.fixture
+def edit_guard(request, model_under_edit, editor, baseline, editguard_settings) -> EditGuard:
+    return EditGuard(request, model_under_edit, editor, baseline, editguard_settings)
+
+
+# --- results: collected from reports, so that xdist workers' results reach the controller ----
+
+class _ResultCollector:
+    """Registered per pytest config (nested pytester sessions get their own)."""
+
+    def __init__(self, config: pytest.Config):
+        self.config = config
+        self.results: list[dict[str, Any]] = []
+        self.run: dict[str, Any] | None = None
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "call":
+            return
+        props = dict(report.user_properties)
+        if "editguard_case" in props:
+            self.results.append(json.loads(props["editguard_case"]))
+            if self.run is None:
+                self.run = json.loads(props["editguard_run"])
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if not self.results or _is_xdist_worker(self.config):
+            return
+        from rich.console import Console
+
+        from editguard.report import render_report
+
+        buffer = StringIO()
+        markup = terminalreporter.hasmarkup
+        console = Console(file=buffer, width=max(140, terminalreporter._tw.fullwidth),
+                          force_terminal=markup, color_system="standard" if markup else None)
+        console.print(render_report(self.run, self.results))
+        terminalreporter.write_sep("=", "editguard collapse report")
+        terminalreporter.write(buffer.getvalue())
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        json_path = self.config.stash[_SETTINGS_KEY].json_path
+        if _is_xdist_worker(self.config) or not json_path or not self.results:
+            return
+        from editguard.report import write_report
+
+        write_report(json_path, self.run, self.results)
+
+
+def _is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    s = config.stash[_SETTINGS_KEY]
+    return [
+        f"editguard: editor={s.editor} model={s.model} device={s.device} dtype={s.dtype} "
+        f"ppl-corpus={s.ppl_corpus} data={s.data_dir or '(unset)'}"
+    ]

@@ -1,0 +1,142 @@
+"""The pytest plugin, driven through pytester on a tiny model with a short v* search.
+
+Runs go through subprocesses: in-process pytester runs re-import torch modules, which torch forbids.
+"""
+
+import json
+
+import pytest
+
+SUITE = '''
+from editguard.cases import EditCase
+
+CASES = [
+    EditCase("t1", "{} is the capital of", "Paris", "Rome", "France"),
+    EditCase("t2", "The mother tongue of {} is", "Danielle Darrieux", "English", "French"),
+    EditCase("t3", "{} is produced by", "Windows", "Apple", "Microsoft"),
+]
+
+def edit_cases(settings):
+    return CASES
+
+def test_edit(edit_case, edit_guard):
+    edit_guard.assert_safe(edit_case)
+'''
+
+UNSAFE_EDITOR = '''
+import torch
+from editguard.editors import EditReport
+
+class ScaleRow:
+    """Multiplies one row of the edited matrix by 100: what no edit should do."""
+    name = "scale-row"
+
+    def touched_parameters(self, model, cases):
+        return [model.family.rewrite_weight(model.edit_layer)]
+
+    def hparams(self, model):
+        return {"factor": 100}
+
+    def apply(self, model, cases):
+        with torch.no_grad():
+            model.rewrite_matrix(model.edit_layer)[0] *= 100
+        return EditReport(touched=self.touched_parameters(model, cases))
+'''
+
+
+@pytest.fixture
+def suite(pytester, data_dir, monkeypatch):
+    monkeypatch.setenv("EDITGUARD_DATA", str(data_dir))
+    pytester.makepyfile(test_suite=SUITE)
+    pytester.makefile(".json", hparams=json.dumps({"v_num_grad_steps": 3, "context_template_length_params": [[5, 5]]}))
+    pytester.syspathinsert()
+    return pytester
+
+
+def base_args(*extra):
+    return ["--model=tiny-llama", "--hparams=hparams.json", "-p", "no:cacheprovider", *extra]
+
+
+def test_ids_name_case_and_subject(suite):
+    result = suite.runpytest_subprocess(*base_args("--collect-only", "-q"))
+    result.stdout.fnmatch_lines([
+        "test_suite.py::test_edit[[]t1-Paris[]]",
+        "test_suite.py::test_edit[[]t2-Danielle_Darrieux[]]",
+        "test_suite.py::test_edit[[]t3-Windows[]]",
+    ])
+
+
+def test_max_cases_takes_the_first_n(suite):
+    result = suite.runpytest_subprocess(*base_args("--collect-only", "-q", "--max-cases", "2"))
+    result.stdout.fnmatch_lines(["*t1-Paris*", "*t2-Danielle_Darrieux*", "2 tests collected*"])
+
+
+def test_json_report_holds_every_field(suite):
+    result = suite.runpytest_subprocess(*base_args("--editor=c-rome", "--editguard-json=out/report.json"))
+    result.assert_outcomes(passed=3)
+    doc = json.loads((suite.path / "out" / "report.json").read_text())
+    run = doc["run"]
+    assert run["model"] == "tiny-llama" and run["editor"] == "c-rome"
+    assert run["hparams"]["v_num_grad_steps"] == 3 and run["hparams"]["consistent_keys"] is True
+    for key in ("versions", "seed", "thresholds", "baseline_ppl"):
+        assert key in run
+    assert [c["case_id"] for c in doc["cases"]] == ["t1", "t2", "t3"]
+    for case in doc["cases"]:
+        for key in ("case_id", "subject", "prompt", "editor", "model", "passed", "failed_gates", "ppl",
+                    "ppl_baseline", "denominator_ratio", "key_cosine", "update_norm_rel", "efficacy", "seconds"):
+            assert key in case, key
+        assert case["denominator_ratio"] == pytest.approx(1.0)
+        assert case["ppl_baseline"] == pytest.approx(run["baseline_ppl"])
+
+
+def test_unsafe_user_editor_fails_with_named_gates_and_report(suite):
+    suite.makepyfile(unsafe_editor=UNSAFE_EDITOR)
+    result = suite.runpytest_subprocess("--model=tiny-llama", "--editor=unsafe_editor:ScaleRow", "--max-cases=1",
+                                       "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "*t1 ('Paris is the capital of' -> 'Rome'): *‖ΔW‖/‖W‖ * > 0.5*",
+        "*editguard collapse report*",
+        "*scale-row on tiny-llama*0 passed, 1 failed*",
+    ])
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_ini_keys_and_command_line_precedence(suite):
+    suite.makeini("[pytest]\neditguard_model = tiny-gpt2\neditguard_editor = c-rome\neditguard_ppl_max_ratio = 3.5\n")
+    result = suite.runpytest_subprocess("--hparams=hparams.json", "--max-cases=1", "--editguard-json=r.json",
+                                       "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    run = json.loads((suite.path / "r.json").read_text())["run"]
+    assert (run["model"], run["editor"], run["thresholds"]["ppl_max_ratio"]) == ("tiny-gpt2", "c-rome", 3.5)
+    result = suite.runpytest_subprocess("--hparams=hparams.json", "--max-cases=1", "--editguard-json=r.json",
+                                       "--model=tiny-gptj", "-p", "no:cacheprovider")
+    assert json.loads((suite.path / "r.json").read_text())["run"]["model"] == "tiny-gptj"
+
+
+def test_strict_gate_fails_rome_with_readable_reason(suite):
+    result = suite.runpytest_subprocess(*base_args("--max-cases=1", "--ppl-max-ratio=0.5"))
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*t1 ('Paris is the capital of' -> 'Rome'): perplexity * > 0.5 × baseline *"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-cases", "0"], "--max-cases must be at least 1"),
+    (["--ppl-threshold", "high"], "--ppl-threshold: expected float, got 'high'"),
+    (["--editor", "no-such-editor"], "unknown editor 'no-such-editor'; available: c-rome, rome"),
+    (["--hparams", "missing.json"], "--hparams missing.json:"),
+    (["--editor", "unsafe_editor:ScaleRow"], "takes no hyperparameters"),
+    (["--editor", "unsafe_editor:Nope"], "cannot import 'Nope' from 'unsafe_editor'"),
+])
+def test_bad_options_give_specific_errors(suite, args, message):
+    suite.makepyfile(unsafe_editor=UNSAFE_EDITOR)
+    result = suite.runpytest_subprocess(*base_args(*args))
+    assert result.ret != 0
+    assert message in result.stdout.str() + result.stderr.str()
+
+
+def test_module_without_case_source_is_a_usage_error(pytester):
+    pytester.makepyfile(test_nocases="def test_edit(edit_case):\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret != 0
+    assert "defines no edit_cases(settings) function" in result.stdout.str() + result.stderr.str()
