@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 
 from editguard.cases import EditCase
 from editguard.editors.base import Editor

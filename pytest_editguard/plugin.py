@@ -251,9 +251,9 @@ class EditGuard:
         from editguard.report import RunInfo
 
         s, mue = self.settings, self.model
+        hparams = self.editor.hparams(mue) if hasattr(self.editor, "hparams") else {}
         return RunInfo(
-            model=mue.name, editor=self.editor.name,
-            hparams=self.editor.hparams(mue) if hasattr(self.editor, "hparams") else {},
+            model=mue.name, editor=self.editor.name, hparams=hparams, seed=hparams.get("template_seed", 0),
             thresholds=s.thresholds.to_dict(), baseline_ppl=self.baseline.ppl.ppl,
             baseline_corpus_ppl=self.baseline.ppl.corpus_ppl, ppl_corpus=s.ppl_corpus,
             model_fingerprint=mue.fingerprint, device=str(mue.device), dtype=str(mue.dtype).replace("torch.", ""),

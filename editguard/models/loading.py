@@ -169,6 +169,9 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "fl
 
     Loaded models are cached per process: a test session loads each model once.
     """
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a per-tensor bar in every test's captured output helps nobody
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     spec = MODELS.get(name)
     if spec is not None and spec.kind == "tiny":
