@@ -95,7 +95,7 @@ def test_unsafe_user_editor_fails_with_named_gates_and_report(suite):
                                        "-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([
-        "*t1 ('Paris is the capital of' -> 'Rome'): *‖ΔW‖/‖W‖ * > 0.5*",
+        "*t1 ('Paris is the capital of' -> 'Rome'): *‖ΔW‖/‖W‖ * > 0.35*",
         "*editguard collapse report*",
         "*scale-row on tiny-llama*0 passed, 1 failed*",
     ])
