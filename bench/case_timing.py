@@ -43,15 +43,15 @@ def main() -> None:
     # The first edit also generates and caches the context templates: time it apart.
     check(mue, editor, cases[0], baseline)
 
-    header = f"{'case':<32}" + "".join(f"{c.replace('seconds_', ''):>10}" for c in COLUMNS) + f"{'total':>10}"
+    header = f"{'case':<32}" + "".join(f"{c.replace('seconds_', ''):>11}" for c in COLUMNS) + f"{'total':>11}"
     print(header)
     totals = []
     for case in cases:
         result = check(mue, editor, case, baseline)
         row = [result.timings.get(c, 0.0) for c in COLUMNS]
         totals.append(result.seconds)
-        print(f"{(case.case_id + ' ' + case.subject)[:31]:<32}" + "".join(f"{v:>10.2f}" for v in row)
-              + f"{result.seconds:>10.2f}")
+        print(f"{(case.case_id + ' ' + case.subject)[:31]:<32}" + "".join(f"{v:>11.2f}" for v in row)
+              + f"{result.seconds:>11.2f}")
     print(f"mean per case: {statistics.mean(totals):.2f}s over {len(totals)} cases")
 
 
