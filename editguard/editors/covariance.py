@@ -66,13 +66,7 @@ def second_moment(mue: ModelUnderEdit, layer: int, lines: list[str], n_tokens: i
 
 @torch.no_grad()
 def _accumulate(mue: ModelUnderEdit, module: torch.nn.Module, batch: list[list[int]], total: torch.Tensor) -> int:
-    width = max(len(ids) for ids in batch)
-    pad = mue.tokenizer.pad_token_id
-    ids = torch.full((len(batch), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, seq in enumerate(batch):
-        ids[row, : len(seq)], mask[row, : len(seq)] = torch.tensor(seq), 1
-
+    enc = mue.pad_batch(batch)
     captured = {}
 
     def capture_and_stop(_module, args, _output):
@@ -81,11 +75,11 @@ def _accumulate(mue: ModelUnderEdit, module: torch.nn.Module, batch: list[list[i
 
     handle = module.register_forward_hook(capture_and_stop)
     try:
-        mue.model(input_ids=ids.to(mue.device), attention_mask=mask.to(mue.device))
+        mue.model(**enc)
     except _StopForward:
         pass
     finally:
         handle.remove()
-    keys = captured["keys"][mask.to(mue.device).bool()].double().cpu()
+    keys = captured["keys"][enc["attention_mask"].bool()].double().cpu()
     total += keys.T @ keys
     return keys.shape[0]

@@ -16,12 +16,7 @@ def target_logprobs(mue: ModelUnderEdit, prompt: str, targets: list[str]) -> lis
     prompt_ids = tok(prompt)["input_ids"]
     target_ids = [tok(" " + t, add_special_tokens=False)["input_ids"] for t in targets]
     sequences = [prompt_ids + t for t in target_ids]
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), tok.pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)], mask[row, : len(seq)] = torch.tensor(seq), 1
-    logits = mue.model(input_ids=ids.to(mue.device), attention_mask=mask.to(mue.device)).logits.float()
+    logits = mue.model(**mue.pad_batch(sequences)).logits.float()
     log_probs = torch.log_softmax(logits, dim=-1)
     out = []
     for row, t in enumerate(target_ids):

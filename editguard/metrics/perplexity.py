@@ -54,14 +54,8 @@ def token_nlls(mue: ModelUnderEdit, batch: list[list[int]]) -> list[torch.Tensor
     (batch, length, vocab) tensor.
     """
     device = mue.device
-    width = max(len(ids) for ids in batch)
-    pad = mue.tokenizer.pad_token_id
-    input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, ids in enumerate(batch):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        mask[row, : len(ids)] = 1
-    input_ids, mask = input_ids.to(device), mask.to(device)
+    enc = mue.pad_batch(batch)
+    input_ids, mask = enc["input_ids"], enc["attention_mask"]
     hidden = mue.model.base_model(input_ids=input_ids, attention_mask=mask).last_hidden_state
     # Position t predicts token t+1; score every position whose next token is real.
     predicts = mask[:, 1:].bool()

@@ -54,6 +54,16 @@ class ModelUnderEdit:
         module_path, _, attr = name.rpartition(".")
         return getattr(self.module(module_path), attr)
 
+    def pad_batch(self, sequences: list[list[int]]) -> dict[str, torch.Tensor]:
+        """Right-padded input_ids and attention_mask on the model's device."""
+        width = max(len(seq) for seq in sequences)
+        ids = torch.full((len(sequences), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, seq in enumerate(sequences):
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        return {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
+
     def rewrite_matrix(self, layer: int) -> torch.Tensor:
         """The edited projection as (out, in), whatever the storage layout; a view."""
         w = self.parameter(self.family.rewrite_weight(layer))
