@@ -157,8 +157,9 @@ def _load_pretrained(path_or_id: str, local_files_only: bool):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"local_files_only": local_files_only}
-    path = Path(path_or_id)
+    path = Path(path_or_id).expanduser()
     if path.is_dir():
+        path_or_id = str(path)
         ggufs = sorted(path.glob("*.gguf"))
         if ggufs and not (path / "config.json").exists():
             kwargs["gguf_file"] = ggufs[0].name
@@ -186,7 +187,8 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "fl
         source = spec.note
     else:
         hub_id = spec.source if spec is not None else name
-        is_path = spec is None and (os.sep in name or name.startswith(".")) and not Path(name).exists()
+        # "org/name" is a hub id; only an explicit path (./x, /x, ~/x) must exist as a directory.
+        is_path = spec is None and name.startswith((".", "/", "~")) and not Path(name).expanduser().exists()
         if is_path:
             raise ModelLoadError(f"--model={name}: no such directory")
         try:

@@ -1,0 +1,64 @@
+"""Batched perplexity agrees with the obvious one-sentence-at-a-time loop."""
+
+import math
+
+import pytest
+import torch
+
+from editguard import load_model
+from editguard.data import load_ppl_corpus
+from editguard.metrics.perplexity import perplexity
+
+SENTENCES = [
+    "A short one.",
+    "The quick brown fox jumps over the lazy dog while the cat watches from the old wooden fence.",
+    "Editing a model should not break it.",
+    "x y",
+]
+
+
+def naive(mue, sentences, bos=False):
+    per_sentence, total, count = [], 0.0, 0
+    with torch.no_grad():
+        for text in sentences:
+            ids = mue.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if bos:
+                ids = [mue.tokenizer.bos_token_id, *ids]
+            ids = torch.tensor([ids])
+            logits = mue.model(ids).logits[0, :-1].float()
+            nll = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none").double()
+            per_sentence.append(math.exp(float(nll.mean())))
+            total, count = total + float(nll.sum()), count + nll.numel()
+    return sum(per_sentence) / len(per_sentence), math.exp(total / count), per_sentence
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-gptj", "tiny-llama"])
+@pytest.mark.parametrize("tokens_per_batch", [32, 8192], ids=["many-batches", "one-batch"])
+def test_batched_equals_naive(name, tokens_per_batch):
+    mue = load_model(name)
+    result = perplexity(mue, SENTENCES, tokens_per_batch=tokens_per_batch)
+    ppl, corpus_ppl, per_sentence = naive(mue, SENTENCES)
+    assert result.ppl == pytest.approx(ppl, rel=1e-4)
+    assert result.corpus_ppl == pytest.approx(corpus_ppl, rel=1e-4)
+    assert result.per_sentence == pytest.approx(per_sentence, rel=1e-4)  # original order kept
+
+
+def test_me_ppl_50_on_a_tiny_model_equals_naive(data_dir):
+    mue = load_model("tiny-llama")
+    sentences = load_ppl_corpus("me-ppl-50", data_dir)
+    assert perplexity(mue, sentences).ppl == pytest.approx(naive(mue, sentences)[0], rel=1e-4)
+
+
+def test_bos_is_prepended_on_request():
+    mue = load_model("tiny-gpt2")
+    with_bos = perplexity(mue, SENTENCES, add_bos=True)
+    assert with_bos.ppl == pytest.approx(naive(mue, SENTENCES, bos=True)[0], rel=1e-4)
+    assert with_bos.ppl != pytest.approx(perplexity(mue, SENTENCES).ppl, rel=1e-4)
+
+
+def test_unscorable_input_is_rejected():
+    mue = load_model("tiny-llama")
+    with pytest.raises(ValueError, match="sentence 1 \\('x'\\) has fewer than two tokens"):
+        perplexity(mue, ["fine sentence", "x"])
+    with pytest.raises(ValueError, match="at least one sentence"):
+        perplexity(mue, [])

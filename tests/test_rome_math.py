@@ -1,0 +1,124 @@
+"""ROME and C-ROME on the tiny models of all three families: the update is the one the
+definition gives, keys and values are where the method says, and the v* search's prefix cache
+is exact."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from editguard import EditCase, get_editor, load_model
+from editguard.editors.keys import context_templates, fill, keys_and_values, subject_last_index
+from editguard.editors.rome import RomeHparams, _PrefixCachedBatch, rank_one_update
+from editguard.models import WeightSnapshot
+
+FAMILIES = ["tiny-gpt2", "tiny-gptj", "tiny-llama"]
+PARIS = EditCase("t1", "{} is the capital of", "Paris", "Rome", "France")
+FAST = {"v_num_grad_steps": 4, "context_template_length_params": [[5, 5]]}
+
+
+@pytest.fixture(params=FAMILIES)
+def tiny(request):
+    return load_model(request.param)
+
+
+def test_rank_one_update_maps_the_key_to_v_star():
+    g = torch.Generator().manual_seed(0)
+    v_star, value = torch.randn(8, generator=g), torch.randn(8, generator=g)
+    key, left = torch.randn(6, generator=g), torch.randn(6, generator=g)
+    delta = rank_one_update(v_star, value, key, left)
+    assert torch.allclose(delta @ key, v_star - value, atol=1e-5)
+    direct = (v_star - value)[:, None] * left[None, :] / (left @ key)
+    assert torch.allclose(delta, direct)
+
+
+@pytest.mark.parametrize("consistent", [False, True], ids=["rome", "c-rome"])
+def test_update_equals_its_definition(tiny, consistent):
+    editor = get_editor("c-rome" if consistent else "rome", FAST)
+    layer = tiny.edit_layer
+    hp = RomeHparams.for_family(tiny.family.name, FAST)
+    templates = context_templates(tiny, hp.context_template_length_params, hp.template_seed)
+    keys, values = keys_and_values(tiny, layer, [fill(t, PARIS.prompt) for t in templates], PARIS.subject)
+    snapshot = WeightSnapshot(tiny.model, editor.touched_parameters(tiny, [PARIS]))
+    before = tiny.rewrite_matrix(layer).detach().clone()
+    try:
+        report = editor.apply(tiny, [PARIS])
+        after = tiny.rewrite_matrix(layer).detach().clone()
+        v_star = report.vectors["v_star"]
+        # k̄ over the templates; kᵘ is template 0 ("{}"), i.e. the unprefixed prompt.
+        k_bar, k_u = keys.mean(0), keys[0]
+        assert torch.allclose(report.vectors["k_bar"], k_bar, atol=1e-5)
+        assert torch.allclose(report.vectors["k_unprefixed"], k_u, atol=1e-5)
+        k_used, value_used = (k_bar, values.mean(0)) if consistent else (k_u, values[0])
+        expected = torch.outer(v_star - value_used, k_bar) / (k_bar @ k_used)  # mom2 off: left = k̄
+        assert torch.allclose(after - before, expected, atol=1e-5, rtol=1e-4)
+        # The edited layer now maps the key it used to v*.
+        new_keys, new_values = keys_and_values(tiny, layer, [fill(t, PARIS.prompt) for t in templates], PARIS.subject)
+        got = new_values.mean(0) if consistent else new_values[0]
+        assert torch.allclose(got, v_star, atol=1e-4 * float(v_star.norm()) + 1e-5)
+        d = report.diagnostics
+        assert d["denominator_ratio"] == pytest.approx(d["denominator"] / d["denominator_kbar"])
+        assert d["key_cosine"] == pytest.approx(float(torch.nn.functional.cosine_similarity(k_bar, k_u, dim=0)), abs=1e-5)
+        assert d["update_norm"] == pytest.approx(float(expected.norm()), rel=1e-4)
+        if consistent:
+            assert d["denominator_ratio"] == pytest.approx(1.0)
+    finally:
+        snapshot.restore()
+    assert torch.equal(tiny.rewrite_matrix(layer), before)
+
+
+def test_mom2_adjustment_uses_the_inverse_second_moment(tmp_path, monkeypatch, data_dir):
+    monkeypatch.setenv("EDITGUARD_CACHE", str(tmp_path))
+    from editguard.data import load_text_corpus
+    from editguard.editors.covariance import second_moment
+
+    tiny = load_model("tiny-llama")
+    overrides = {**FAST, "mom2_adjustment": True, "mom2_n_tokens": 3000}
+    editor = get_editor("rome", overrides, data_dir=data_dir)
+    snapshot = WeightSnapshot(tiny.model, editor.touched_parameters(tiny, [PARIS]))
+    try:
+        report = editor.apply(tiny, [PARIS])
+    finally:
+        snapshot.restore()
+    assert list((tmp_path / "stats").glob("*.pt")), "covariance statistics were not cached on disk"
+    mom2 = second_moment(tiny, tiny.edit_layer, load_text_corpus("wikitext-2-raw", data_dir), n_tokens=3000)
+    expected_left = torch.linalg.solve(mom2.double(), report.vectors["k_bar"].double()).float()
+    assert torch.allclose(report.vectors["left"], expected_left, rtol=1e-3, atol=1e-4)
+
+
+def test_prefix_cache_matches_a_full_forward(tiny):
+    tok = tiny.tokenizer
+    texts = ["{} is the capital of", "The weather. {} is produced by", "Yesterday it rained a lot. {} was born in"]
+    sequences = [tok(fill(t, "Paris"))["input_ids"] for t in texts]
+    lookups = [subject_last_index(tok, t, "Paris") for t in texts]
+    assert lookups[0] == len(tok("Paris")["input_ids"]) - 1
+    batch = _PrefixCachedBatch(tiny, sequences, lookups)
+    with torch.no_grad():
+        cached = batch.hidden(tiny)
+        for row, (seq, lk) in enumerate(zip(sequences, lookups)):
+            full = tiny.model.base_model(input_ids=torch.tensor([seq])).last_hidden_state[0, lk:]
+            assert torch.allclose(cached[row, : len(seq) - lk], full, atol=1e-4), f"row {row}"
+
+
+def test_subject_first_one_token_prefix_is_empty():
+    tiny = load_model("tiny-llama")
+    batch = _PrefixCachedBatch(tiny, [[1, 2, 3]], [0])
+    assert batch.cache is None
+
+
+def test_bad_overrides_and_batches_are_rejected(tiny):
+    with pytest.raises(ValueError, match="unknown ROME hyperparameters \\['v_steps'\\]; valid: .*v_num_grad_steps"):
+        get_editor("rome", {"v_steps": 3}).touched_parameters(tiny, [PARIS])
+    with pytest.raises(ValueError, match="one edit at a time; got 2 cases"):
+        get_editor("rome", FAST).apply(tiny, [PARIS, dataclasses.replace(PARIS, case_id="t2")])
+
+
+def test_context_templates_are_seeded_and_cached(tmp_path, monkeypatch):
+    tiny = load_model("tiny-gpt2")
+    monkeypatch.setenv("EDITGUARD_CACHE", str(tmp_path / "a"))
+    first = context_templates(tiny, ((5, 10), (10, 10)), seed=0)
+    assert len(first) == 21 and first[0] == "{}" and all(t.endswith(". {}") for t in first[1:])
+    assert context_templates(tiny, ((5, 10), (10, 10)), seed=0) == first  # read back from disk
+    monkeypatch.setenv("EDITGUARD_CACHE", str(tmp_path / "b"))
+    assert context_templates(tiny, ((5, 10), (10, 10)), seed=0) == first  # regenerated: same seed, same text
+    assert context_templates(tiny, ((5, 10), (10, 10)), seed=1) != first
