@@ -1,30 +1,31 @@
 """editguard: does a knowledge edit break the model? Library API (no pytest needed).
 
-    from editguard import load_model, get_editor, perplexity, check, measure_baseline
+    from editguard import EditCase, check, get_editor, load_model, measure_baseline
+
+Names are imported on first use, so that `import editguard` (and the pytest plugin, which every
+pytest run in the environment loads) does not pay for importing torch.
 """
 
-from editguard.editors import EditReport, Editor, get_editor
-from editguard.gates import Thresholds, Verdict
-from editguard.models import ModelUnderEdit, load_model
+import importlib
 
-__all__ = [
-    "EditCase", "EditReport", "Editor", "ModelUnderEdit", "Thresholds", "Verdict",
-    "check", "get_editor", "load_model", "measure_baseline", "perplexity",
-]
+_EXPORTS = {
+    "EditCase": "editguard.cases",
+    "EditReport": "editguard.editors.base",
+    "Editor": "editguard.editors.base",
+    "get_editor": "editguard.editors.base",
+    "Thresholds": "editguard.gates",
+    "Verdict": "editguard.gates",
+    "ModelUnderEdit": "editguard.models.loading",
+    "load_model": "editguard.models.loading",
+    "check": "editguard.guard",
+    "measure_baseline": "editguard.guard",
+    "perplexity": "editguard.metrics.perplexity",
+}
+
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name):
-    # Imported lazily: these pull in the data and case modules.
-    if name == "EditCase":
-        from editguard.cases import EditCase
-
-        return EditCase
-    if name in ("check", "measure_baseline"):
-        import editguard.guard as guard
-
-        return getattr(guard, name)
-    if name == "perplexity":
-        from editguard.metrics.perplexity import perplexity
-
-        return perplexity
-    raise AttributeError(name)
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'editguard' has no attribute {name!r}")
