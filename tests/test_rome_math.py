@@ -122,3 +122,15 @@ def test_context_templates_are_seeded_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("EDITGUARD_CACHE", str(tmp_path / "b"))
     assert context_templates(tiny, ((5, 10), (10, 10)), seed=0) == first  # regenerated: same seed, same text
     assert context_templates(tiny, ((5, 10), (10, 10)), seed=1) != first
+
+
+def test_bfloat16_model_keeps_the_sensitive_math_in_float32(data_dir):
+    from editguard import check, measure_baseline
+    from editguard.data import load_ppl_corpus
+
+    mue = load_model("tiny-llama", dtype="bfloat16")
+    baseline = measure_baseline(mue, load_ppl_corpus("me-ppl-50", data_dir)[:5])
+    result = check(mue, get_editor("c-rome", FAST), PARIS, baseline)  # restores and verifies
+    assert mue.rewrite_matrix(mue.edit_layer).dtype == torch.bfloat16
+    assert result.diagnostics["denominator_ratio"] == pytest.approx(1.0)
+    assert all(torch.isfinite(torch.tensor(v)) for v in result.diagnostics.values() if isinstance(v, float))

@@ -170,7 +170,7 @@ def optimize_value(mue: ModelUnderEdit, hp: RomeHparams, layer: int, case: EditC
     def add_delta(_module, _args, output):
         if "v_init" not in recorded:
             recorded["v_init"] = output[0, 0].detach().float().clone()
-        return output + at_subject * delta.to(output.dtype)
+        return output + (at_subject * delta).to(output.dtype)
 
     opt = torch.optim.Adam([delta], lr=hp.v_lr)
     grad_flags = {name: p.requires_grad for name, p in mue.model.named_parameters()}
