@@ -213,7 +213,38 @@ def cmd_report(args) -> int:
     doc = load_report(args.json)
     console = Console() if sys.stdout.isatty() else Console(width=160)  # piped: no 80-column squeeze
     console.print(render_report(doc["run"], doc["cases"], max_rows=args.max_rows))
+    if args.plots:
+        from editguard.report.plots import write_report_plots
+
+        for path in write_report_plots([doc], args.plots):
+            print(f"wrote {path}")
     return 1 if any(not c["passed"] for c in doc["cases"]) else 0
+
+
+def cmd_merge(args) -> int:
+    from editguard.report import load_report, write_report
+    from editguard.report.merge import merge_reports
+
+    merged = merge_reports([(name, load_report(name)) for name in args.files])
+    write_report(args.out, merged["run"], merged["cases"])
+    failed = sum(not c["passed"] for c in merged["cases"])
+    print(f"merged {len(args.files)} reports, {len(merged['cases'])} cases ({failed} failed) into {args.out}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from editguard.report import load_report
+    from editguard.report.merge import compare_reports
+
+    problems = compare_reports(load_report(args.first), load_report(args.second), rtol=args.rtol)
+    for line in problems[: args.max_lines]:
+        print(line)
+    if len(problems) > args.max_lines:
+        print(f"... and {len(problems) - args.max_lines} more differences")
+    n = len(load_report(args.first)["cases"])
+    print(f"{args.first} and {args.second}: " + (f"{len(problems)} differences" if problems else
+          f"the same {n} cases, verdicts and numbers (rtol {args.rtol:g}; timings ignored)"))
+    return 1 if problems else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -276,10 +307,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--out", default="out/plots", help="directory for the PNGs")
     p.set_defaults(run=cmd_plot)
 
-    p = sub.add_parser("report", help="render the collapse report of a JSON report")
+    p = sub.add_parser("report", help="render the collapse report (and optionally the plots) of a JSON report")
     p.add_argument("json")
     p.add_argument("--max-rows", type=int, default=50)
+    p.add_argument("--plots", default=None, metavar="DIR", help="also write the report's PNG plots into DIR")
     p.set_defaults(run=cmd_report)
+
+    p = sub.add_parser("merge", help="merge the JSON reports of shards (--editguard-shard i/n) into one")
+    p.add_argument("files", nargs="+", help="shard reports written with --editguard-json")
+    p.add_argument("-o", "--out", required=True, help="merged JSON report")
+    p.set_defaults(run=cmd_merge)
+
+    p = sub.add_parser("compare", help="check that two JSON reports hold the same cases, verdicts and numbers")
+    p.add_argument("first")
+    p.add_argument("second")
+    p.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance for numbers (default 1e-4)")
+    p.add_argument("--max-lines", type=int, default=30)
+    p.set_defaults(run=cmd_compare)
 
     args = parser.parse_args(argv)
     try:

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 
 from editguard.cases import EditCase
 from editguard.editors.base import Editor
@@ -31,8 +32,38 @@ class Baseline:
     checksums: dict[str, float] = field(repr=False)
 
 
-def measure_baseline(mue: ModelUnderEdit, sentences: list[str], corpus: str = "") -> Baseline:
-    return Baseline(perplexity(mue, sentences), sentences, corpus, parameter_checksums(mue.model))
+# Bump when perplexity() changes what it computes: cached baselines of older code are then ignored.
+PERPLEXITY_VERSION = 1
+
+
+def measure_baseline(mue: ModelUnderEdit, sentences: list[str], corpus: str = "", shared: bool = False) -> Baseline:
+    """The unedited model's perplexity and weight checksums. With `shared`, the perplexity is
+    taken once per (weights, dtype, device type, corpus) and kept on disk under a file lock, so
+    parallel workers (pytest -n N) and later sessions reuse one measurement."""
+    checksums = parameter_checksums(mue.model)
+    if not shared:
+        return Baseline(perplexity(mue, sentences), sentences, corpus, checksums)
+    import hashlib
+    import json
+
+    from filelock import FileLock
+
+    from editguard.models.loading import cache_dir
+
+    # Keyed by the weights as they are now (their checksums), not the load-time fingerprint.
+    key = hashlib.sha256(json.dumps([PERPLEXITY_VERSION, mue.fingerprint, sorted(checksums.items()),
+                                     str(mue.dtype), mue.device.type, sentences]).encode()).hexdigest()[:20]
+    path = cache_dir() / "baselines" / f"{mue.name.replace('/', '_')}-{key}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if path.exists():
+            saved = json.loads(path.read_text())
+            ppl = PerplexityResult(saved["ppl"], saved["corpus_ppl"], tuple(saved["per_sentence"]), saved["n_tokens"])
+        else:
+            ppl = perplexity(mue, sentences)
+            path.write_text(json.dumps({**ppl.to_dict(), "per_sentence": list(ppl.per_sentence),
+                                        "model": mue.name, "corpus": corpus}))
+    return Baseline(ppl, sentences, corpus, checksums)
 
 
 @dataclass
@@ -53,6 +84,7 @@ class CaseResult:
     timings: dict[str, float]
     sequence: str | None = None   # sequential editing: the sequence's name and this edit's
     step: int | None = None       # 1-based position in it
+    peak_memory_mb: float | None = None  # see peak_memory_mb()
 
     @property
     def passed(self) -> bool:
@@ -86,6 +118,7 @@ class CaseResult:
             "timings": self.timings,
             "sequence": self.sequence,
             "step": self.step,
+            "peak_memory_mb": self.peak_memory_mb,
             "diagnostics": d,
         }
 
@@ -116,6 +149,8 @@ def _edit_and_measure(mue: ModelUnderEdit, editor: Editor, case: EditCase, basel
                       start: float) -> CaseResult:
     """Apply the edit on top of the model as it is, measure and judge; restores nothing.
     `snapshot` holds the touched weights as they were just before this edit."""
+    if mue.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(mue.device)
     t = time.perf_counter()
     report = editor.apply(mue, [case])
     timings["edit"] = time.perf_counter() - t
@@ -136,7 +171,18 @@ def _edit_and_measure(mue: ModelUnderEdit, editor: Editor, case: EditCase, basel
         corpus_ppl=ppl.corpus_ppl, ppl_baseline=baseline.ppl.ppl, diagnostics=diagnostics,
         efficacy=eff.success, efficacy_logprob_new=eff.logprob_new, efficacy_logprob_true=eff.logprob_true,
         test_prefix=report.test_prefix, seconds=time.perf_counter() - start, timings=timings,
+        peak_memory_mb=peak_memory_mb(mue),
     )
+
+
+def peak_memory_mb(mue: ModelUnderEdit) -> float:
+    """On a GPU: the most memory torch allocated on it during this edit and its probes (the
+    counter is reset before each edit). On the CPU: the process's peak resident set so far."""
+    if mue.device.type == "cuda":
+        return torch.cuda.max_memory_allocated(mue.device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def check(mue: ModelUnderEdit, editor: Editor, case: EditCase, baseline: Baseline,

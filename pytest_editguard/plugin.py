@@ -30,7 +30,12 @@ _OPTIONS: list[tuple[str, str, Any, type, str]] = [
     ("--model", "editguard_model", "smollm2-135m", str,
      "model to edit: a registered name (smollm2-135m, tiny-gpt2, tiny-gptj, tiny-llama, gpt2-xl, "
      "gpt-j-6b, llama2-7b), a local directory, or a hub id already in the Hugging Face cache"),
-    ("--device", "editguard_device", "auto", str, "auto, cpu, cuda or cuda:N"),
+    ("--device", "editguard_device", "auto", str,
+     "auto, cpu, cuda or cuda:N (auto: the GPU if there is one; with pytest -n N and several GPUs, worker i "
+     "takes cuda:i)"),
+    ("--devices", "editguard_devices", None, str,
+     "comma-separated devices for pytest-xdist workers, worker i takes the i-th (mod their number), "
+     "e.g. cuda:0,cuda:1 or cpu,cpu"),
     ("--dtype", "editguard_dtype", "float32", str, "float32, bfloat16 or float16"),
     ("--edit-layer", "editguard_edit_layer", None, int, "layer to edit (default: the model's registered layer)"),
     ("--hparams", "editguard_hparams", None, str, "editor hyperparameter overrides: a .json, .yaml or .yml file"),
@@ -51,6 +56,9 @@ _OPTIONS: list[tuple[str, str, Any, type, str]] = [
     ("--update-norm-max", "editguard_update_norm_max", None, float,
      "largest allowed ‖ΔW‖_F/‖W‖_F of a touched matrix (default: calibrated bound, see README)"),
     ("--max-cases", "editguard_max_cases", None, int, "run only the first N cases of each suite (deterministic)"),
+    ("--editguard-shard", "editguard_shard", None, str,
+     "run only shard i of n (e.g. 2/4) of the collected cases, split deterministically (a sequence stays "
+     "whole); merge the shards' JSON reports with `editguard merge`"),
     ("--editguard-json", "editguard_json", None, str, "write the JSON report to this path"),
     ("--fuzz-examples", "editguard_fuzz_examples", 12, int,
      "examples per Hypothesis fuzz test in the derandomized CI profile 'editguard-ci' (suites/fuzz)"),
@@ -110,15 +118,23 @@ class EditguardSettings:
     json_path: str | None
     sequential: bool = False
     plots_dir: str | None = None
+    devices: list[str] | None = None
+    shard: tuple[int, int] | None = None
 
     def ppl_corpus_for(self, sequential: bool) -> str:
         if self.ppl_corpus:
             return self.ppl_corpus
         return SEQUENCE_PPL_CORPUS if sequential else SINGLE_EDIT_PPL_CORPUS
 
+    @property
+    def shard_label(self) -> str:
+        return f"{self.shard[0]}/{self.shard[1]}" if self.shard else ""
+
     @classmethod
     def from_config(cls, config: pytest.Config) -> "EditguardSettings":
         from editguard.gates import Thresholds
+        from editguard.models.loading import worker_device
+        from editguard.sharding import parse_shard
 
         hparams: dict[str, Any] = {}
         hparams_file = _option(config, "--hparams")
@@ -139,9 +155,23 @@ class EditguardSettings:
         max_cases = _option(config, "--max-cases")
         if max_cases is not None and max_cases < 1:
             raise pytest.UsageError(f"--max-cases must be at least 1, got {max_cases}")
+        shard = _option(config, "--editguard-shard")
+        try:
+            shard = parse_shard(shard) if shard else None
+        except ValueError as err:
+            raise pytest.UsageError(f"--editguard-shard: {err}") from None
+        devices = [d.strip() for d in (_option(config, "--devices") or "").split(",") if d.strip()] or None
+        worker = config.workerinput["workerid"] if hasattr(config, "workerinput") else None
+        worker_index = int(worker.removeprefix("gw")) if worker else None
+        device = _option(config, "--device")
+        if devices or (device == "auto" and worker_index is not None):
+            import torch
+
+            cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            device = worker_device(device, devices, worker_index, cuda_count)
         return cls(
             editor=_option(config, "--editor"), model=_option(config, "--model"),
-            device=_option(config, "--device"), dtype=_option(config, "--dtype"),
+            device=device, dtype=_option(config, "--dtype"), devices=devices, shard=shard,
             edit_layer=_option(config, "--edit-layer"), hparams=hparams,
             data_dir=_option(config, "--editguard-data") or os.environ.get("EDITGUARD_DATA"),
             download=_option(config, "--editguard-download"), ppl_corpus=_option(config, "--ppl-corpus"),
@@ -219,6 +249,26 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("edit_case", cases, ids=[_case_id(c) for c in cases])
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    settings = config.stash[_SETTINGS_KEY]
+    if settings.shard is None:
+        return
+    from editguard.sharding import shard_members
+
+    def unit(item: pytest.Item) -> str:
+        # A sequence's steps build on each other: the whole module is one unit of work.
+        module = getattr(item, "module", None)
+        if module is not None and "edit_case" in getattr(item, "fixturenames", ()) and is_sequential(config, module):
+            return item.nodeid.split("::")[0]
+        return item.nodeid
+
+    keep = shard_members([unit(i) for i in items], *settings.shard)
+    deselected = [item for item, k in zip(items, keep) if not k]
+    if deselected:
+        items[:] = [item for item, k in zip(items, keep) if k]
+        config.hook.pytest_deselected(items=deselected)
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node) -> None:
     node.workerinput["editguard_loadgroup"] = node.config.getoption("dist", "no") == "loadgroup"
@@ -293,7 +343,7 @@ class _Baselines:
                 sentences = load_ppl_corpus(corpus, s.data_dir, download=s.download)
             except _user_errors() as err:
                 _fail_cleanly(f"read --ppl-corpus={corpus}", err)
-            self._cache[corpus] = measure_baseline(self.model, sentences, corpus)
+            self._cache[corpus] = measure_baseline(self.model, sentences, corpus, shared=True)
         return self._cache[corpus]
 
 
@@ -331,20 +381,24 @@ class EditGuard:
         self.sequential = is_sequential(request.config, request.module)
         self.ppl_corpus = settings.ppl_corpus_for(self.sequential)
         self.baseline = baselines.get(self.ppl_corpus)
+        self.module_path = request.node.nodeid.split("::")[0]
 
     def run_info(self) -> dict[str, Any]:
-        from editguard.report import RunInfo
+        from editguard.report.json_report import SUITE_FIELDS, RunInfo
 
         s, mue = self.settings, self.model
         hparams = self.editor.hparams(mue) if hasattr(self.editor, "hparams") else {}
-        return RunInfo(
+        info = RunInfo(
             model=mue.name, editor=self.editor.name, hparams=hparams, seed=hparams.get("template_seed", 0),
             thresholds=s.thresholds.to_dict(), baseline_ppl=self.baseline.ppl.ppl,
             baseline_corpus_ppl=self.baseline.ppl.corpus_ppl, ppl_corpus=self.ppl_corpus,
             model_fingerprint=mue.fingerprint, device=str(mue.device), dtype=str(mue.dtype).replace("torch.", ""),
             suite=_suite_name(self._request.node), sequential=self.sequential,
             suite_source=self._request.config.stash[_SOURCES_KEY].get(self._request.module.__name__, ""),
-        ).to_json()
+            shard=s.shard_label,
+        )
+        info.suites = {self.module_path: {f: getattr(info, f) for f in SUITE_FIELDS}}
+        return info.to_json()
 
     def check(self, case):
         from editguard.guard import check
@@ -354,8 +408,11 @@ class EditGuard:
         else:
             result = check(self.model, self.editor, case, self.baseline, self.settings.thresholds)
         node = self._request.node
-        node.user_properties.append(("editguard_case", json.dumps(result.to_json())))
+        record = {**result.to_json(), "suite_module": self.module_path}
+        node.user_properties.append(("editguard_case", json.dumps(record)))
         node.user_properties.append(("editguard_run", json.dumps(self.run_info())))
+        # Flat numbers as well, so junit XML (--junitxml) shows them as <property> elements.
+        node.user_properties.extend(junit_properties(record))
         return result
 
     def assert_safe(self, case):
@@ -363,6 +420,23 @@ class EditGuard:
         if not result.passed:
             pytest.fail(result.explanation, pytrace=False)
         return result
+
+
+_JUNIT_FIELDS = ("passed", "ppl", "ppl_baseline", "corpus_ppl", "denominator_ratio", "key_cosine",
+                 "update_norm_rel", "efficacy", "sequence", "step", "peak_memory_mb")
+
+
+def junit_properties(record: dict[str, Any]) -> list[tuple[str, str]]:
+    """A case's numbers as (name, value) pairs, named editguard.<field>; gates as one line each."""
+    props = [(f"editguard.{f}", str(record[f])) for f in _JUNIT_FIELDS if record.get(f) is not None]
+    props.append(("editguard.failed_gates", ",".join(record["failed_gates"])))
+    props.append(("editguard.reason", record["reason"]))
+    diag = record.get("diagnostics") or {}
+    for name in ("denominator", "denominator_kbar", "key_rel_distance", "update_norm", "numerator_norm",
+                 "v_star_norm", "layer"):
+        if isinstance(diag.get(name), (int, float)):
+            props.append((f"editguard.{name}", str(diag[name])))
+    return props
 
 
 def _suite_name(node) -> str:
@@ -383,16 +457,23 @@ class _ResultCollector:
     def __init__(self, config: pytest.Config):
         self.config = config
         self.results: list[dict[str, Any]] = []
-        self.run: dict[str, Any] | None = None
+        self.runs: dict[str, dict[str, Any]] = {}  # one run header per suite module
+
+    @property
+    def run(self) -> dict[str, Any]:
+        from editguard.report.json_report import combine_runs
+
+        return combine_runs([self.runs[k] for k in sorted(self.runs)])
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when != "call":
             return
         props = dict(report.user_properties)
         if "editguard_case" in props:
-            self.results.append(json.loads(props["editguard_case"]))
-            if self.run is None:
-                self.run = json.loads(props["editguard_run"])
+            record = json.loads(props["editguard_case"])
+            self.results.append(record)
+            if record["suite_module"] not in self.runs:
+                self.runs[record["suite_module"]] = json.loads(props["editguard_run"])
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         if not self.results or _is_xdist_worker(self.config):
@@ -433,7 +514,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     s = config.stash[_SETTINGS_KEY]
     corpus = s.ppl_corpus or f"{SINGLE_EDIT_PPL_CORPUS} (sequences: {SEQUENCE_PPL_CORPUS})"
     mode = " sequential" if s.sequential else ""
+    extra = (f" devices={','.join(s.devices)}" if s.devices else "") + (f" shard={s.shard_label}" if s.shard else "")
     return [
         f"editguard: editor={s.editor} model={s.model} device={s.device} dtype={s.dtype}{mode} "
-        f"ppl-corpus={corpus} data={s.data_dir or '(unset)'}"
+        f"ppl-corpus={corpus} data={s.data_dir or '(unset)'}{extra}"
     ]

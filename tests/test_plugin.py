@@ -220,3 +220,67 @@ def test_fuzzing_a_safe_editor_holds_and_is_derandomized(suite):
         result.assert_outcomes(passed=1)
         runs.append([line for line in result.stdout.lines if "passing examples" in line])
     assert runs[0] and runs[0] == runs[1]
+
+
+# --- scale: sharding + merge, xdist equality, junit properties ------------------------------
+
+SEQUENCE_MODULE = SUITE.replace("def edit_cases", "EDITGUARD_SEQUENTIAL = True\n\ndef edit_cases").replace(
+    'CaseList(CASES, "three hand-written cases")', 'CaseList(CASES[:2], "two steps")')
+
+
+def _run_json(suite, name, *extra):
+    result = suite.runpytest_subprocess(*base_args("--ppl-corpus=me-ppl-50", f"--editguard-json={name}", *extra))
+    assert result.ret in (0, 1), result.stdout.str()[-3000:]
+    return json.loads((suite.path / name).read_text())
+
+
+def test_shards_merge_into_the_unsharded_report(suite):
+    from editguard.report.merge import compare_reports
+
+    suite.makepyfile(test_steps=SEQUENCE_MODULE)
+    whole = _run_json(suite, "whole.json")
+    first = _run_json(suite, "s1.json", "--editguard-shard=1/2")
+    second = _run_json(suite, "s2.json", "--editguard-shard=2/2")
+    assert first["run"]["shard"] == "1/2" and second["run"]["shard"] == "2/2"
+    # Every case in exactly one shard; the two steps of the sequence stay together.
+    seq_shards = {i for i, doc in enumerate((first, second)) for c in doc["cases"] if c["sequence"]}
+    assert len(seq_shards) == 1
+    assert len(first["cases"]) + len(second["cases"]) == len(whole["cases"]) == 5
+    from editguard.cli import main
+
+    assert main(["merge", str(suite.path / "s1.json"), str(suite.path / "s2.json"), "-o", str(suite.path / "all.json")]) == 0
+    merged = json.loads((suite.path / "all.json").read_text())
+    assert compare_reports(whole, merged) == []
+    assert [m["shard"] for m in merged["run"]["merged_from"]] == ["1/2", "2/2"]
+    assert main(["compare", str(suite.path / "whole.json"), str(suite.path / "all.json")]) == 0
+    # Overlapping shards are refused.
+    assert main(["merge", str(suite.path / "s1.json"), str(suite.path / "s1.json"), "-o", str(suite.path / "x.json")]) == 2
+
+
+def test_xdist_run_equals_the_serial_run(suite):
+    from editguard.report.merge import compare_reports
+
+    serial = _run_json(suite, "serial.json")
+    parallel = _run_json(suite, "parallel.json", "-n", "2")
+    assert len(parallel["cases"]) == 3
+    assert compare_reports(serial, parallel) == []
+
+
+def test_junit_xml_carries_each_case_numbers(suite):
+    import xml.etree.ElementTree as ET
+
+    result = suite.runpytest_subprocess(*base_args("--max-cases=2", "--junitxml=junit.xml"))
+    result.assert_outcomes(passed=2)
+    cases = ET.parse(suite.path / "junit.xml").getroot().iter("testcase")
+    for case in cases:
+        props = {p.get("name"): p.get("value") for p in case.iter("property")}
+        assert float(props["editguard.ppl"]) > 1 and props["editguard.passed"] == "True"
+        for name in ("editguard.denominator_ratio", "editguard.key_cosine", "editguard.update_norm_rel",
+                     "editguard.failed_gates", "editguard.reason", "editguard.peak_memory_mb"):
+            assert name in props, name
+
+
+@pytest.mark.parametrize("shard, message", [("3/2", "need 1 <= i <= n"), ("half", "must look like i/n")])
+def test_bad_shard_is_a_usage_error(suite, shard, message):
+    result = suite.runpytest_subprocess(*base_args(f"--editguard-shard={shard}", "--collect-only"))
+    assert result.ret != 0 and message in result.stderr.str() + result.stdout.str()

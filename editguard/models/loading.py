@@ -74,9 +74,28 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except RuntimeError:
         raise ValueError(f"--device must be auto, cpu, cuda or cuda:N; got '{device}'") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"--device {device}: CUDA is not available on this machine (torch {torch.__version__}, "
+                             f"built {'with' if torch.version.cuda else 'without'} CUDA); use --device cpu")
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
+    return resolved
+
+
+def worker_device(device: str, devices: list[str] | None, worker_index: int | None, cuda_count: int) -> str:
+    """The device one pytest-xdist worker uses: with an explicit `devices` list, worker i takes
+    devices[i mod len]; with device 'auto' and several GPUs, worker i takes cuda:(i mod count);
+    otherwise every process uses `device` (one process, or a single GPU / the CPU)."""
+    if devices:
+        return devices[(worker_index or 0) % len(devices)]
+    if device == "auto" and worker_index is not None and cuda_count > 1:
+        return f"cuda:{worker_index % cuda_count}"
+    return device
 
 
 def resolve_dtype(dtype: str) -> torch.dtype:
@@ -153,7 +172,8 @@ def converted_gguf_dir(spec: ModelSpec) -> Path:
     return converted
 
 
-def _load_pretrained(path_or_id: str, local_files_only: bool):
+def _load_pretrained(path_or_id: str, local_files_only: bool, dtype: torch.dtype = torch.float32):
+    """Weights are read straight into `dtype`: a 7B model in bfloat16 never exists in float32."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"local_files_only": local_files_only}
@@ -163,7 +183,7 @@ def _load_pretrained(path_or_id: str, local_files_only: bool):
         ggufs = sorted(path.glob("*.gguf"))
         if ggufs and not (path / "config.json").exists():
             kwargs["gguf_file"] = ggufs[0].name
-    model = AutoModelForCausalLM.from_pretrained(path_or_id, dtype=torch.float32, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(path_or_id, dtype=dtype, **kwargs)
     tok = AutoTokenizer.from_pretrained(path_or_id, **kwargs)
     return model, tok
 
@@ -183,7 +203,7 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "fl
     if spec is not None and spec.kind == "tiny":
         model, tok, source = build_tiny_model(spec.family), byte_tokenizer(), f"tiny random {spec.family}"
     elif spec is not None and spec.kind == "gguf-package":
-        model, tok = _load_pretrained(str(converted_gguf_dir(spec)), local_files_only=True)
+        model, tok = _load_pretrained(str(converted_gguf_dir(spec)), local_files_only=True, dtype=torch_dtype)
         source = spec.note
     else:
         hub_id = spec.source if spec is not None else name
@@ -192,7 +212,7 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "fl
         if is_path:
             raise ModelLoadError(f"--model={name}: no such directory")
         try:
-            model, tok = _load_pretrained(hub_id, local_files_only=True)
+            model, tok = _load_pretrained(hub_id, local_files_only=True, dtype=torch_dtype)
         except (OSError, ValueError) as err:
             known = ", ".join(MODELS)
             raise ModelLoadError(

@@ -39,16 +39,42 @@ class RunInfo:
     suite: str = ""
     suite_source: str = ""     # where the suite's cases came from (mined list, screen, ...)
     sequential: bool = False
+    shard: str = ""            # "i/n" when this run is one shard of a larger one (--editguard-shard)
+    # Per suite module: its own SUITE_FIELDS (a run may mix single-edit and sequential suites).
+    suites: dict[str, dict[str, Any]] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=versions)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
+# Fields that belong to one suite module rather than to the whole run.
+SUITE_FIELDS = ("suite", "suite_source", "sequential", "ppl_corpus", "baseline_ppl", "baseline_corpus_ppl")
+
+
+def combine_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One header from the headers of a run's tests (or of merged shards): the run-wide fields of
+    the first, `suites` gathered from all, and the top-level suite fields taken from the first
+    suite module by name, so the header does not depend on which test happened to run first."""
+    suites: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        for module, fields in run.get("suites", {}).items():
+            suites.setdefault(module, fields)
+    combined = {**runs[0], "suites": dict(sorted(suites.items()))}
+    if suites:
+        combined.update(next(iter(combined["suites"].values())))
+    return combined
+
+
+def sort_cases(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The report's case order: by case id, then sequence and step (one order for every writer)."""
+    return sorted(cases, key=lambda c: (str(c["case_id"]), c.get("sequence") or "", c.get("step") or 0))
+
+
 def write_report(path: str | Path, run: dict[str, Any], cases: list[dict[str, Any]]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"schema": SCHEMA_VERSION, "run": run, "cases": sorted(cases, key=lambda c: str(c["case_id"]))}
+    doc = {"schema": SCHEMA_VERSION, "run": run, "cases": sort_cases(cases)}
     path.write_text(json.dumps(doc, indent=1, ensure_ascii=False))
     return path
 

@@ -77,6 +77,29 @@ def plot_risk_vs_ppl(records: list[dict[str, Any]], path: str | Path, ppl_max: f
     return _save(fig, path)
 
 
+def plot_anatomy(run: dict[str, Any], cases: list[dict[str, Any]], path: str | Path) -> Path:
+    """ROME's anatomy per edit: key cosine cos(k̄, kᵘ) against |denominator ratio|, collapsed
+    edits (ppl above the line) marked; the denominator gate drawn where it applies."""
+    plt = _pyplot()
+    line = run["thresholds"]["ppl_max"]
+    rows = [c for c in cases if c.get("key_cosine") is not None and c.get("denominator_ratio") is not None]
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for collapsed, style in ((False, dict(c="tab:blue", marker="o", label="intact")),
+                             (True, dict(c="tab:red", marker="x", label=f"collapsed (ppl > {line:g})"))):
+        pts = [c for c in rows if (c["ppl"] > line) == collapsed]
+        ax.scatter([c["key_cosine"] for c in pts], [max(abs(c["denominator_ratio"]), 1e-5) for c in pts],
+                   s=18, **style)
+    gate = run["thresholds"].get("denominator_ratio_min")
+    if gate:
+        ax.axhline(gate, color="gray", linestyle="--", linewidth=1, label=f"denominator gate ({gate:g})")
+    ax.set_yscale("log")
+    ax.set_xlabel("cos(k̄, kᵘ)")
+    ax.set_ylabel("|denominator ratio| (key used vs k̄)")
+    ax.set_title(f"{run['editor']} on {run['model']}: edit anatomy")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,8 +112,9 @@ def _save(fig, path: str | Path) -> Path:
 
 
 def write_report_plots(reports: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
-    """Every plot that the reports allow: a scatter per report of single edits, and one
-    sequence plot with a line per editor and sequence across all reports."""
+    """Every plot that the reports allow: per report a perplexity scatter of its single edits
+    and, where the editor reports ROME's anatomy, the anatomy plot; one sequence plot with a
+    line per editor and sequence across all reports."""
     out_dir = Path(out_dir)
     written, series = [], []
     for doc in reports:
@@ -99,6 +123,9 @@ def write_report_plots(reports: list[dict[str, Any]], out_dir: str | Path) -> li
         if singles:
             name = f"ppl-{run['editor']}-{run['model']}-{run.get('suite') or 'cases'}.png"
             written.append(plot_ppl_scatter(run, singles, out_dir / name))
+        if any(c.get("key_cosine") is not None for c in cases):
+            name = f"anatomy-{run['editor']}-{run['model']}-{run.get('suite') or 'cases'}.png"
+            written.append(plot_anatomy(run, cases, out_dir / name))
         for seq in sorted({c["sequence"] for c in cases if c.get("sequence")}):
             series.append((f"{run['editor']} · {seq}", [c for c in cases if c.get("sequence") == seq]))
     if series:

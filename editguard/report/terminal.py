@@ -26,7 +26,10 @@ def render_report(run: dict[str, Any], cases: list[dict[str, Any]], max_rows: in
         f"baseline {run['ppl_corpus']} perplexity {run['baseline_ppl']:.2f} "
         f"(token-weighted {run['baseline_corpus_ppl']:.2f}); gates: "
         + ", ".join(f"{k}={v:g}" for k, v in run["thresholds"].items())
-        + (f"\ncases: {run['suite_source']}" if run.get("suite_source") else ""),
+        + (f"\ncases: {run['suite_source']}" if run.get("suite_source") and len(run.get("suites", {})) < 2 else "")
+        + "".join(f"\n{module}: {f.get('suite_source') or 'cases'}; {'sequential, ' if f.get('sequential') else ''}"
+                  f"baseline {f['ppl_corpus']} {f['baseline_ppl']:.2f}"
+                  for module, f in run.get("suites", {}).items() if len(run["suites"]) > 1),
     )
     sequences = _sequence_tables(cases)
     if not failed:

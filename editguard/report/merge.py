@@ -1,0 +1,119 @@
+"""Merging the JSON reports of shards (`--editguard-shard i/n`) into one, and comparing reports.
+
+Shards are parts of one run: they must agree on what was tested (model weights, editor and its
+hyperparameters, gates, perplexity corpus, dtype). Where they ran (device, package versions)
+may differ; the merged header keeps the first shard's and lists the files it came from.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from editguard.report.json_report import combine_runs, sort_cases
+
+# Run fields that define what a result means; shards that differ in one cannot be merged.
+RUN_IDENTITY = ("model", "model_fingerprint", "editor", "hparams", "thresholds", "dtype")
+# A suite module's fields that must agree where two shards ran the same module.
+SUITE_IDENTITY = ("sequential", "ppl_corpus")
+# Case fields that are wall-clock measurements: they differ between any two runs.
+TIMING_FIELDS = ("seconds", "timings", "peak_memory_mb")
+
+
+class MergeError(ValueError):
+    """Reports that are not parts of one run."""
+
+
+def case_key(case: dict[str, Any]) -> tuple[str, int, str]:
+    """A case's identity inside a run: the same case may appear in several sequences."""
+    return (case.get("sequence") or "", case.get("step") or 0, str(case["case_id"]))
+
+
+def merge_reports(docs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Merge (name, report) pairs into one report; MergeError names the field and the files
+    when they are not shards of one run, or when two shards hold the same case."""
+    if not docs:
+        raise MergeError("nothing to merge: give at least one JSON report")
+    first_name, first = docs[0]
+    schema = first.get("schema")
+    seen: dict[tuple, str] = {}
+    cases: list[dict[str, Any]] = []
+    for name, doc in docs:
+        if doc.get("schema") != schema:
+            raise MergeError(f"{name} has report schema {doc.get('schema')}, {first_name} has {schema}")
+        for field in RUN_IDENTITY:
+            mine, theirs = doc["run"].get(field), first["run"].get(field)
+            if mine != theirs:
+                raise MergeError(
+                    f"cannot merge {name} into {first_name}: they differ in '{field}' "
+                    f"({_short(mine)} vs {_short(theirs)}); shards of one run share model, editor, "
+                    f"hparams, thresholds and dtype")
+        for module, fields in doc["run"].get("suites", {}).items():
+            for other_name, other in docs:
+                theirs = other["run"].get("suites", {}).get(module)
+                for field in SUITE_IDENTITY:
+                    if theirs is not None and theirs.get(field) != fields.get(field):
+                        raise MergeError(f"cannot merge {name} and {other_name}: suite module {module} ran with "
+                                         f"{field}={fields.get(field)!r} in one and {theirs.get(field)!r} in the other")
+        for case in doc["cases"]:
+            key = case_key(case)
+            if key in seen:
+                raise MergeError(f"case {key[2]!r}{_where(key)} is in both {seen[key]} and {name}: "
+                                 f"the reports overlap (were they run with different --editguard-shard splits?)")
+            seen[key] = name
+            cases.append(case)
+    run = {k: v for k, v in combine_runs([doc["run"] for _, doc in docs]).items() if k != "shard"}
+    run["merged_from"] = [{"file": name, "shard": doc["run"].get("shard", ""), "cases": len(doc["cases"]),
+                           "device": doc["run"].get("device")} for name, doc in docs]
+    return {"schema": schema, "run": run, "cases": sort_cases(cases)}
+
+
+def _where(key: tuple) -> str:
+    return f" (sequence {key[0]}, step {key[1]})" if key[0] else ""
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def compare_reports(a: dict[str, Any], b: dict[str, Any], rtol: float = 1e-4, atol: float = 1e-6) -> list[str]:
+    """Differences between two reports of the same cases, ignoring wall-clock fields and where
+    the run happened; [] when they agree (same cases, verdicts, gates, numbers within rtol)."""
+    problems = []
+    for field in RUN_IDENTITY + ("suites",):
+        problems += _diff(f"run.{field}", a["run"].get(field), b["run"].get(field), rtol, atol)
+    cases_a = {case_key(c): c for c in a["cases"]}
+    cases_b = {case_key(c): c for c in b["cases"]}
+    for key in sorted(cases_a.keys() - cases_b.keys()):
+        problems.append(f"case {key[2]}{_where(key)} only in the first report")
+    for key in sorted(cases_b.keys() - cases_a.keys()):
+        problems.append(f"case {key[2]}{_where(key)} only in the second report")
+    for key in sorted(cases_a.keys() & cases_b.keys()):
+        ca, cb = cases_a[key], cases_b[key]
+        for field in sorted(set(ca) | set(cb)):
+            if field not in TIMING_FIELDS:
+                problems += _diff(f"case {key[2]}{_where(key)}: {field}", ca.get(field), cb.get(field), rtol, atol)
+    return problems
+
+
+def _diff(where: str, x: Any, y: Any, rtol: float, atol: float) -> list[str]:
+    if isinstance(x, dict) and isinstance(y, dict):
+        out = []
+        for k in sorted(set(x) | set(y)):
+            if k.startswith("seconds") or k in TIMING_FIELDS:
+                continue
+            out += _diff(f"{where}.{k}", x.get(k), y.get(k), rtol, atol)
+        return out
+    if isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)):
+        if len(x) != len(y):
+            return [f"{where}: {len(x)} vs {len(y)} items"]
+        return [p for i, (u, v) in enumerate(zip(x, y)) for p in _diff(f"{where}[{i}]", u, v, rtol, atol)]
+    numeric = (int, float)
+    if isinstance(x, numeric) and isinstance(y, numeric) and not isinstance(x, bool) and not isinstance(y, bool):
+        if math.isnan(x) and math.isnan(y):
+            return []
+        if math.isclose(x, y, rel_tol=rtol, abs_tol=atol):
+            return []
+        return [f"{where}: {x!r} vs {y!r}"]
+    return [] if x == y else [f"{where}: {_short(x)} vs {_short(y)}"]

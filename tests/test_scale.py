@@ -1,0 +1,142 @@
+"""Sharding, merging and comparing reports, worker devices, the shared baseline cache, plots."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+from editguard.models.loading import resolve_device, worker_device
+from editguard.report.merge import MergeError, compare_reports, merge_reports
+from editguard.sharding import parse_shard, shard_members
+
+
+def test_parse_shard():
+    assert parse_shard("2/3") == (2, 3)
+    for bad in ("0/3", "4/3", "1/0", "a/b", "2"):
+        with pytest.raises(ValueError):
+            parse_shard(bad)
+
+
+def test_shards_partition_and_keep_units_together():
+    units = ["a", "b", "seq", "seq", "seq", "c", "d", "e"]
+    taken = [shard_members(units, i, 3) for i in (1, 2, 3)]
+    for position in range(len(units)):   # each item in exactly one shard
+        assert sum(t[position] for t in taken) == 1
+    owners = {i for i, t in enumerate(taken) for pos in (2, 3, 4) if t[pos]}
+    assert len(owners) == 1               # the sequence's items share a shard
+    assert shard_members(units, 1, 1) == [True] * len(units)
+
+
+def _report(editor="rome", cases=None, shard=""):
+    run = {"model": "m", "model_fingerprint": "f", "editor": editor, "hparams": {"lr": 0.5},
+           "thresholds": {"ppl_max": 1000.0}, "ppl_corpus": "me-ppl-50", "dtype": "float32",
+           "sequential": False, "baseline_ppl": 10.0, "baseline_corpus_ppl": 9.0, "device": "cpu", "shard": shard}
+    cases = cases if cases is not None else [{"case_id": "1", "ppl": 11.0, "passed": True, "seconds": 3.0,
+                                              "timings": {"edit": 2.0}, "diagnostics": {"seconds_keys": 1.0, "d": 0.5}}]
+    return {"schema": 1, "run": run, "cases": cases}
+
+
+def test_merge_refuses_mixed_runs_naming_the_field():
+    a = _report()
+    b = _report(editor="c-rome", cases=[{"case_id": "2", "ppl": 12.0, "passed": True}])
+    with pytest.raises(MergeError, match="differ in 'editor' \\('c-rome' vs 'rome'\\)"):
+        merge_reports([("a.json", a), ("b.json", b)])
+    b["run"]["editor"], b["run"]["hparams"] = "rome", {"lr": 0.1}
+    with pytest.raises(MergeError, match="'hparams'"):
+        merge_reports([("a.json", a), ("b.json", b)])
+    with pytest.raises(MergeError, match="case '1' is in both a.json and a2.json"):
+        merge_reports([("a.json", a), ("a2.json", _report())])
+
+
+def test_merge_keeps_every_case_sorted_and_lists_its_sources():
+    a = _report(cases=[{"case_id": "3", "ppl": 1.0, "passed": True}], shard="1/2")
+    b = _report(cases=[{"case_id": "1", "ppl": 2.0, "passed": False}], shard="2/2")
+    b["run"]["device"] = "cuda:1"
+    merged = merge_reports([("a.json", a), ("b.json", b)])
+    assert [c["case_id"] for c in merged["cases"]] == ["1", "3"]
+    assert "shard" not in merged["run"]
+    assert [(m["shard"], m["device"]) for m in merged["run"]["merged_from"]] == [("1/2", "cpu"), ("2/2", "cuda:1")]
+
+
+def test_compare_ignores_timings_but_not_numbers_or_verdicts():
+    a, b = _report(), _report()
+    b["cases"][0]["seconds"], b["cases"][0]["timings"]["edit"] = 99.0, 98.0
+    b["cases"][0]["diagnostics"]["seconds_keys"] = 7.0
+    b["run"]["device"] = "cuda:0"
+    assert compare_reports(a, b) == []
+    b["cases"][0]["ppl"] = 11.0 * (1 + 1e-6)
+    assert compare_reports(a, b) == []
+    c = copy.deepcopy(b)
+    c["cases"][0]["ppl"], c["cases"][0]["diagnostics"]["d"] = 11.5, 0.6
+    assert compare_reports(a, c) == ["case 1: diagnostics.d: 0.5 vs 0.6", "case 1: ppl: 11.0 vs 11.5"]
+    c = copy.deepcopy(b)
+    c["cases"][0]["passed"] = False
+    assert compare_reports(a, c) == ["case 1: passed: True vs False"]
+    assert compare_reports(a, _report(cases=[])) == ["case 1 only in the first report"]
+
+
+def test_worker_devices():
+    assert worker_device("auto", ["cuda:0", "cuda:1"], 3, 0) == "cuda:1"
+    assert worker_device("cpu", ["cpu", "cuda:0"], 0, 1) == "cpu"
+    assert worker_device("auto", None, 5, 4) == "cuda:1"      # several GPUs: one per worker
+    assert worker_device("auto", None, 5, 1) == "auto"        # one GPU (or none): all share it
+    assert worker_device("auto", None, None, 4) == "auto"     # not under xdist
+    assert worker_device("cuda:2", None, 1, 4) == "cuda:2"    # an explicit device wins
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_cuda_is_a_clear_error():
+    with pytest.raises(ValueError, match="--device cuda:1: CUDA is not available on this machine"):
+        resolve_device("cuda:1")
+
+
+def test_shared_baseline_is_measured_once_and_keyed_by_the_weights(monkeypatch, tmp_path):
+    import editguard.guard as guard
+    from editguard.models import load_model
+
+    monkeypatch.setenv("EDITGUARD_CACHE", str(tmp_path))
+    mue = load_model("tiny-gpt2")
+    sentences = ["The cat sat on the mat.", "Paris is the capital of France."]
+    first = guard.measure_baseline(mue, sentences, "two", shared=True)
+    calls = []
+    monkeypatch.setattr(guard, "perplexity", lambda *a: calls.append(a) or first.ppl)
+    again = guard.measure_baseline(mue, sentences, "two", shared=True)
+    assert again.ppl == first.ppl and calls == []             # read from disk
+    weight = mue.rewrite_matrix(mue.edit_layer)
+    saved = weight[0, 0].item()
+    with torch.no_grad():
+        weight[0, 0] += 1.0
+    try:
+        guard.measure_baseline(mue, sentences, "two", shared=True)
+        assert len(calls) == 1                                 # other weights: measured anew
+    finally:
+        with torch.no_grad():
+            weight[0, 0] = saved
+    assert len(list((tmp_path / "baselines").glob("*.json"))) == 2
+
+
+def test_anatomy_plot_is_written_for_rome_reports(tmp_path):
+    from editguard.report.plots import write_report_plots
+
+    doc = _report(cases=[{"case_id": str(i), "ppl": p, "passed": p < 1000, "key_cosine": cos,
+                          "denominator_ratio": r, "ppl_baseline": 10.0}
+                         for i, (p, cos, r) in enumerate([(12, 0.9, 0.95), (5000, 0.1, 0.02), (14, 0.8, 0.8)])])
+    written = write_report_plots([doc], tmp_path)
+    names = sorted(p.name for p in written)
+    assert names == ["anatomy-rome-m-cases.png", "ppl-rome-m-cases.png"]
+    assert all(p.stat().st_size > 5000 for p in written)
+
+
+def test_run_header_does_not_depend_on_which_suite_ran_first():
+    from editguard.report.json_report import combine_runs
+
+    single = {**_report()["run"], "suites": {"suites/hardcf/test_hardcf.py": {"sequential": False, "ppl_corpus": "me-ppl-50"}}}
+    seq = {**_report()["run"], "suites": {"suites/sequential/test_seq.py": {"sequential": True, "ppl_corpus": "me-ppl-1k"}}}
+    one, other = combine_runs([single, seq]), combine_runs([seq, single])
+    assert one["suites"] == other["suites"] and list(one["suites"]) == sorted(one["suites"])
+    assert one["sequential"] is other["sequential"] is False     # from the first module by name
+    clash = {**_report()["run"], "suites": {"suites/hardcf/test_hardcf.py": {"sequential": True, "ppl_corpus": "me-ppl-50"}}}
+    with pytest.raises(MergeError, match="suites/hardcf/test_hardcf.py ran with sequential=False in one and True"):
+        merge_reports([("a.json", {**_report(), "run": single}),
+                       ("b.json", {**_report(cases=[{"case_id": "9", "ppl": 1.0, "passed": True}]), "run": clash})])
