@@ -7,6 +7,9 @@
     editguard report out.json
     editguard filter suites/hardedit/cases.json --model smollm2-135m --editor rome
     editguard plot rome.json c-rome.json suites/hardcf/smollm2-135m.json -o out/plots
+    editguard merge shard1.json shard2.json -o all.json
+    editguard analyze positions --model smollm2-135m --editor rome --n 10
+    editguard analyze prefix --model smollm2-135m --editor c-rome --n 10
 """
 
 from __future__ import annotations
@@ -247,6 +250,78 @@ def cmd_compare(args) -> int:
     return 1 if problems else 0
 
 
+def _analysis_cases(spec: str, model: str, data, n: int):
+    from editguard.cases import read_cases
+    from editguard.suites import hardcf, normal_sample
+
+    if spec == "hardcf":
+        cases = hardcf(model, data, load=lambda: _load(model))
+    elif spec == "normal":
+        cases = normal_sample(n, data)
+    else:
+        cases = read_cases(spec)
+    return list(cases)[:n]
+
+
+def _load(model: str, device: str = "auto", dtype: str = "float32"):
+    from editguard.models import load_model
+
+    return load_model(model, device, dtype)
+
+
+def _print_table(title: str, rows: list[dict], columns: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("condition", "group", "test") else "right")
+    for row in rows:
+        table.add_row(*[("–" if row[c] is None else f"{row[c]:.3g}" if isinstance(row[c], float) else str(row[c]))
+                        for c in columns])
+    (Console() if sys.stdout.isatty() else Console(width=160)).print(table)
+
+
+def cmd_analyze(args) -> int:
+    from pathlib import Path
+
+    from editguard.analysis import analyze_positions, analyze_prefix_cure, summarize_positions, summarize_prefix_cure
+    from editguard.data import load_ppl_corpus
+    from editguard.editors.base import get_editor
+    from editguard.gates import Thresholds
+    from editguard.guard import measure_baseline
+    from editguard.progress import progress_bar
+
+    mue = _load(args.model, args.device, args.dtype)
+    editor = get_editor(args.editor, data_dir=args.data)
+    thresholds = Thresholds(ppl_max=args.ppl_threshold)
+    baseline = measure_baseline(mue, load_ppl_corpus(args.ppl_corpus, args.data), args.ppl_corpus, shared=True)
+    header = {"model": mue.name, "editor": editor.name, "hparams": editor.hparams(mue), "ppl_corpus": args.ppl_corpus,
+              "baseline_ppl": baseline.ppl.ppl, "thresholds": thresholds.to_dict()}
+    if args.what == "positions":
+        cases = [c for c in _analysis_cases(args.cases, mue.name, args.data, 10**9) if c.subject_first][: args.n]
+        with progress_bar(f"positions: {len(cases)} cases × 3 edits", 3 * len(cases)) as bar:
+            rows = analyze_positions(mue, editor, cases, baseline, thresholds, on_row=lambda r: bar.advance(1))
+        summary = summarize_positions(rows, thresholds.ppl_max)
+        _print_table(f"{editor.name} on {mue.name}: subject position (baseline {args.ppl_corpus} {baseline.ppl.ppl:.1f})",
+                     summary, ["condition", "n", "key_cosine_median", "denominator_ratio_median", "ppl_median",
+                               "ppl_max", "collapsed"])
+    else:
+        groups = {"hard": _analysis_cases(args.cases, mue.name, args.data, args.n),
+                  "normal": _analysis_cases("normal", mue.name, args.data, args.n)}
+        n = sum(len(g) for g in groups.values())
+        with progress_bar(f"prefix cure: {n} edits", n) as bar:
+            rows = analyze_prefix_cure(mue, editor, groups, baseline, thresholds, on_row=lambda r: bar.advance(1))
+        summary = summarize_prefix_cure(rows)
+        _print_table(f"{editor.name} on {mue.name}: scores without and with the test-time prefix", summary,
+                     ["group", "test", "n", "efficacy", "generalization", "locality"])
+    out = Path(args.json or f"out/analyze-{args.what}-{mue.name}-{editor.name}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"run": header, "summary": summary, "rows": rows}, indent=1, default=str))
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="editguard", description="Safety measurements for LLM knowledge edits.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -325,7 +400,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-lines", type=int, default=30)
     p.set_defaults(run=cmd_compare)
 
+    p = sub.add_parser("analyze", help="the Fall of ROME analyses: subject position, test-time prefix cure")
+    _common(p)
+    p.add_argument("what", choices=["positions", "prefix"],
+                   help="positions: subject first vs moved later vs first position swapped (ROME edits); "
+                        "prefix: efficacy/generalization/locality with and without the test-time prefix")
+    p.add_argument("--editor", default=None, help="default: rome for positions, c-rome for prefix")
+    p.add_argument("--cases", default="hardcf", help="hardcf (the model's mined list) or a case file")
+    p.add_argument("--n", type=int, default=10, help="cases (per group)")
+    p.add_argument("--ppl-corpus", default="me-ppl-50")
+    p.add_argument("--ppl-threshold", type=float, default=1000.0)
+    p.add_argument("--json", default=None, help="default out/analyze-WHAT-MODEL-EDITOR.json")
+    p.set_defaults(run=cmd_analyze)
+
     args = parser.parse_args(argv)
+    if args.command == "analyze" and args.editor is None:
+        args.editor = "rome" if args.what == "positions" else "c-rome"
     try:
         return args.run(args)
     except (ValueError, LookupError, OSError) as err:

@@ -42,3 +42,36 @@ def efficacy(mue: ModelUnderEdit, prompt_text: str, target_new: str, target_true
     targets = [target_new] if target_true is None else [target_new, target_true]
     logps = target_logprobs(mue, prefix + prompt_text, targets)
     return Efficacy(logps[0], logps[1] if target_true is not None else None, prefix)
+
+
+@dataclass(frozen=True)
+class EditScores:
+    """CounterFact's three scores for one edit, each the fraction of its prompts that behave:
+    efficacy (the edit prompt prefers target_new), generalization (paraphrases prefer it),
+    locality (neighbourhood prompts still prefer target_true). None where the case has no such prompts."""
+
+    efficacy: float | None
+    generalization: float | None
+    locality: float | None
+    prefix: str
+
+
+def edit_scores(mue: ModelUnderEdit, case, prefix: str = "") -> EditScores:
+    """Scores of the edited model on `case`, with `prefix` in front of every prompt (C-ROME's test-time
+    prefix) or without."""
+    if case.target_true is None:
+        return EditScores(None, None, None, prefix)
+
+    def prefers_new(prompt: str) -> bool:
+        new, true = target_logprobs(mue, prefix + prompt, [case.target_new, case.target_true])
+        return new > true
+
+    def fraction(values: list[bool]) -> float | None:
+        return sum(values) / len(values) if values else None
+
+    return EditScores(
+        efficacy=float(prefers_new(case.text)),
+        generalization=fraction([prefers_new(p) for p in case.paraphrases]),
+        locality=fraction([not prefers_new(p) for p in case.neighborhood]),
+        prefix=prefix,
+    )
