@@ -93,6 +93,7 @@ def plot_anatomy(run: dict[str, Any], cases: list[dict[str, Any]], path: str | P
     if gate:
         ax.axhline(gate, color="gray", linestyle="--", linewidth=1, label=f"denominator gate ({gate:g})")
     ax.set_yscale("log")
+    ax.set_xlim(min([-0.1] + [c["key_cosine"] - 0.05 for c in rows]), 1.02)
     ax.set_xlabel("cos(k̄, kᵘ)")
     ax.set_ylabel("|denominator ratio| (key used vs k̄)")
     ax.set_title(f"{run['editor']} on {run['model']}: edit anatomy")
