@@ -191,17 +191,22 @@ def cmd_filter(args) -> int:
     progress_path = args.progress or f"out/filter-{mue.name}-{editor.name}.jsonl"
     print(f"filtering {len(cases)} cases of {args.case_file} with {editor.name} on {mue.name} "
           f"(baseline ppl {baseline.ppl.ppl:.2f}); progress in {progress_path} (resumable)")
-    with progress_bar(f"filter {args.case_file}", len(cases)) as bar:
-        def show(record):
-            bar.advance(1)
-            print(f"  {record['case_id']:>8} {record['subject'][:20]:20} ppl {record['ppl']:12.1f}  {record['degradation']}")
-        records = mine(mue, editor, [(c, "all") for c in cases], baseline, thresholds, progress_path, on_case=show)
     run = RunInfo(model=mue.name, editor=editor.name, hparams=editor.hparams(mue), thresholds=thresholds.to_dict(),
                   baseline_ppl=baseline.ppl.ppl, baseline_corpus_ppl=baseline.ppl.corpus_ppl,
                   ppl_corpus=args.ppl_corpus, model_fingerprint=mue.fingerprint, device=str(mue.device),
                   dtype=str(mue.dtype).removeprefix("torch."), suite=str(args.case_file)).to_json()
-    run.pop("versions")
-    record_filter(args.case_file, records, json.loads(json.dumps(run, default=str)))
+    for key in ("versions", "suites"):
+        run.pop(key)
+    run = json.loads(json.dumps(run, default=str))
+    so_far: list[dict] = []
+    with progress_bar(f"filter {args.case_file}", len(cases)) as bar:
+        def show(record):
+            bar.advance(1)
+            print(f"  {record['case_id']:>8} {record['subject'][:20]:20} ppl {record['ppl']:12.1f}  {record['degradation']}")
+            so_far.append(record)
+            record_filter(args.case_file, so_far, run)  # an interrupted filter leaves its partial outcome
+        records = mine(mue, editor, [(c, "all") for c in cases], baseline, thresholds, progress_path, on_case=show)
+    record_filter(args.case_file, records, run)
     kept = sum(degradation(r["ppl"], baseline.ppl.ppl, thresholds) == "collapsed" for r in records)
     print(f"{kept} of {len(records)} cases collapse {mue.name} with one {editor.name} edit; "
           f"recorded under filters['{mue.name}/{editor.name}'] in {args.case_file}")

@@ -148,14 +148,20 @@ def write_mined_suite(path: str | Path, records: list[dict], cases: dict[str, Ed
 
 def record_filter(case_file: str | Path, records: list[dict], run: dict) -> Path:
     """Write a filter's outcome into a case file, beside its cases: which cases pass (their
-    single edit collapses the model, as HardEdit was filtered) and why, per model and editor."""
+    single edit collapses the model, as HardEdit was filtered) and why, per model and editor.
+    Called after every case, so an interrupted filter leaves its partial outcome: the cases
+    not yet edited are listed under `pending` (a rerun resumes and completes it)."""
     path = Path(case_file)
     doc = json.loads(path.read_text())
     key = f"{run['model']}/{run['editor']}"
     line = run["thresholds"]["ppl_max"]
+    done = {r["case_id"] for r in records}
+    pending = [c["case_id"] for c in doc["cases"] if c["case_id"] not in done]
     doc.setdefault("filters", {})[key] = {
         "rule": f"kept when the single {run['editor']} edit pushes {run['ppl_corpus']} perplexity above {line:g}",
         "run": {**run, "versions": versions()},
+        "complete": not pending,
+        "pending": pending,
         "kept": [r["case_id"] for r in records if r["degradation"] == "collapsed"],
         "results": {r["case_id"]: {"kept": r["degradation"] == "collapsed", "degradation": r["degradation"],
                                    "ppl": r["ppl"], "reason": r["reason"], "denominator_ratio": r["denominator_ratio"],
@@ -170,12 +176,13 @@ def record_filter(case_file: str | Path, records: list[dict], run: dict) -> Path
 
 def filtered_cases(case_file: str | Path, model: str, editor: str = "rome") -> tuple[list[EditCase], dict | None]:
     """The cases of a case file that passed its filter for (model, editor), and the filter;
-    all cases and None when the file has no such filter."""
+    all cases and None when the file has no such filter. While a filter is incomplete, its
+    pending cases are kept too: only cases known not to collapse the model are dropped."""
     from editguard.cases import read_cases
 
     cases = read_cases(case_file)
     flt = json.loads(Path(case_file).read_text()).get("filters", {}).get(f"{model}/{editor}")
     if flt is None:
         return cases, None
-    kept = set(flt["kept"])
+    kept = set(flt["kept"]) | set(flt.get("pending", ()))
     return [c for c in cases if c.case_id in kept], flt

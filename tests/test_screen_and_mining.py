@@ -180,6 +180,11 @@ def test_filter_is_recorded_in_the_case_file_and_selects_cases(tmp_path):
     assert flt["results"]["2"] == {**{k: records[1][k] for k in records[1] if k != "case_id"}, "kept": False}
     assert len(read_cases(path)) == 3 and json.loads(path.read_text())["author"] == "test"  # cases and metadata kept
     assert filtered_cases(path, "tiny-gpt2", "rome")[1] is None
+    assert flt["complete"] is True and flt["pending"] == []
+    # An interrupted filter: the cases not yet edited stay in the suite, listed as pending.
+    record_filter(path, records[:2], run)
+    kept, flt = filtered_cases(path, "tiny-llama", "rome")
+    assert flt["complete"] is False and flt["pending"] == ["3"] and [c.case_id for c in kept] == ["1", "3"]
 
 
 def test_hardcf_suite_uses_the_mined_list_else_the_screen(tmp_path, monkeypatch, data_dir):

@@ -15,8 +15,13 @@ def edit_cases(settings):
     cases, flt = filtered_cases(CASE_FILE, settings.model, editor="rome")
     if flt is None:
         return CaseList(cases, f"all {len(cases)} HardEdit-style cases (no ROME filter recorded for {settings.model})")
-    return CaseList(cases, f"{len(cases)} HardEdit-style cases whose single ROME edit collapsed {settings.model} "
-                           f"(filter in {CASE_FILE.parent.name}/{CASE_FILE.name})")
+    pending = len(flt.get("pending", ()))
+    collapsed = len(cases) - pending
+    where = f"filter in {CASE_FILE.parent.name}/{CASE_FILE.name}"
+    if pending:
+        return CaseList(cases, f"{collapsed} HardEdit-style cases whose single ROME edit collapsed {settings.model} "
+                               f"+ {pending} not yet filtered ({where} is incomplete)")
+    return CaseList(cases, f"{collapsed} HardEdit-style cases whose single ROME edit collapsed {settings.model} ({where})")
 
 
 def test_edit_keeps_model_intact(edit_case, edit_guard):
