@@ -60,10 +60,13 @@ def test_plot_writes_scatter_sequence_and_risk_plots(tmp_path, capsys):
     out = tmp_path / "plots"
     assert main(["plot", str(report), str(seq_report), str(mined), "-o", str(out)]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["ppl-rome-tiny-llama-hardcf.png", "ppl-rome-tiny-llama-mined-mined.png",
+    # The cases carry ROME's anatomy, so each report also gets its anatomy plot.
+    assert names == ["anatomy-c-rome-tiny-llama-hardcf.png", "anatomy-rome-tiny-llama-hardcf.png",
+                     "anatomy-rome-tiny-llama-mined-mined.png",
+                     "ppl-rome-tiny-llama-hardcf.png", "ppl-rome-tiny-llama-mined-mined.png",
                      "risk-vs-ppl-mined.png", "sequence-ppl.png"]
     assert all(_is_png(out / n) for n in names)
-    assert capsys.readouterr().out.count("wrote ") == 4
+    assert capsys.readouterr().out.count("wrote ") == 7
 
 
 def test_plot_rejects_other_json(tmp_path, capsys):
