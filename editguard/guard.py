@@ -16,6 +16,7 @@ import torch
 from editguard.cases import EditCase
 from editguard.editors.base import Editor
 from editguard.gates import Thresholds, Verdict, judge
+from editguard.metrics.anatomy import normal_text_keys, update_anatomy
 from editguard.metrics.efficacy import efficacy
 from editguard.metrics.perplexity import PerplexityResult, perplexity
 from editguard.models.loading import ModelUnderEdit
@@ -30,6 +31,9 @@ class Baseline:
     sentences: list[str]
     corpus: str
     checksums: dict[str, float] = field(repr=False)
+    # Normal-text inputs of each touched matrix's module, for the blast radius; filled on first
+    # need (see anatomy_keys), so every editor's update is measured on the same keys.
+    anatomy_keys: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
 
 # Bump when perplexity() changes what it computes: cached baselines of older code are then ignored.
@@ -113,6 +117,7 @@ class CaseResult:
             "denominator_ratio": d.get("denominator_ratio"),
             "key_cosine": d.get("key_cosine"),
             "update_norm_rel": d.get("update_norm_rel"),
+            "blast_radius": d.get("blast_radius"),
             "efficacy": self.efficacy,
             "seconds": self.seconds,
             "timings": self.timings,
@@ -123,14 +128,27 @@ class CaseResult:
         }
 
 
-def relative_change(snapshot: WeightSnapshot, mue: ModelUnderEdit) -> float:
-    """max over touched matrices of ‖W_new − W_old‖_F / ‖W_old‖_F: editor-agnostic anatomy."""
-    worst = 0.0
-    for name in snapshot.names:
-        old = snapshot.saved(name).float()
-        new = mue.parameter(name).detach().float()
-        worst = max(worst, float((new - old).norm() / old.norm().clamp_min(1e-12)))
-    return worst
+# Sentences and rows of normal text the blast radius is measured on: enough for a stable mean,
+# cheap enough to collect once per touched module.
+ANATOMY_SENTENCES = 16
+ANATOMY_MAX_KEYS = 512
+
+
+def anatomy_keys(mue: ModelUnderEdit, baseline: Baseline, names: list[str]) -> dict[str, torch.Tensor]:
+    """Normal-text keys (inputs) for every touched 2-D matrix in `names`, taken from the first
+    ANATOMY_SENTENCES sentences of the baseline corpus on the model as it is when first needed
+    (unedited, for single edits) and kept in the baseline."""
+    matrices = [n for n in names if mue.parameter(n).dim() == 2]
+    missing = sorted({n.rpartition(".")[0] for n in matrices} - baseline.anatomy_keys.keys())
+    if missing:
+        baseline.anatomy_keys.update(normal_text_keys(mue, missing, baseline.sentences[:ANATOMY_SENTENCES],
+                                                      max_keys=ANATOMY_MAX_KEYS))
+    return {n: baseline.anatomy_keys[n.rpartition(".")[0]] for n in matrices}
+
+
+def measure_anatomy(snapshot: WeightSnapshot, mue: ModelUnderEdit, keys: dict[str, torch.Tensor] | None = None) -> dict:
+    """update_anatomy of the change since `snapshot` was taken (editor-agnostic)."""
+    return update_anatomy(mue, {name: snapshot.saved(name) for name in snapshot.names}, keys)
 
 
 def verify_pristine(mue: ModelUnderEdit, baseline: Baseline, editor_name: str) -> None:
@@ -152,6 +170,9 @@ def _edit_and_measure(mue: ModelUnderEdit, editor: Editor, case: EditCase, basel
     if mue.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(mue.device)
     t = time.perf_counter()
+    keys = anatomy_keys(mue, baseline, snapshot.names)
+    timings["anatomy_keys"] = time.perf_counter() - t
+    t = time.perf_counter()
     report = editor.apply(mue, [case])
     timings["edit"] = time.perf_counter() - t
     timings.update({k: v for k, v in report.diagnostics.items() if k.startswith("seconds_")})
@@ -163,7 +184,10 @@ def _edit_and_measure(mue: ModelUnderEdit, editor: Editor, case: EditCase, basel
     timings["efficacy"] = time.perf_counter() - t
     t = time.perf_counter()
     diagnostics = {k: v for k, v in report.diagnostics.items() if not k.startswith("seconds_")}
-    diagnostics["update_norm_rel"] = relative_change(snapshot, mue)
+    anatomy = measure_anatomy(snapshot, mue, keys)
+    diagnostics["update_norm_rel"] = anatomy["update_norm_rel_max"]
+    diagnostics["blast_radius"] = anatomy["blast_radius_max"]
+    diagnostics["touched_matrices"] = anatomy["matrices"]
     timings["anatomy"] = time.perf_counter() - t
     verdict = judge(ppl.ppl, baseline.ppl.ppl, diagnostics, thresholds, case.subject_first)
     return CaseResult(
@@ -231,7 +255,7 @@ class EditSequence:
         result = _edit_and_measure(self.mue, self.editor, case, self.baseline, self.thresholds,
                                    step_snapshot, timings, start)
         result.sequence, result.step = self.name, len(self.results) + 1
-        result.diagnostics["cumulative_update_norm_rel"] = relative_change(self.original, self.mue)
+        result.diagnostics["cumulative_update_norm_rel"] = measure_anatomy(self.original, self.mue)["update_norm_rel_max"]
         self.results.append(result)
         return result
 

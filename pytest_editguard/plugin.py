@@ -423,7 +423,7 @@ class EditGuard:
 
 
 _JUNIT_FIELDS = ("passed", "ppl", "ppl_baseline", "corpus_ppl", "denominator_ratio", "key_cosine",
-                 "update_norm_rel", "efficacy", "sequence", "step", "peak_memory_mb")
+                 "update_norm_rel", "blast_radius", "efficacy", "sequence", "step", "peak_memory_mb")
 
 
 def junit_properties(record: dict[str, Any]) -> list[tuple[str, str]]:

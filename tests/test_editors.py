@@ -182,6 +182,24 @@ def test_snapshot_restores_every_editor_exactly(tiny, name, data_dir):
         editor.reset()
 
 
+@pytest.mark.parametrize("name", ["rome", "c-rome", "r-rome", "ft", "memit", "alphaedit"])
+def test_guard_measures_every_editors_anatomy(tiny, name, data_dir):
+    """Editor-agnostic anatomy: each touched matrix's ‖ΔW‖/‖W‖ and blast radius, whatever the editor."""
+    from editguard.guard import check, measure_baseline
+
+    editor = get_editor(name, FAST[name], data_dir=data_dir)
+    result = check(tiny, editor, PARIS, measure_baseline(tiny, SENTENCES))
+    d = result.diagnostics
+    matrices = {n: m for n, m in d["touched_matrices"].items() if "blast_radius" in m}
+    assert set(d["touched_matrices"]) == set(editor.touched_parameters(tiny, [PARIS]))
+    assert matrices, "no touched matrix got a blast radius"
+    assert d["blast_radius"] == max(m["blast_radius"] for m in matrices.values()) > 0
+    assert d["update_norm_rel"] == max(m["update_norm_rel"] for m in d["touched_matrices"].values()) > 0
+    assert result.to_json()["blast_radius"] == d["blast_radius"]
+    if hasattr(editor, "reset"):
+        editor.reset()
+
+
 # --- r-ROME -------------------------------------------------------------------------------
 
 def test_r_rome_uses_k_bar_in_numerator_and_denominator_and_tests_without_prefix(tiny):
@@ -388,7 +406,8 @@ def test_update_anatomy_of_a_known_update(tiny):
     name = tiny.family.rewrite_weight(layer)
     bias_name = f"{tiny.family.rewrite.format(layer)}.bias"
     has_bias = bias_name in dict(tiny.model.named_parameters())
-    keys = normal_text_keys(tiny, layer, SENTENCES)
+    module = tiny.family.rewrite.format(layer)
+    keys = normal_text_keys(tiny, [module], SENTENCES)[module]
     w = tiny.rewrite_matrix(layer)
     assert keys.shape[1] == w.shape[1] and keys.shape[0] == sum(len(tiny.tokenizer(s)["input_ids"]) for s in SENTENCES)
     g = torch.Generator().manual_seed(3)
@@ -424,7 +443,8 @@ def test_blast_radius_tells_rome_from_c_rome_on_normal_text():
     mue = load_model("tiny-gptj")
     layer = mue.edit_layer
     name = mue.family.rewrite_weight(layer)
-    keys = normal_text_keys(mue, layer, SENTENCES, max_keys=50)
+    module = mue.family.rewrite.format(layer)
+    keys = normal_text_keys(mue, [module], SENTENCES, max_keys=50)[module]
     assert keys.shape[0] == 50
     snapshot = WeightSnapshot(mue.model, [name])
     before = {name: snapshot.saved(name)}
@@ -463,3 +483,10 @@ def test_guard_flags_the_unsafe_user_editor(toy_importable):
     assert result.diagnostics["update_norm_rel"] > 0.35
     assert "‖ΔW‖/‖W‖" in result.explanation and "> 0.35" in result.explanation
     assert result.editor == "scale-row"
+    # Row 0 × 100: on each normal-text key k, ‖ΔW k‖/‖W k‖ = 99 |w₀·k| / ‖W k‖.
+    module = mue.family.rewrite.format(mue.edit_layer)
+    keys = baseline.anatomy_keys[module]
+    w = mue.rewrite_matrix(mue.edit_layer).detach().float()
+    expected = (99 * (keys @ w[0]).abs() / (keys @ w.T).norm(dim=1)).mean()
+    assert result.diagnostics["blast_radius"] == pytest.approx(float(expected), rel=1e-4)
+    assert keys.shape[0] == sum(len(mue.tokenizer(s)["input_ids"]) for s in SENTENCES)

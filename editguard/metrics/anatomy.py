@@ -7,17 +7,18 @@ For every touched matrix W (as it was before the edit) and its update ΔW:
   the matrix's output on inputs that have nothing to do with the edit. A surgical edit keeps it
   near 0; a collapsing ROME edit moves every output.
 
-Keys are the matrix's inputs on ordinary sentences; `normal_text_keys` collects them for a
-layer's MLP output projection (the matrix locate-then-edit editors rewrite).
+Keys are a matrix's inputs on ordinary sentences; `normal_text_keys` collects them for any
+modules in one pass. The guard (editguard.guard) measures this for every editor.
 
     before = {name: snapshot.saved(name) for name in snapshot.names}
-    keys = normal_text_keys(model, layer, sentences)
-    anatomy = update_anatomy(model, before, keys)   # after the edit
+    path = "model.layers.5.mlp.down_proj"
+    keys = normal_text_keys(model, [path], sentences)[path]   # before the edit
+    anatomy = update_anatomy(model, before, {path + ".weight": keys})   # after it
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 
@@ -25,29 +26,42 @@ from editguard.models.loading import ModelUnderEdit
 
 
 @torch.no_grad()
-def normal_text_keys(mue: ModelUnderEdit, layer: int, sentences: list[str], max_keys: int = 2048,
-                     batch_size: int = 16) -> torch.Tensor:
-    """Inputs of `layer`'s MLP output projection at every token of `sentences` (up to `max_keys`
-    rows, in order); (keys, in), float32."""
-    from editguard.editors.keys import inputs_until
+def normal_text_keys(mue: ModelUnderEdit, modules: Sequence[str], sentences: list[str], max_keys: int = 2048,
+                     batch_size: int = 16) -> dict[str, torch.Tensor]:
+    """Inputs of each module in `modules` (paths) at every token of `sentences`, from one forward
+    pass per batch: {path: (keys, in)} float32, up to `max_keys` rows each, in order."""
+    wanted = list(dict.fromkeys(modules))
+    seen: dict[str, list[torch.Tensor]] = {path: [] for path in wanted}
+    current: dict[str, torch.Tensor] = {}
 
-    module = mue.module(mue.family.rewrite.format(layer))
-    rows: list[torch.Tensor] = []
+    def recorder(path):
+        def hook(_module, args):
+            current[path] = args[0]
+        return hook
+
+    handles = [mue.module(path).register_forward_pre_hook(recorder(path)) for path in wanted]
     total = 0
-    for start in range(0, len(sentences), batch_size):
-        ids = [mue.tokenizer(s)["input_ids"] for s in sentences[start : start + batch_size]]
-        ids = [seq for seq in ids if seq]
-        if not ids:
-            continue
-        enc = mue.pad_batch(ids)
-        keys = inputs_until(mue, module, **enc)[enc["attention_mask"].bool()].float()
-        rows.append(keys)
-        total += keys.shape[0]
-        if total >= max_keys:
-            break
-    if not rows:
+    try:
+        for start in range(0, len(sentences), batch_size):
+            ids = [mue.tokenizer(s)["input_ids"] for s in sentences[start : start + batch_size]]
+            ids = [seq for seq in ids if seq]
+            if not ids:
+                continue
+            enc = mue.pad_batch(ids)
+            current.clear()
+            mue.model(**enc)
+            real = enc["attention_mask"].bool()
+            for path in wanted:
+                seen[path].append(current[path][real].float())
+            total += int(real.sum())
+            if total >= max_keys:
+                break
+    finally:
+        for handle in handles:
+            handle.remove()
+    if total == 0:
         raise ValueError("normal_text_keys: the sentences gave no tokens")
-    return torch.cat(rows)[:max_keys]
+    return {path: torch.cat(rows)[:max_keys] for path, rows in seen.items()}
 
 
 def _as_out_by_in(mue: ModelUnderEdit, name: str, tensor: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,7 @@ def render_report(run: dict[str, Any], cases: list[dict[str, Any]], max_rows: in
     table = Table(title="failed edits, worst perplexity first", title_justify="left", show_lines=False)
     for col, justify in [("case", "left"), ("prompt", "left"), ("→ new", "left"), ("ppl", "right"),
                          ("×base", "right"), ("denom ratio", "right"), ("cos(k̄,kᵘ)", "right"),
-                         ("‖ΔW‖/‖W‖", "right"), ("eff", "center"), ("failed gates", "left")]:
+                         ("‖ΔW‖/‖W‖", "right"), ("blast", "right"), ("eff", "center"), ("failed gates", "left")]:
         numeric = justify != "left"
         table.add_column(col, justify=justify, overflow="fold", no_wrap=numeric, min_width=12 if col == "prompt" else None)
     for c in failed[:max_rows]:
@@ -46,7 +46,7 @@ def render_report(run: dict[str, Any], cases: list[dict[str, Any]], max_rows: in
         table.add_row(
             str(c["case_id"]), prompt, c.get("target_new", ""), _num(c["ppl"], ".1f"),
             _num(c["ppl"] / c["ppl_baseline"], ".2f"), _num(c.get("denominator_ratio")),
-            _num(c.get("key_cosine"), ".2f"), _num(c.get("update_norm_rel")), eff,
+            _num(c.get("key_cosine"), ".2f"), _num(c.get("update_norm_rel")), _num(c.get("blast_radius")), eff,
             ", ".join(c["failed_gates"]),
         )
     parts = [header, *sequences, table]
