@@ -2,6 +2,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest_plugins = ["pytester"]
 
@@ -15,3 +16,21 @@ def data_dir() -> Path:
     if not (path / "me-ppl" / "ME-PPL_50.json").exists():
         pytest.fail(f"test data not found at {path}: set EDITGUARD_DATA to a copy of shared/data")
     return path
+
+
+@pytest.fixture(scope="module")
+def private_cache(tmp_path_factory):
+    """Templates and covariance statistics in a cache of this module's own."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EDITGUARD_CACHE", str(tmp_path_factory.mktemp("editguard-cache")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one intra-op thread; on a shared 2-core machine two threads
+    spin-wait for each other and the module runs 20x slower (6 min instead of 15 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -44,22 +44,7 @@ FAST = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def private_cache(tmp_path_factory):
-    """Templates and covariance statistics in a cache of this module's own."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EDITGUARD_CACHE", str(tmp_path_factory.mktemp("editguard-cache")))
-        yield
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one intra-op thread; on a shared 2-core machine two threads
-    spin-wait for each other and the module runs 20x slower (6 min instead of 15 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("private_cache", "one_thread")
 
 
 @pytest.fixture(params=FAMILIES)

@@ -216,6 +216,7 @@ def _builtin_editors() -> dict[str, Any]:
     from editguard.editors.alphaedit import AlphaEdit
     from editguard.editors.ft import FineTuneLInf
     from editguard.editors.memit import MEMIT
+    from editguard.editors.mend import MEND
     from editguard.editors.rome import ROME
 
     return {
@@ -225,6 +226,7 @@ def _builtin_editors() -> dict[str, Any]:
         "ft": FineTuneLInf,
         "memit": MEMIT,
         "alphaedit": AlphaEdit,
+        "mend": MEND,
     }
 
 
