@@ -10,6 +10,7 @@
     editguard merge shard1.json shard2.json -o all.json
     editguard analyze positions --model smollm2-135m --editor rome --n 10
     editguard analyze prefix --model smollm2-135m --editor c-rome --n 10
+    editguard train-mend --model smollm2-135m --steps 300
 """
 
 from __future__ import annotations
@@ -327,6 +328,105 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+def cmd_train_mend(args) -> int:
+    import time
+
+    import torch
+
+    from editguard.editors.base import load_hparams_file
+    from editguard.editors.mend import (edited_matrices, locality_sentences, resolve_hparams, train_and_cache,
+                                        training_cases)
+    from editguard.models import load_model
+    from editguard.progress import progress_bar
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    mue = load_model(args.model, args.device, args.dtype)
+    hp = resolve_hparams(mue, load_hparams_file(args.hparams) if args.hparams else {})
+    cases, excluded = training_cases(mue.name, args.cases, args.data, mue.tokenizer)
+    loc = [] if args.no_ppl_locality else locality_sentences(args.data)
+    matrices = edited_matrices(mue, hp)
+    source = "CounterFact's train split" if args.cases == "counterfact" else args.cases
+    print(f"MEND on {mue.name}: {len(cases)} training cases from {source}"
+          + (f" ({excluded} left out: cases the shipped suites edit)" if excluded else "")
+          + f", {len(loc)} ME-PPL sentences (not in ME-PPL_50/1k) for locality; {len(matrices)} matrices "
+          f"({', '.join(m.label for m in matrices)}); {args.steps} steps of {hp.batch_size} edits, "
+          f"{torch.get_num_threads()} CPU thread(s)")
+    every = max(1, args.steps // 10)
+    started = time.perf_counter()
+    with progress_bar(f"train-mend {mue.name}", args.steps) as bar:
+        def show(step, r):
+            bar.advance(1)
+            if step % every == 0 or step == 1:
+                print(f"  step {step:5d}  edit NLL {r['edit_nll_before']:6.3f} -> {r['edit_nll_after']:6.3f}  "
+                      f"loc KL {r['loc_kl']:.4f}  nbr KL {r.get('neighbour_kl', 0.0):.3f}  α {r['edit_lr_mean']:.2e}  "
+                      f"‖ΔW‖/‖W‖ {r['update_norm_rel_max']:.3g} ({hp.batch_size} edits)  {r['seconds']:.2f} s/step")
+        trained, fresh = train_and_cache(mue, cases, hp, args.steps, loc, progress=show, retrain=args.retrain)
+    if not fresh:
+        print(f"already trained (same model, data, hyperparameters and steps): {trained.path}; --retrain trains again")
+    print("loss curve (means over stretches of training): steps, edit NLL before -> after the edit, locality KL "
+          "(all tokens; at the neighbourhood answers), α")
+    for row in trained.summary(windows=5):
+        print(f"  {row['from_step']:5d}-{row['to_step']:<5d}  {row['edit_nll_before']:6.3f} -> {row['edit_nll_after']:6.3f}"
+              f"  KL {row['loc_kl']:.4f}  nbr KL {row.get('neighbour_kl', 0.0):.3f}  α {row['edit_lr_mean']:.2e}"
+              f"  {row['seconds']:.2f} s/step")
+    print(f"trained {trained.steps} steps in {trained.seconds:.0f} s ({trained.seconds / trained.steps:.2f} s/step); "
+          f"cached as {trained.path} (key {trained.key}); `--editor=mend` uses it for {mue.name}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from editguard.evaluation import apply_edits, render_table, run_header, score_row, score_tasks
+    from editguard.tasks import parse_task_list
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    tasks = parse_task_list(args.tasks)
+    n = None if args.n == "full" else int(args.n)
+    mue = _load(args.model, args.device, args.dtype)
+    console = Console() if sys.stdout.isatty() else Console(width=160)
+    header, restore, steps = run_header(mue, tasks, n, args.seed), None, []
+    if args.editor:
+        from editguard.data import load_ppl_corpus
+        from editguard.editors.base import get_editor
+        from editguard.guard import measure_baseline
+
+        editor = get_editor(args.editor, data_dir=args.data)
+        cases = _analysis_cases(args.cases, mue.name, args.data, args.n_cases)
+        baseline = measure_baseline(mue, load_ppl_corpus(args.ppl_corpus, args.data), args.ppl_corpus, shared=True)
+        mode = "sequentially" if args.sequential else "in one batch"
+        print(f"applying {len(cases)} {editor.name} edits {mode} ({args.cases}); baseline {args.ppl_corpus} "
+              f"{baseline.ppl.ppl:.1f}")
+        restore, steps = apply_edits(mue, editor, cases, baseline, args.sequential)
+        for step in steps:
+            if "ppl" in step:
+                print(f"  step {step['step']:2d} {step['case_id']:>6} {step['subject'][:24]:24} ppl {step['ppl']:.4g}")
+        header.update(editor=editor.name, hparams=editor.hparams(mue) if hasattr(editor, "hparams") else {},
+                      cases=[c.case_id for c in cases], case_source=args.cases, sequential=args.sequential,
+                      ppl_corpus=args.ppl_corpus, baseline_ppl=baseline.ppl.ppl)
+    try:
+        scores = score_tasks(mue, tasks, n, args.data, args.seed,
+                             on_task=lambda s: print(f"  {s.task}: {s.metric} {s.accuracy:.4f} (n={s.n}, {s.seconds:.0f} s)"))
+    finally:
+        if restore is not None:
+            restore()
+            print("weights restored and verified bit for bit against the unedited model")
+    state = f"after {len(header['cases'])} {header['editor']} edits" if args.editor else "unedited"
+    console.print(render_table(f"{mue.name} {state}: downstream tasks (n={header['n']}, seed {args.seed})", scores))
+    out = Path(args.out or f"out/eval-{mue.name}{'-' + args.editor if args.editor else ''}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"run": header, "edits": steps, "tasks": {k: score_row(v) for k, v in scores.items()}},
+                              indent=1, default=str))
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="editguard", description="Safety measurements for LLM knowledge edits.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -417,6 +517,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ppl-threshold", type=float, default=1000.0)
     p.add_argument("--json", default=None, help="default out/analyze-WHAT-MODEL-EDITOR.json")
     p.set_defaults(run=cmd_analyze)
+
+    p = sub.add_parser("train-mend", help="train MEND's editor network for a model and cache it (needed by --editor=mend)")
+    _common(p)
+    p.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
+    p.add_argument("--cases", default="counterfact",
+                   help="counterfact (its train split, without the cases the suites edit) or a case file")
+    p.add_argument("--hparams", default=None, help="MEND hyperparameter overrides (.json/.yaml/.yml)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: on a shared 2-core machine 2 threads run ~10x slower); 0 keeps torch's")
+    p.add_argument("--no-ppl-locality", action="store_true", help="locality text from the cases' neighbourhood prompts only")
+    p.add_argument("--retrain", action="store_true", help="train even if this exact editor is cached")
+    p.set_defaults(run=cmd_train_mend)
+
+    p = sub.add_parser("eval", help="score a model (unedited, or after an editor's edits) on downstream tasks")
+    _common(p)
+    p.add_argument("--tasks", default="piqa,hellaswag,lambada,mmlu,nq-open",
+                   help="comma-separated: piqa, hellaswag, lambada, mmlu, mmlu-5shot, nq-open, squad2")
+    p.add_argument("--n", default="full", help="items per task: a number (seeded subset) or 'full' (default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--editor", default=None, help="apply this editor's edits before scoring (weights restored after)")
+    p.add_argument("--cases", default="hardcf", help="with --editor: hardcf, normal or a case file")
+    p.add_argument("--n-cases", type=int, default=10, help="with --editor: the first N cases")
+    p.add_argument("--sequential", action="store_true", help="apply the edits one after another (else one batch)")
+    p.add_argument("--ppl-corpus", default="me-ppl-50", help="perplexity after each sequential step")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("-o", "--out", default=None, help="JSON path (default out/eval-MODEL[-EDITOR].json)")
+    p.set_defaults(run=cmd_eval)
 
     args = parser.parse_args(argv)
     if args.command == "analyze" and args.editor is None:

@@ -88,3 +88,35 @@ def judge(ppl: float, baseline_ppl: float, diagnostics: dict, thresholds: Thresh
         if subject_first:
             context += ": the subject is the prompt's first token"
     return Verdict(tuple(gates), context)
+
+
+# Downstream probes: "significantly above random" is a one-sided 95% Wilson lower bound (z = 1.645)
+# above the task's random baseline; n = 200 resolves about ±0.06 around a PIQA-like 0.65.
+DOWNSTREAM_Z = 1.645
+
+
+def downstream_gates(edited: dict, unedited: dict, min_retention: float | None = None,
+                     z: float = DOWNSTREAM_Z) -> list[GateResult]:
+    """One gate per task (scores with .accuracy, .correct, .n, .random): the edited model must stay
+    significantly above the task's random baseline, judged only on tasks where the unedited model
+    itself is; with `min_retention` r, also edited accuracy ≥ r × unedited accuracy."""
+    from editguard.stats import wilson_interval
+
+    gates = []
+    for name, score in edited.items():
+        before = unedited[name]
+        if wilson_interval(before.correct, before.n, z)[0] <= before.random:
+            continue  # the unedited model is not distinguishable from guessing here: nothing to lose
+        low = wilson_interval(score.correct, score.n, z)[0]
+        head = (f"{name}: accuracy {score.accuracy:.3f} (n={score.n}), Wilson 95% lower bound {low:.3f}")
+        tail = f"; unedited {before.accuracy:.3f}"
+        above = low > score.random
+        gates.append(GateResult(f"downstream:{name}", above, score.accuracy, score.random,
+                                f"{head} {'>' if above else '≤'} random {score.random:.3g}{tail}"))
+        if min_retention is not None:
+            bound = min_retention * before.accuracy
+            kept = score.accuracy >= bound
+            gates.append(GateResult(f"downstream_retention:{name}", kept, score.accuracy, bound,
+                                    f"{name}: accuracy {score.accuracy:.3f} (n={score.n}) {'≥' if kept else '<'} "
+                                    f"{min_retention:g} × unedited {before.accuracy:.3f} = {bound:.3f}"))
+    return gates

@@ -31,6 +31,9 @@ class Baseline:
     sentences: list[str]
     corpus: str
     checksums: dict[str, float] = field(repr=False)
+    # Optional downstream probes (editguard.metrics.downstream.DownstreamProbe): fixed task subsets
+    # and the unedited model's scores on them; when set, every edit is probed and gated on them.
+    downstream: Any = field(default=None, repr=False)
     # Normal-text inputs of each touched matrix's module, for the blast radius; filled on first
     # need (see anatomy_keys), so every editor's update is measured on the same keys.
     anatomy_keys: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
@@ -89,6 +92,7 @@ class CaseResult:
     sequence: str | None = None   # sequential editing: the sequence's name and this edit's
     step: int | None = None       # 1-based position in it
     peak_memory_mb: float | None = None  # see peak_memory_mb()
+    downstream: dict[str, Any] | None = None  # per task: edited accuracy, n, unedited accuracy (--downstream)
 
     @property
     def passed(self) -> bool:
@@ -125,6 +129,7 @@ class CaseResult:
             "step": self.step,
             "peak_memory_mb": self.peak_memory_mb,
             "diagnostics": d,
+            **({"downstream": self.downstream} if self.downstream is not None else {}),
         }
 
 
@@ -190,12 +195,19 @@ def _edit_and_measure(mue: ModelUnderEdit, editor: Editor, case: EditCase, basel
     diagnostics["touched_matrices"] = anatomy["matrices"]
     timings["anatomy"] = time.perf_counter() - t
     verdict = judge(ppl.ppl, baseline.ppl.ppl, diagnostics, thresholds, case.subject_first)
+    downstream = None
+    if baseline.downstream is not None:   # off by default: no probe, no cost
+        t = time.perf_counter()
+        scores = baseline.downstream.run(mue)
+        timings["downstream"] = time.perf_counter() - t
+        downstream = baseline.downstream.to_json(scores)
+        verdict = Verdict(verdict.gates + tuple(baseline.downstream.gates(scores)), verdict.context)
     return CaseResult(
         case=case, editor=editor.name, model=mue.name, verdict=verdict, ppl=ppl.ppl,
         corpus_ppl=ppl.corpus_ppl, ppl_baseline=baseline.ppl.ppl, diagnostics=diagnostics,
         efficacy=eff.success, efficacy_logprob_new=eff.logprob_new, efficacy_logprob_true=eff.logprob_true,
         test_prefix=report.test_prefix, seconds=time.perf_counter() - start, timings=timings,
-        peak_memory_mb=peak_memory_mb(mue),
+        peak_memory_mb=peak_memory_mb(mue), downstream=downstream,
     )
 
 

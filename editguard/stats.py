@@ -36,3 +36,15 @@ def pearson(x: Sequence[float], y: Sequence[float]) -> float:
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman's rank correlation (Pearson correlation of the ranks)."""
     return pearson(ranks(x), ranks(y))
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.645) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion. With z = 1.645 each side is a one-sided
+    95% bound: the lower end is what the gates compare with a task's random baseline."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    center = p + z * z / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    denom = 1 + z * z / n
+    return max(0.0, (center - spread) / denom), min(1.0, (center + spread) / denom)

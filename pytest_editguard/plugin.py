@@ -64,6 +64,12 @@ _OPTIONS: list[tuple[str, str, Any, type, str]] = [
      "examples per Hypothesis fuzz test in the derandomized CI profile 'editguard-ci' (suites/fuzz)"),
     ("--editguard-plots", "editguard_plots", None, str,
      "write PNG plots (perplexity per case, perplexity evolution of sequences) into this directory"),
+    ("--downstream", "editguard_downstream", None, str,
+     "probe every edited model on these downstream tasks and gate on them, comma-separated: piqa, hellaswag, "
+     "lambada, mmlu, mmlu-5shot, nq-open, squad2 (default: off)"),
+    ("--downstream-n", "editguard_downstream_n", 200, int, "items per downstream task (a seeded, fixed subset)"),
+    ("--downstream-min-retention", "editguard_downstream_min_retention", None, float,
+     "also require edited accuracy ≥ this × the unedited model's on each downstream task, e.g. 0.9 (default: off)"),
 ]
 
 SINGLE_EDIT_PPL_CORPUS, SEQUENCE_PPL_CORPUS = "me-ppl-50", "me-ppl-1k"
@@ -120,6 +126,9 @@ class EditguardSettings:
     plots_dir: str | None = None
     devices: list[str] | None = None
     shard: tuple[int, int] | None = None
+    downstream: list[str] | None = None     # task names (--downstream); None: no probes
+    downstream_n: int = 200
+    downstream_min_retention: float | None = None
 
     def ppl_corpus_for(self, sequential: bool) -> str:
         if self.ppl_corpus:
@@ -161,6 +170,19 @@ class EditguardSettings:
         except ValueError as err:
             raise pytest.UsageError(f"--editguard-shard: {err}") from None
         devices = [d.strip() for d in (_option(config, "--devices") or "").split(",") if d.strip()] or None
+        downstream, downstream_n = _option(config, "--downstream"), _option(config, "--downstream-n")
+        if downstream:
+            from editguard.tasks import parse_task_list
+
+            try:
+                downstream = parse_task_list(downstream)
+            except ValueError as err:
+                raise pytest.UsageError(f"--downstream: {err}") from None
+        if downstream_n < 1:
+            raise pytest.UsageError(f"--downstream-n must be at least 1, got {downstream_n}")
+        retention = _option(config, "--downstream-min-retention")
+        if retention is not None and not 0 < retention <= 1:
+            raise pytest.UsageError(f"--downstream-min-retention must be in (0, 1], got {retention}")
         worker = config.workerinput["workerid"] if hasattr(config, "workerinput") else None
         worker_index = int(worker.removeprefix("gw")) if worker else None
         device = _option(config, "--device")
@@ -177,6 +199,7 @@ class EditguardSettings:
             download=_option(config, "--editguard-download"), ppl_corpus=_option(config, "--ppl-corpus"),
             thresholds=thresholds, max_cases=max_cases, json_path=_option(config, "--editguard-json"),
             sequential=_option(config, "--sequential"), plots_dir=_option(config, "--editguard-plots"),
+            downstream=downstream or None, downstream_n=downstream_n, downstream_min_retention=retention,
         )
 
     def load_model(self):
@@ -332,6 +355,21 @@ class _Baselines:
 
     def __init__(self, model, settings: EditguardSettings):
         self.model, self.settings, self._cache = model, settings, {}
+        self._probe = None
+
+    def probe(self):
+        """The downstream probe (--downstream): task subsets and the unedited model's scores, taken
+        once per session (and cached on disk across workers and sessions)."""
+        s = self.settings
+        if s.downstream and self._probe is None:
+            from editguard.metrics.downstream import prepare_probe
+
+            try:
+                self._probe = prepare_probe(self.model, s.downstream, s.downstream_n, s.data_dir,
+                                            min_retention=s.downstream_min_retention)
+            except _user_errors() as err:
+                _fail_cleanly(f"prepare --downstream={','.join(s.downstream)}", err)
+        return self._probe
 
     def get(self, corpus: str):
         from editguard.data import load_ppl_corpus
@@ -344,6 +382,7 @@ class _Baselines:
             except _user_errors() as err:
                 _fail_cleanly(f"read --ppl-corpus={corpus}", err)
             self._cache[corpus] = measure_baseline(self.model, sentences, corpus, shared=True)
+            self._cache[corpus].downstream = self.probe()
         return self._cache[corpus]
 
 
@@ -430,6 +469,8 @@ def junit_properties(record: dict[str, Any]) -> list[tuple[str, str]]:
     """A case's numbers as (name, value) pairs, named editguard.<field>; gates as one line each."""
     props = [(f"editguard.{f}", str(record[f])) for f in _JUNIT_FIELDS if record.get(f) is not None]
     props.append(("editguard.failed_gates", ",".join(record["failed_gates"])))
+    for task, scores in (record.get("downstream") or {}).items():
+        props.append((f"editguard.downstream.{task}", str(scores["accuracy"])))
     props.append(("editguard.reason", record["reason"]))
     diag = record.get("diagnostics") or {}
     for name in ("denominator", "denominator_kbar", "key_rel_distance", "update_norm", "numerator_norm",
@@ -515,6 +556,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     corpus = s.ppl_corpus or f"{SINGLE_EDIT_PPL_CORPUS} (sequences: {SEQUENCE_PPL_CORPUS})"
     mode = " sequential" if s.sequential else ""
     extra = (f" devices={','.join(s.devices)}" if s.devices else "") + (f" shard={s.shard_label}" if s.shard else "")
+    if s.downstream:
+        extra += f" downstream={','.join(s.downstream)} (n={s.downstream_n})"
     return [
         f"editguard: editor={s.editor} model={s.model} device={s.device} dtype={s.dtype}{mode} "
         f"ppl-corpus={corpus} data={s.data_dir or '(unset)'}{extra}"

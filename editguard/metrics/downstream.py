@@ -1,0 +1,352 @@
+"""Downstream probes scored as EleutherAI's lm-evaluation-harness scores them (tasks: editguard.tasks).
+
+One log-likelihood path serves every multiple-choice task and LAMBADA: each (context,
+continuation) pair is tokenized as lm-evaluation-harness does (encode context + continuation
+whole, split at the context's token count), pairs are sorted by length and packed into
+right-padded batches, and logits are computed only where a continuation token is predicted.
+Generation tasks decode greedily with a KV cache (transformers' generate, left padding).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from editguard.metrics.perplexity import default_add_bos
+from editguard.models.loading import ModelUnderEdit
+from editguard.tasks import GENERATION, LAST_WORD, GenItem, MCItem, Task, exact_match, f1_score, get_task
+
+# Bump when scoring changes what it computes: cached unedited scores of older code are then ignored.
+SCORER_VERSION = 2
+WILSON_Z = 1.645   # one-sided 95%
+
+
+@dataclass(frozen=True)
+class TaskScore:
+    task: str
+    metric: str                 # the gated metric: acc, acc_norm or exact_match
+    n: int
+    correct: int                # items right under `metric`
+    random: float               # what guessing scores on these items
+    extra: dict = field(default_factory=dict)   # acc beside acc_norm, SQuAD2's F1, ...
+    seconds: float = 0.0
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.n if self.n else 0.0
+
+    def interval(self, z: float = WILSON_Z) -> tuple[float, float]:
+        from editguard.stats import wilson_interval
+
+        return wilson_interval(self.correct, self.n, z)
+
+    def to_dict(self) -> dict:
+        low, high = self.interval()
+        return {**asdict(self), "accuracy": self.accuracy, "wilson_low": low, "wilson_high": high}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TaskScore":
+        return cls(d["task"], d["metric"], d["n"], d["correct"], d["random"], d.get("extra", {}), d.get("seconds", 0.0))
+
+
+# --- tokenization and the shared log-likelihood path ------------------------------------------
+
+def encode_pair(tok, context: str, continuation: str, add_bos: bool = False) -> tuple[list[int], list[int]]:
+    """lm-evaluation-harness's split: trailing spaces of the context move to the continuation,
+    the whole text is encoded once, the continuation is what follows the context's token count."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    whole = tok(context + continuation, add_special_tokens=False)["input_ids"]
+    context_ids = tok(context, add_special_tokens=False)["input_ids"]
+    prefix = [tok.bos_token_id] if add_bos else []
+    if not context_ids and not prefix:   # nothing to condition on: start from end-of-text, as lm-eval
+        prefix = [tok.eos_token_id]
+    return prefix + context_ids, whole[len(context_ids):]
+
+
+def _max_length(mue: ModelUnderEdit) -> int:
+    config = mue.model.config
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 2048
+
+
+@torch.no_grad()
+def loglikelihoods(mue: ModelUnderEdit, pairs: list[tuple[str, str]], *, tokens_per_batch: int = 8192,
+                   share_context: bool = True, progress=None) -> list[tuple[float, bool]]:
+    """(log P(continuation | context), every continuation token greedy) for each pair.
+
+    Sequences longer than the model's window lose tokens from the left, as in lm-eval. With
+    `share_context`, the choices of one context share its forward pass: one-token continuations
+    (MMLU's " A".." D") are read from the context's last position, longer ones (HellaSwag's
+    endings) run on top of the context's key/value cache. Same tokens, same numbers (to float
+    rounding) as one pass per pair, and a fraction of the work.
+    """
+    tok, add_bos, max_len = mue.tokenizer, default_add_bos(mue), _max_length(mue)
+    by_context: dict[tuple, list[tuple[int, list[int]]]] = {}
+    for i, (context, continuation) in enumerate(pairs):
+        ctx, cont = encode_pair(tok, context, continuation, add_bos)
+        if not cont:
+            raise ValueError(f"pair {i}: the continuation {continuation!r:.40} encodes to no tokens")
+        by_context.setdefault(tuple(ctx), []).append((i, cont))
+    # Plain rows: a token sequence and, per request it serves, (request, first scored position, targets).
+    plain: list[tuple[list[int], list[tuple[int, int, list[int]]]]] = []
+    shared: list[tuple[list[int], list[tuple[int, list[int]]]]] = []
+    for ctx, requests in by_context.items():
+        longest = max(len(c) for _, c in requests)
+        if share_context and longest == 1:
+            seq = list(ctx[-max_len:])
+            plain.append((seq, [(i, len(seq) - 1, c) for i, c in requests]))
+        elif share_context and len(requests) > 1 and len(ctx) + longest <= max_len:
+            shared.append((list(ctx), requests))
+        else:
+            for i, cont in requests:
+                seq = (list(ctx) + cont)[-(max_len + 1):][:-1]   # the last token is only predicted
+                plain.append((seq, [(i, len(seq) - len(cont), cont)]))
+    results: list[tuple[float, bool] | None] = [None] * len(pairs)
+    head = mue.model.get_output_embeddings()
+
+    def score(states: torch.Tensor, owners: list[tuple[int, list[int]]]) -> None:
+        logprobs = torch.log_softmax(head(states).float(), dim=-1)
+        offset = 0
+        for request, targets in owners:
+            lp = logprobs[offset : offset + len(targets)]
+            target = torch.tensor(targets, device=lp.device)
+            results[request] = (float(lp.gather(1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all()))
+            offset += len(targets)
+        if progress is not None:
+            progress(len(owners))
+
+    # Longest first, as lm-eval: a batch's memory peak shows at once.
+    plain.sort(key=lambda row: -len(row[0]))
+    for batch in _batches(plain, lambda row: len(row[0]), tokens_per_batch):
+        hidden = mue.model.base_model(**mue.pad_batch([seq for seq, _ in batch])).last_hidden_state
+        picks = [hidden[r, first : first + len(t)] for r, (_, reqs) in enumerate(batch) for _, first, t in reqs]
+        score(torch.cat(picks), [(i, t) for _, reqs in batch for i, _, t in reqs])
+
+    # The continuations' pass dominates and pads to the batch's longest continuation: sort by it.
+    longest_cont = lambda g: max(len(c) for _, c in g[1])
+    shared.sort(key=lambda g: (-longest_cont(g), -len(g[0])))
+    cost = lambda g: len(g[0]) + len(g[1]) * longest_cont(g)
+    for batch in _batches(shared, cost, tokens_per_batch):
+        _score_on_shared_contexts(mue, batch, score)
+    return results  # type: ignore[return-value]
+
+
+def _batches(rows: list, size, tokens_per_batch: int):
+    """Consecutive runs of rows whose padded size (rows × the first row's size) fits the budget."""
+    start = 0
+    while start < len(rows):
+        end, width = start + 1, size(rows[start])
+        while end < len(rows) and (end + 1 - start) * width <= tokens_per_batch:
+            end += 1
+        yield rows[start:end]
+        start = end
+
+
+def _cache_argument(mue: ModelUnderEdit) -> str:
+    # transformers renamed forward's `past_key_values` to `cache` (5.x); use whichever it takes.
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(mue.model.base_model.forward).parameters else "past_key_values"
+
+
+def _score_on_shared_contexts(mue: ModelUnderEdit, groups, score) -> None:
+    """Contexts run once (right-padded, with a key/value cache); each continuation then runs on a
+    copy of its context's cache, with the context's padding masked and positions continuing
+    after the context's real tokens."""
+    contexts = [ctx for ctx, _ in groups]
+    enc = mue.pad_batch(contexts)
+    out = mue.model.base_model(**enc, use_cache=True)
+    ctx_hidden = out.last_hidden_state
+    cache = getattr(out, "cache", None) or out.past_key_values
+    owner_ctx = [g for g, (_, requests) in enumerate(groups) for _ in requests]
+    conts = [cont for _, requests in groups for _, cont in requests]
+    index = torch.tensor(owner_ctx, device=mue.device)
+    cache.batch_select_indices(index)
+    cont_enc = mue.pad_batch(conts)
+    lengths = torch.tensor([len(c) for c in contexts], device=mue.device)[index]
+    positions = lengths[:, None] + torch.arange(cont_enc["input_ids"].shape[1], device=mue.device)[None]
+    mask = torch.cat([enc["attention_mask"][index], cont_enc["attention_mask"]], dim=1)
+    hidden = mue.model.base_model(input_ids=cont_enc["input_ids"], attention_mask=mask, position_ids=positions,
+                                  use_cache=True, **{_cache_argument(mue): cache}).last_hidden_state
+    picks, owners, row = [], [], 0
+    for g, (ctx, requests) in enumerate(groups):
+        for i, cont in requests:
+            # The context's last real position predicts the first token; the continuation's own
+            # positions predict the rest.
+            picks.append(torch.cat([ctx_hidden[g, len(ctx) - 1 : len(ctx)], hidden[row, : len(cont) - 1]]))
+            owners.append((i, cont))
+            row += 1
+    score(torch.cat(picks), owners)
+
+
+def score_choices(items: list[MCItem], lls: list[tuple[float, bool]]) -> tuple[list[int], list[int]]:
+    """Predicted choice per item by acc (argmax log P) and by acc_norm (argmax log P / characters)."""
+    acc, norm, k = [], [], 0
+    for item in items:
+        ll = [lp for lp, _ in lls[k : k + len(item.choices)]]
+        k += len(item.choices)
+        acc.append(max(range(len(ll)), key=lambda j: ll[j]))
+        lengths = item.norm_lengths or tuple(len(c) for c in item.choices)
+        norm.append(max(range(len(ll)), key=lambda j: ll[j] / lengths[j]))
+    return acc, norm
+
+
+# --- greedy generation ---------------------------------------------------------------------------
+
+class _StopOnStrings:
+    """Stops a batch once every row's new text holds a stop string (or ended)."""
+
+    def __init__(self, tok, prompt_width: int, stop: tuple[str, ...]):
+        self.tok, self.width, self.stop = tok, prompt_width, stop
+
+    def __call__(self, input_ids, scores, **kwargs):
+        texts = self.tok.batch_decode(input_ids[:, self.width:], skip_special_tokens=False)
+        eos = self.tok.eos_token or "\0"
+        return torch.tensor([any(s in t for s in self.stop) or eos in t for t in texts], device=input_ids.device)
+
+
+@torch.no_grad()
+def greedy_generate(mue: ModelUnderEdit, prompts: list[str], *, max_new_tokens: int = 32,
+                    stop: tuple[str, ...] = ("\n",), batch_size: int = 32, progress=None) -> list[str]:
+    """Greedy continuations, each cut at its first stop string (lm-eval's `until`)."""
+    from transformers import GenerationConfig, StoppingCriteriaList
+
+    tok, add_bos = mue.tokenizer, default_add_bos(mue)
+    limit = _max_length(mue) - max_new_tokens
+    encoded = [([tok.bos_token_id] if add_bos else []) + tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    encoded = [ids[-limit:] for ids in encoded]
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    out: list[str] = [""] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        width = max(len(encoded[i]) for i in chunk)
+        ids = torch.full((len(chunk), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, i in enumerate(chunk):   # left padding: every row's next token comes at the same column
+            ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
+            mask[row, width - len(encoded[i]):] = 1
+        generated = mue.model.generate(
+            input_ids=ids.to(mue.device), attention_mask=mask.to(mue.device), generation_config=config,
+            stopping_criteria=StoppingCriteriaList([_StopOnStrings(tok, width, stop)]),
+        )
+        for row, i in enumerate(chunk):
+            text = tok.decode(generated[row, width:], skip_special_tokens=True)
+            for s in stop:
+                text = text.split(s)[0]
+            out[i] = text
+        if progress is not None:
+            progress(len(chunk))
+    return out
+
+
+# --- one task on one model ------------------------------------------------------------------------
+
+def subset(items: list, n: int | None, seed: int = 0, task: str = "") -> list[int]:
+    """Indices of a seeded, fixed subset of n items in file order (all items when n is None or ≥ len)."""
+    if n is None or n >= len(items):
+        return list(range(len(items)))
+    return sorted(random.Random(f"{task}:{seed}").sample(range(len(items)), n))
+
+
+def evaluate(mue: ModelUnderEdit, task: Task | str, items: list, progress=None,
+             tokens_per_batch: int = 8192) -> TaskScore:
+    """Score `items` of `task` on the model as it is now (edited or not)."""
+    task = get_task(task) if isinstance(task, str) else task
+    start = time.perf_counter()
+    extra: dict = {}
+    if task.kind == GENERATION:
+        assert all(isinstance(i, GenItem) for i in items)
+        predictions = greedy_generate(mue, [i.prompt for i in items], max_new_tokens=task.max_new_tokens,
+                                      stop=task.stop, progress=progress)
+        right = [exact_match(p, i.answers) for p, i in zip(predictions, items)]
+        if task.name == "squad2":
+            extra["f1"] = sum(f1_score(p, i.answers) for p, i in zip(predictions, items)) / max(1, len(items))
+            extra["unanswerable"] = sum(not i.answers for i in items)
+        extra["examples"] = [{"prediction": p, "answers": list(i.answers)} for p, i in list(zip(predictions, items))[:3]]
+    else:
+        pairs = [(i.context, c) for i in items for c in i.choices]
+        step = (lambda n, k=len(items) / max(1, len(pairs)): progress(n * k)) if progress else None
+        lls = loglikelihoods(mue, pairs, progress=step, tokens_per_batch=tokens_per_batch)
+        if task.kind == LAST_WORD:
+            right = [greedy for _, greedy in lls]
+        else:
+            acc, norm = score_choices(items, lls)
+            right_acc = [p == i.gold for p, i in zip(acc, items)]
+            right_norm = [p == i.gold for p, i in zip(norm, items)]
+            extra["acc"], extra["acc_norm"] = sum(right_acc) / len(items), sum(right_norm) / len(items)
+            right = right_norm if task.metric == "acc_norm" else right_acc
+    return TaskScore(task.name, task.metric, len(items), int(sum(right)), task.random_baseline(items), extra,
+                     time.perf_counter() - start)
+
+
+# --- probes inside tests: fixed subsets, the unedited model's scores cached on disk ----------------
+
+@dataclass
+class DownstreamProbe:
+    """Fixed subsets of the requested tasks and the unedited model's scores on them; `run`
+    scores the model as it is now, `gates` judges those scores against the unedited ones."""
+
+    items: dict[str, list]
+    indices: dict[str, list[int]]
+    unedited: dict[str, TaskScore]
+    min_retention: float | None = None
+    seed: int = 0
+
+    def run(self, mue: ModelUnderEdit) -> dict[str, TaskScore]:
+        return {name: evaluate(mue, name, items) for name, items in self.items.items()}
+
+    def gates(self, edited: dict[str, TaskScore]):
+        from editguard.gates import downstream_gates
+
+        return downstream_gates(edited, self.unedited, self.min_retention)
+
+    def to_json(self, edited: dict[str, TaskScore]) -> dict:
+        return {name: {"accuracy": s.accuracy, "n": s.n, "correct": s.correct, "metric": s.metric,
+                       "random": s.random, "unedited": self.unedited[name].accuracy,
+                       **{k: v for k, v in s.extra.items() if k != "examples"}} for name, s in edited.items()}
+
+
+def _items_digest(items: list) -> str:
+    return hashlib.sha256(repr(items).encode()).hexdigest()[:16]
+
+
+def unedited_score(mue: ModelUnderEdit, task: str, items: list, indices: list[int], seed: int) -> TaskScore:
+    """The unedited model's score on a subset, computed once per (weights, dtype, device type, task,
+    subset, scorer version) and kept on disk under a file lock, so xdist workers and later sessions
+    share it. Call only on the unedited model."""
+    from filelock import FileLock
+
+    from editguard.models.loading import cache_dir
+    from editguard.models.snapshot import parameter_checksums
+
+    checksums = sorted(parameter_checksums(mue.model).items())
+    key = hashlib.sha256(json.dumps([SCORER_VERSION, mue.fingerprint, checksums, str(mue.dtype), mue.device.type,
+                                     task, seed, indices, _items_digest(items)]).encode()).hexdigest()[:20]
+    path = cache_dir() / "downstream" / f"{mue.name.replace('/', '_')}-{task}-{key}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if path.exists():
+            return TaskScore.from_dict(json.loads(path.read_text()))
+        score = evaluate(mue, task, items)
+        path.write_text(json.dumps({**score.to_dict(), "model": mue.name, "indices_n": len(indices), "seed": seed}))
+    return score
+
+
+def prepare_probe(mue: ModelUnderEdit, tasks: list[str], n: int | None, data_dir=None, seed: int = 0,
+                  min_retention: float | None = None) -> DownstreamProbe:
+    """Load each task, draw its seeded subset, and score the unedited model on it (cached)."""
+    items, indices, unedited = {}, {}, {}
+    for name in tasks:
+        everything = get_task(name).load(data_dir)
+        indices[name] = subset(everything, n, seed, name)
+        items[name] = [everything[i] for i in indices[name]]
+        unedited[name] = unedited_score(mue, name, items[name], indices[name], seed)
+    return DownstreamProbe(items, indices, unedited, min_retention, seed)
