@@ -391,7 +391,7 @@ def cmd_eval(args) -> int:
     n = None if args.n == "full" else int(args.n)
     mue = _load(args.model, args.device, args.dtype)
     console = Console() if sys.stdout.isatty() else Console(width=160)
-    header, restore, steps = run_header(mue, tasks, n, args.seed), None, []
+    header, restore, steps = run_header(mue, tasks, n, args.seed, args.precision), None, []
     if args.editor:
         from editguard.data import load_ppl_corpus
         from editguard.editors.base import get_editor
@@ -411,7 +411,7 @@ def cmd_eval(args) -> int:
                       cases=[c.case_id for c in cases], case_source=args.cases, sequential=args.sequential,
                       ppl_corpus=args.ppl_corpus, baseline_ppl=baseline.ppl.ppl)
     try:
-        scores = score_tasks(mue, tasks, n, args.data, args.seed,
+        scores = score_tasks(mue, tasks, n, args.data, args.seed, precision=args.precision,
                              on_task=lambda s: print(f"  {s.task}: {s.metric} {s.accuracy:.4f} (n={s.n}, {s.seconds:.0f} s)"))
     finally:
         if restore is not None:
@@ -542,6 +542,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sequential", action="store_true", help="apply the edits one after another (else one batch)")
     p.add_argument("--ppl-corpus", default="me-ppl-50", help="perplexity after each sequential step")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--precision", default="auto",
+                   help="scoring precision: float32, bfloat16 (autocast) or auto (bfloat16 where the CPU/GPU multiplies it fast, else float32)")
     p.add_argument("-o", "--out", default=None, help="JSON path (default out/eval-MODEL[-EDITOR].json)")
     p.set_defaults(run=cmd_eval)
 

@@ -17,7 +17,7 @@ TABLE_Z = 1.96   # the table shows two-sided 95% Wilson intervals; the gates use
 
 
 def score_tasks(mue, tasks: list[str], n: int | None, data_dir=None, seed: int = 0,
-                progress: bool = True, on_task=None) -> dict[str, TaskScore]:
+                progress: bool = True, on_task=None, precision: str = "auto") -> dict[str, TaskScore]:
     """Each task's seeded subset of n items (all with n=None), scored on the model as it is now."""
     from editguard.progress import progress_bar
 
@@ -26,7 +26,7 @@ def score_tasks(mue, tasks: list[str], n: int | None, data_dir=None, seed: int =
         everything = get_task(name).load(data_dir)
         items = [everything[i] for i in subset(everything, n, seed, name)]
         with progress_bar(f"{name} ({len(items)} items)", len(items), enabled=progress) as bar:
-            scores[name] = evaluate(mue, name, items, progress=bar.advance)
+            scores[name] = evaluate(mue, name, items, progress=bar.advance, precision=precision)
         if on_task is not None:
             on_task(scores[name])
     return scores
@@ -87,7 +87,9 @@ def render_table(title: str, scores: dict[str, TaskScore]):
     return table
 
 
-def run_header(mue, tasks, n, seed) -> dict[str, Any]:
+def run_header(mue, tasks, n, seed, precision: str = "auto") -> dict[str, Any]:
+    from editguard.metrics.downstream import resolve_precision
+
     return {"model": mue.name, "model_fingerprint": mue.fingerprint, "device": str(mue.device),
-            "dtype": str(mue.dtype).removeprefix("torch."), "tasks": tasks, "n": n if n is not None else "full",
+            "dtype": str(mue.dtype).removeprefix("torch."), "precision": resolve_precision(mue, precision), "tasks": tasks, "n": n if n is not None else "full",
             "seed": seed, "scorer_version": SCORER_VERSION}

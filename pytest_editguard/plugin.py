@@ -70,6 +70,9 @@ _OPTIONS: list[tuple[str, str, Any, type, str]] = [
     ("--downstream-n", "editguard_downstream_n", 200, int, "items per downstream task (a seeded, fixed subset)"),
     ("--downstream-min-retention", "editguard_downstream_min_retention", None, float,
      "also require edited accuracy ≥ this × the unedited model's on each downstream task, e.g. 0.9 (default: off)"),
+    ("--downstream-precision", "editguard_downstream_precision", "auto", str,
+     "precision of the downstream probes: float32, bfloat16 (autocast) or auto (bfloat16 where the CPU/GPU "
+     "multiplies it fast, else float32)"),
 ]
 
 SINGLE_EDIT_PPL_CORPUS, SEQUENCE_PPL_CORPUS = "me-ppl-50", "me-ppl-1k"
@@ -129,6 +132,7 @@ class EditguardSettings:
     downstream: list[str] | None = None     # task names (--downstream); None: no probes
     downstream_n: int = 200
     downstream_min_retention: float | None = None
+    downstream_precision: str = "auto"
 
     def ppl_corpus_for(self, sequential: bool) -> str:
         if self.ppl_corpus:
@@ -183,6 +187,11 @@ class EditguardSettings:
         retention = _option(config, "--downstream-min-retention")
         if retention is not None and not 0 < retention <= 1:
             raise pytest.UsageError(f"--downstream-min-retention must be in (0, 1], got {retention}")
+        precision = _option(config, "--downstream-precision")
+        from editguard.metrics.downstream import PRECISIONS
+
+        if precision not in PRECISIONS:
+            raise pytest.UsageError(f"--downstream-precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         worker = config.workerinput["workerid"] if hasattr(config, "workerinput") else None
         worker_index = int(worker.removeprefix("gw")) if worker else None
         device = _option(config, "--device")
@@ -200,6 +209,7 @@ class EditguardSettings:
             thresholds=thresholds, max_cases=max_cases, json_path=_option(config, "--editguard-json"),
             sequential=_option(config, "--sequential"), plots_dir=_option(config, "--editguard-plots"),
             downstream=downstream or None, downstream_n=downstream_n, downstream_min_retention=retention,
+            downstream_precision=precision,
         )
 
     def load_model(self):
@@ -366,7 +376,8 @@ class _Baselines:
 
             try:
                 self._probe = prepare_probe(self.model, s.downstream, s.downstream_n, s.data_dir,
-                                            min_retention=s.downstream_min_retention)
+                                            min_retention=s.downstream_min_retention,
+                                            precision=s.downstream_precision)
             except _user_errors() as err:
                 _fail_cleanly(f"prepare --downstream={','.join(s.downstream)}", err)
         return self._probe

@@ -210,6 +210,30 @@ def test_single_token_fast_path_equals_generic_path(tiny):
     assert score_choices(items, fast) == score_choices(items, generic)
 
 
+def test_bfloat16_scoring_runs_in_16_bits_close_to_float32(tiny):
+    from editguard.metrics.downstream import _precision_context
+
+    full = loglikelihoods(tiny, PAIRS)
+    with _precision_context(tiny, "bfloat16"):
+        half = loglikelihoods(tiny, PAIRS)
+    differences = [abs(a - b) for (a, _), (b, _) in zip(full, half)]
+    assert max(differences) > 0                       # the products really ran in bfloat16 ...
+    assert [b for b, _ in half] == pytest.approx([a for a, _ in full], rel=0.02)   # ... and barely moved
+    assert all(p.dtype == torch.float32 for p in tiny.model.parameters())           # weights untouched
+
+
+def test_precision_resolution_and_its_errors(tiny):
+    from editguard.metrics.downstream import resolve_precision
+
+    assert resolve_precision(tiny, "float32") == "float32"
+    assert resolve_precision(tiny, "bfloat16") == "bfloat16"
+    assert resolve_precision(tiny, "auto") in ("float32", "bfloat16")
+    with pytest.raises(ValueError, match=r"downstream precision must be one of auto, float32, bfloat16; got 'fp8'"):
+        resolve_precision(tiny, "fp8")
+    half = load_model("tiny-llama", dtype="float16")
+    assert resolve_precision(half, "float32") == "float16"   # a 16-bit model is scored as it is held
+
+
 def test_acc_norm_divides_by_character_length():
     item = MCItem("ctx", (" short", " a much longer ending"), 1, (5, 20))
     acc, norm = score_choices([item], [(-3.0, False), (-8.0, False)])
@@ -299,13 +323,15 @@ def test_unedited_scores_are_computed_once_and_cached_on_disk(tiny, tasks_dir, t
     calls = []
     real = ds.evaluate
     monkeypatch.setattr(ds, "evaluate", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
-    first = prepare_probe(tiny, ["piqa", "lambada"], 2, tasks_dir)
-    second = prepare_probe(tiny, ["piqa", "lambada"], 2, tasks_dir)
+    first = prepare_probe(tiny, ["piqa", "lambada"], 2, tasks_dir, precision="float32")
+    second = prepare_probe(tiny, ["piqa", "lambada"], 2, tasks_dir, precision="float32")
     assert calls == ["piqa", "lambada"]          # the second probe read both from disk
     assert first.unedited == second.unedited and first.indices == {"piqa": [0, 1], "lambada": [0, 1]}
     assert len(list((tmp_path / "cache" / "downstream").glob("tiny-llama-*.json"))) == 2
-    prepare_probe(tiny, ["piqa"], 1, tasks_dir)   # another subset is another key
-    assert calls[-1] == "piqa"
+    prepare_probe(tiny, ["piqa"], 1, tasks_dir, precision="float32")   # another subset is another key
+    assert calls == ["piqa", "lambada", "piqa"]
+    assert prepare_probe(tiny, ["piqa"], 2, tasks_dir, precision="bfloat16").precision == "bfloat16"
+    assert calls == ["piqa", "lambada", "piqa", "piqa"]   # another precision is another key
 
 
 def test_guarded_check_records_downstream_scores_and_gates(tiny, tasks_dir, tmp_path, monkeypatch):
@@ -363,6 +389,7 @@ def test_mmlu_letters_are_single_tokens_and_the_fast_path_matches_on_smollm2(dat
                                      "mmlu, mmlu-5shot, nq-open, squad2"),
     (["--downstream=piqa", "--downstream-n=0"], "--downstream-n must be at least 1, got 0"),
     (["--downstream-min-retention=1.5"], "--downstream-min-retention must be in (0, 1], got 1.5"),
+    (["--downstream-precision=fp8"], "--downstream-precision must be one of auto, float32, bfloat16, got 'fp8'"),
 ])
 def test_plugin_rejects_bad_downstream_options(pytester, args, message):
     pytester.makepyfile(test_x="def test_x():\n    pass\n")

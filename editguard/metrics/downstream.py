@@ -13,7 +13,7 @@ import hashlib
 import json
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
@@ -22,8 +22,9 @@ from editguard.models.loading import ModelUnderEdit
 from editguard.tasks import GENERATION, LAST_WORD, GenItem, MCItem, Task, exact_match, f1_score, get_task
 
 # Bump when scoring changes what it computes: cached unedited scores of older code are then ignored.
-SCORER_VERSION = 2
+SCORER_VERSION = 3
 WILSON_Z = 1.645   # one-sided 95%
+PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -70,13 +71,40 @@ def encode_pair(tok, context: str, continuation: str, add_bos: bool = False) -> 
     return prefix + context_ids, whole[len(context_ids):]
 
 
+def resolve_precision(mue: ModelUnderEdit, precision: str = "auto") -> str:
+    """The precision probes run in. "auto" is bfloat16 where the hardware multiplies it fast (a
+    CUDA GPU with bf16, a CPU with AVX-512 BF16 or AMX: 2.5× faster than float32 on this project's
+    2-core machine) and float32 elsewhere; SmolLM2's own config is bfloat16, the dtype lm-eval
+    loads it in by default. A model already held in 16 bits keeps its dtype."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"downstream precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if mue.dtype in (torch.bfloat16, torch.float16):
+        return str(mue.dtype).removeprefix("torch.")
+    if precision != "auto":
+        return precision
+    if mue.device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    if mue.device.type == "cpu":
+        return "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
+    return "float32"
+
+
+def _precision_context(mue: ModelUnderEdit, precision: str):
+    """Autocast to bfloat16 (matrix products in 16 bits, weights untouched) or nothing."""
+    import contextlib
+
+    if precision == "bfloat16" and mue.dtype == torch.float32:
+        return torch.autocast(mue.device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def _max_length(mue: ModelUnderEdit) -> int:
     config = mue.model.config
     return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 2048
 
 
 @torch.no_grad()
-def loglikelihoods(mue: ModelUnderEdit, pairs: list[tuple[str, str]], *, tokens_per_batch: int = 8192,
+def loglikelihoods(mue: ModelUnderEdit, pairs: list[tuple[str, str]], *, tokens_per_batch: int = 1024,
                    share_context: bool = True, progress=None) -> list[tuple[float, bool]]:
     """(log P(continuation | context), every continuation token greedy) for each pair.
 
@@ -257,9 +285,17 @@ def subset(items: list, n: int | None, seed: int = 0, task: str = "") -> list[in
 
 
 def evaluate(mue: ModelUnderEdit, task: Task | str, items: list, progress=None,
-             tokens_per_batch: int = 8192) -> TaskScore:
-    """Score `items` of `task` on the model as it is now (edited or not)."""
+             tokens_per_batch: int = 1024, precision: str = "auto") -> TaskScore:
+    """Score `items` of `task` on the model as it is now (edited or not), in `precision`
+    (see `resolve_precision`). Small batches are faster on CPU: less padding, shorter attention."""
     task = get_task(task) if isinstance(task, str) else task
+    precision = resolve_precision(mue, precision)
+    with _precision_context(mue, precision):
+        score = _evaluate(mue, task, items, progress, tokens_per_batch)
+    return replace(score, extra={**score.extra, "precision": precision})
+
+
+def _evaluate(mue: ModelUnderEdit, task: Task, items: list, progress, tokens_per_batch: int) -> TaskScore:
     start = time.perf_counter()
     extra: dict = {}
     if task.kind == GENERATION:
@@ -299,9 +335,10 @@ class DownstreamProbe:
     unedited: dict[str, TaskScore]
     min_retention: float | None = None
     seed: int = 0
+    precision: str = "auto"
 
     def run(self, mue: ModelUnderEdit) -> dict[str, TaskScore]:
-        return {name: evaluate(mue, name, items) for name, items in self.items.items()}
+        return {name: evaluate(mue, name, items, precision=self.precision) for name, items in self.items.items()}
 
     def gates(self, edited: dict[str, TaskScore]):
         from editguard.gates import downstream_gates
@@ -318,9 +355,10 @@ def _items_digest(items: list) -> str:
     return hashlib.sha256(repr(items).encode()).hexdigest()[:16]
 
 
-def unedited_score(mue: ModelUnderEdit, task: str, items: list, indices: list[int], seed: int) -> TaskScore:
-    """The unedited model's score on a subset, computed once per (weights, dtype, device type, task,
-    subset, scorer version) and kept on disk under a file lock, so xdist workers and later sessions
+def unedited_score(mue: ModelUnderEdit, task: str, items: list, indices: list[int], seed: int,
+                   precision: str = "auto") -> TaskScore:
+    """The unedited model's score on a subset, computed once per (weights, dtype, device type,
+    precision, task, subset, scorer version) and kept on disk under a file lock, so xdist workers and later sessions
     share it. Call only on the unedited model."""
     from filelock import FileLock
 
@@ -328,25 +366,26 @@ def unedited_score(mue: ModelUnderEdit, task: str, items: list, indices: list[in
     from editguard.models.snapshot import parameter_checksums
 
     checksums = sorted(parameter_checksums(mue.model).items())
+    precision = resolve_precision(mue, precision)
     key = hashlib.sha256(json.dumps([SCORER_VERSION, mue.fingerprint, checksums, str(mue.dtype), mue.device.type,
-                                     task, seed, indices, _items_digest(items)]).encode()).hexdigest()[:20]
+                                     precision, task, seed, indices, _items_digest(items)]).encode()).hexdigest()[:20]
     path = cache_dir() / "downstream" / f"{mue.name.replace('/', '_')}-{task}-{key}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if path.exists():
             return TaskScore.from_dict(json.loads(path.read_text()))
-        score = evaluate(mue, task, items)
+        score = evaluate(mue, task, items, precision=precision)
         path.write_text(json.dumps({**score.to_dict(), "model": mue.name, "indices_n": len(indices), "seed": seed}))
     return score
 
 
 def prepare_probe(mue: ModelUnderEdit, tasks: list[str], n: int | None, data_dir=None, seed: int = 0,
-                  min_retention: float | None = None) -> DownstreamProbe:
+                  min_retention: float | None = None, precision: str = "auto") -> DownstreamProbe:
     """Load each task, draw its seeded subset, and score the unedited model on it (cached)."""
     items, indices, unedited = {}, {}, {}
     for name in tasks:
         everything = get_task(name).load(data_dir)
         indices[name] = subset(everything, n, seed, name)
         items[name] = [everything[i] for i in indices[name]]
-        unedited[name] = unedited_score(mue, name, items[name], indices[name], seed)
-    return DownstreamProbe(items, indices, unedited, min_retention, seed)
+        unedited[name] = unedited_score(mue, name, items[name], indices[name], seed, precision)
+    return DownstreamProbe(items, indices, unedited, min_retention, seed, resolve_precision(mue, precision))
