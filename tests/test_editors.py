@@ -112,7 +112,7 @@ def test_memit_family_layers_on_full_size_models():
     def model(family, n_layers, edit_layer):
         return SimpleNamespace(family=ARCH[family], n_layers=n_layers, edit_layer=edit_layer)
 
-    assert default_layers(model("llama", 30, 5)) == (4, 5, 6, 7, 8)     # SmolLM2-135M
+    assert default_layers(model("llama", 32, 5)) == (4, 5, 6, 7, 8)     # Llama-2-7B
     assert default_layers(model("gpt2", 48, 17)) == (13, 14, 15, 16, 17)  # GPT-2 XL
     assert default_layers(model("gptj", 28, 5)) == (3, 4, 5, 6, 7, 8)    # GPT-J
     assert default_layers(model("gpt2", 12, 2)) == (2, 3, 4, 5, 6)       # GPT-2 small: 5 from the edit layer
@@ -475,3 +475,15 @@ def test_guard_flags_the_unsafe_user_editor(toy_importable):
     expected = (99 * (keys @ w[0]).abs() / (keys @ w.T).norm(dim=1)).mean()
     assert result.diagnostics["blast_radius"] == pytest.approx(float(expected), rel=1e-4)
     assert keys.shape[0] == sum(len(mue.tokenizer(s)["input_ids"]) for s in SENTENCES)
+
+
+def test_model_defaults_apply_on_top_of_the_family_and_under_overrides():
+    from editguard.editors.alphaedit import AlphaEditHparams
+    from editguard.editors.memit import SMOLLM2_LAYERS, MemitHparams
+
+    assert MemitHparams.for_family("llama", model="smollm2-135m").layers == SMOLLM2_LAYERS   # measured
+    assert MemitHparams.for_family("llama", model="smollm2-135m").mom2_update_weight == 1500.0
+    assert MemitHparams.for_family("llama").mom2_update_weight == 15000.0
+    assert AlphaEditHparams.for_family("llama", model="smollm2-135m").layers == SMOLLM2_LAYERS
+    assert MemitHparams.for_family("llama", model="llama2-7b").layers is None   # the family's range
+    assert MemitHparams.for_family("llama", {"layers": [3, 4]}, "smollm2-135m").layers == (3, 4)

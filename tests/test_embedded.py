@@ -57,3 +57,18 @@ def test_subject_inside_prompts_stay_intact_under_both(smollm2, baseline, case):
         assert result.ppl <= 1.05 * baseline.ppl.ppl, result.explanation
         assert result.diagnostics["key_cosine"] > 0.8
         assert result.efficacy, f"{name} did not make {case.target_new!r} beat {case.target_true!r}"
+
+
+# MEMIT and AlphaEdit need the layers' key covariance; 20k WikiText tokens (instead of 100k)
+# keep a fresh CI machine's first computation to about a minute and still give full-rank C.
+SMALL_STATS = {"mom2_n_tokens": 20_000}
+
+
+@pytest.mark.parametrize("name, hparams", [("r-rome", None), ("ft", None), ("memit", SMALL_STATS),
+                                           ("alphaedit", SMALL_STATS)])
+@pytest.mark.parametrize("case", SUBJECT_INSIDE, ids=lambda c: c.case_id)
+def test_every_locate_then_edit_editor_lands_a_normal_edit_safely(smollm2, baseline, case, name, hparams):
+    result = check(smollm2, get_editor(name, hparams), case, baseline)
+    assert result.efficacy, f"{name} did not make {case.target_new!r} beat {case.target_true!r}"
+    assert result.passed, result.explanation
+    assert result.ppl <= 1.1 * baseline.ppl.ppl, result.explanation

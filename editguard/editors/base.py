@@ -79,15 +79,17 @@ class EditorNotFound(LookupError):
 class Hparams:
     """Base of an editor's hyperparameters: a frozen dataclass whose every field has a default.
 
-    Subclasses set `EDITOR` (the name used in error messages) and `FAMILY_DEFAULTS` (family ->
-    field values replacing the class defaults, with the config they come from in a comment).
-    `for_family(family, overrides)` is the one way to get the values an edit runs with.
+    Subclasses set `EDITOR` (the name used in error messages), `FAMILY_DEFAULTS` (family ->
+    field values replacing the class defaults, with the config they come from in a comment) and
+    optionally `MODEL_DEFAULTS` (registered model name -> values measured on that model, applied
+    on top). `for_family(family, overrides, model)` is the one way to get the values an edit runs with.
     Override keys must be fields; values are checked against the field's type (an int is
     accepted for a float, a list for a tuple) so that a typo in a file fails before any edit.
     """
 
     EDITOR: ClassVar[str] = "editor"
     FAMILY_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}
+    MODEL_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}
 
     @classmethod
     def valid_keys(cls) -> list[str]:
@@ -111,8 +113,8 @@ class Hparams:
                 for key, value in overrides.items()}
 
     @classmethod
-    def for_family(cls, family: str, overrides: dict[str, Any] | None = None):
-        base = replace(cls(), **cls.FAMILY_DEFAULTS.get(family, {}))
+    def for_family(cls, family: str, overrides: dict[str, Any] | None = None, model: str | None = None):
+        base = replace(cls(), **cls.FAMILY_DEFAULTS.get(family, {}), **cls.MODEL_DEFAULTS.get(model, {}))
         return base.with_overrides(overrides or {})
 
     def with_overrides(self, overrides: dict[str, Any]):

@@ -86,7 +86,7 @@ class FineTuneLInf:
         FtHparams.check_overrides(self.overrides)  # fail at construction, not at the first edit
 
     def _resolve(self, mue: ModelUnderEdit) -> FtHparams:
-        hp = FtHparams.for_family(mue.family.name, self.overrides)
+        hp = FtHparams.for_family(mue.family.name, self.overrides, mue.name)
         if hp.layer is None:
             return replace(hp, layer=mue.edit_layer)
         if not 0 <= hp.layer < mue.n_layers:

@@ -212,7 +212,7 @@ class MendNetwork(nn.Module):
 # --- gradients, losses, updates --------------------------------------------------------------
 
 def resolve_hparams(mue: ModelUnderEdit, overrides: dict[str, Any] | None) -> MendHparams:
-    return _complete(mue, MendHparams.for_family(mue.family.name, overrides or {}))
+    return _complete(mue, MendHparams.for_family(mue.family.name, overrides or {}, mue.name))
 
 
 def _complete(mue: ModelUnderEdit, hp: MendHparams) -> MendHparams:

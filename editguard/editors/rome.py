@@ -251,7 +251,7 @@ class ROME:
                 "prefix_at_test": self.consistent and self.prefix_at_test}
 
     def _resolve(self, mue: ModelUnderEdit) -> RomeHparams:
-        hp = RomeHparams.for_family(mue.family.name, self.overrides)
+        hp = RomeHparams.for_family(mue.family.name, self.overrides, mue.name)
         return hp if hp.layer is not None else replace(hp, layer=mue.edit_layer)
 
     def touched_parameters(self, mue: ModelUnderEdit, cases: Sequence[EditCase]) -> list[str]:
