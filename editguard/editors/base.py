@@ -114,7 +114,7 @@ class Hparams:
 
     @classmethod
     def for_family(cls, family: str, overrides: dict[str, Any] | None = None, model: str | None = None):
-        base = replace(cls(), **cls.FAMILY_DEFAULTS.get(family, {}), **cls.MODEL_DEFAULTS.get(model, {}))
+        base = replace(cls(), **{**cls.FAMILY_DEFAULTS.get(family, {}), **cls.MODEL_DEFAULTS.get(model, {})})
         return base.with_overrides(overrides or {})
 
     def with_overrides(self, overrides: dict[str, Any]):
