@@ -484,6 +484,10 @@ def test_model_defaults_apply_on_top_of_the_family_and_under_overrides():
     assert MemitHparams.for_family("llama", model="smollm2-135m").layers == SMOLLM2_LAYERS   # measured
     assert MemitHparams.for_family("llama", model="smollm2-135m").mom2_update_weight == 1500.0
     assert MemitHparams.for_family("llama").mom2_update_weight == 15000.0
+    from editguard.editors.ft import FtHparams
+
+    assert FtHparams.for_family("llama", model="smollm2-135m").norm_constraint == 5e-3
+    assert FtHparams.for_family("llama").norm_constraint == 5e-4
     assert AlphaEditHparams.for_family("llama", model="smollm2-135m").layers == SMOLLM2_LAYERS
     assert MemitHparams.for_family("llama", model="llama2-7b").layers is None   # the family's range
     assert MemitHparams.for_family("llama", {"layers": [3, 4]}, "smollm2-135m").layers == (3, 4)
