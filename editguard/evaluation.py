@@ -91,5 +91,5 @@ def run_header(mue, tasks, n, seed, precision: str = "auto") -> dict[str, Any]:
     from editguard.metrics.downstream import resolve_precision
 
     return {"model": mue.name, "model_fingerprint": mue.fingerprint, "device": str(mue.device),
-            "dtype": str(mue.dtype).removeprefix("torch."), "precision": resolve_precision(mue, precision), "tasks": tasks, "n": n if n is not None else "full",
-            "seed": seed, "scorer_version": SCORER_VERSION}
+            "dtype": str(mue.dtype).removeprefix("torch."), "precision": resolve_precision(mue, precision),
+            "tasks": tasks, "n": n if n is not None else "full", "seed": seed, "scorer_version": SCORER_VERSION}

@@ -101,7 +101,7 @@ class MemitHparams(LayerRangeHparams):
     # normal cases). λ = 1500 restores s ≈ 1: 5/5 on normal cases at unchanged perplexity
     # (150: 5/5 too; see README "Editors on the embedded model").
     MODEL_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
-        "smollm2-135m": {"layers": SMOLLM2_LAYERS, "mom2_update_weight": 1500.0}}
+        "smollm2-135m": {**LayerRangeHparams.MODEL_DEFAULTS["smollm2-135m"], "mom2_update_weight": 1500.0}}
 
     mom2_update_weight: float = 15000.0     # λ in ΔW = R Kᵀ (λ C + K Kᵀ)⁻¹
 
