@@ -10,9 +10,9 @@ import importlib
 
 _EXPORTS = {
     "EditCase": "editguard.cases",
-    "EditReport": "editguard.editors.base",
-    "Editor": "editguard.editors.base",
-    "get_editor": "editguard.editors.base",
+    "EditReport": "editguard.editors.api",
+    "Editor": "editguard.editors.api",
+    "get_editor": "editguard.editors.registry",
     "Thresholds": "editguard.gates",
     "Verdict": "editguard.gates",
     "ModelUnderEdit": "editguard.models.loading",

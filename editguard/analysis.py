@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 from editguard.cases import EditCase
-from editguard.editors.base import Editor
+from editguard.editors.api import Editor
 from editguard.gates import Thresholds
 from editguard.guard import Baseline, EditSequence, check
 from editguard.metrics.efficacy import edit_scores

@@ -94,7 +94,7 @@ def cmd_mine(args) -> int:
     from rich.console import Console
 
     from editguard.data import load_ppl_corpus
-    from editguard.editors.base import get_editor
+    from editguard.editors.registry import get_editor
     from editguard.editors.rome import RomeHparams
     from editguard.gates import Thresholds
     from editguard.guard import measure_baseline
@@ -176,7 +176,7 @@ def cmd_plot(args) -> int:
 def cmd_filter(args) -> int:
     from editguard.cases import read_cases
     from editguard.data import load_ppl_corpus
-    from editguard.editors.base import get_editor
+    from editguard.editors.registry import get_editor
     from editguard.gates import Thresholds
     from editguard.guard import measure_baseline
     from editguard.mining import degradation, mine, record_filter
@@ -293,7 +293,7 @@ def cmd_analyze(args) -> int:
 
     from editguard.analysis import analyze_positions, analyze_prefix_cure, summarize_positions, summarize_prefix_cure
     from editguard.data import load_ppl_corpus
-    from editguard.editors.base import get_editor
+    from editguard.editors.registry import get_editor
     from editguard.gates import Thresholds
     from editguard.guard import measure_baseline
     from editguard.progress import progress_bar
@@ -333,7 +333,7 @@ def cmd_train_mend(args) -> int:
 
     import torch
 
-    from editguard.editors.base import load_hparams_file
+    from editguard.editors.hparams import load_hparams_file
     from editguard.editors.mend import (edited_matrices, locality_sentences, resolve_hparams, train_and_cache,
                                         training_cases)
     from editguard.models import load_model
@@ -394,7 +394,8 @@ def cmd_eval(args) -> int:
     header, restore, steps = run_header(mue, tasks, n, args.seed, args.precision), None, []
     if args.editor:
         from editguard.data import load_ppl_corpus
-        from editguard.editors.base import get_editor
+        from editguard.editors.api import editor_hparams
+        from editguard.editors.registry import get_editor
         from editguard.guard import measure_baseline
 
         editor = get_editor(args.editor, data_dir=args.data)
@@ -407,7 +408,7 @@ def cmd_eval(args) -> int:
         for step in steps:
             if "ppl" in step:
                 print(f"  step {step['step']:2d} {step['case_id']:>6} {step['subject'][:24]:24} ppl {step['ppl']:.4g}")
-        header.update(editor=editor.name, hparams=editor.hparams(mue) if hasattr(editor, "hparams") else {},
+        header.update(editor=editor.name, hparams=editor_hparams(editor, mue),
                       cases=[c.case_id for c in cases], case_source=args.cases, sequential=args.sequential,
                       ppl_corpus=args.ppl_corpus, baseline_ppl=baseline.ppl.ppl)
     try:

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from editguard.cache import cache_dir
+
 __all__ = [
     "DataError", "PPL_CORPORA", "PUBLIC_FILES", "PublicFile", "TEXT_CORPORA", "data_file",
-    "file_sha256", "load_ppl_corpus", "load_text_corpus", "read_json", "resolve_data_dir",
+    "load_ppl_corpus", "load_text_corpus", "read_json", "resolve_data_dir",
 ]
 
 DATA_ENV = "EDITGUARD_DATA"
@@ -93,19 +95,7 @@ def resolve_data_dir(explicit: str | os.PathLike | None = None) -> Path:
     return path.resolve()
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _cache_path(relpath: str) -> Path:
-    # Imported here: editguard.models pulls in torch, which plain data loading does not need.
-    from editguard.models import cache_dir
-
     return cache_dir() / "data" / relpath
 
 

@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 
+from editguard.cache import cache_dir, cache_key, cached_json, safe_name
 from editguard.cases import EditCase
-from editguard.editors.base import Editor
+from editguard.editors.api import Editor, reset_editor
 from editguard.gates import Thresholds, Verdict, judge
 from editguard.metrics.anatomy import normal_text_keys, update_anatomy
 from editguard.metrics.efficacy import efficacy
@@ -50,26 +51,16 @@ def measure_baseline(mue: ModelUnderEdit, sentences: list[str], corpus: str = ""
     checksums = parameter_checksums(mue.model)
     if not shared:
         return Baseline(perplexity(mue, sentences), sentences, corpus, checksums)
-    import hashlib
-    import json
-
-    from filelock import FileLock
-
-    from editguard.models.loading import cache_dir
-
     # Keyed by the weights as they are now (their checksums), not the load-time fingerprint.
-    key = hashlib.sha256(json.dumps([PERPLEXITY_VERSION, mue.fingerprint, sorted(checksums.items()),
-                                     str(mue.dtype), mue.device.type, sentences]).encode()).hexdigest()[:20]
-    path = cache_dir() / "baselines" / f"{mue.name.replace('/', '_')}-{key}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        if path.exists():
-            saved = json.loads(path.read_text())
-            ppl = PerplexityResult(saved["ppl"], saved["corpus_ppl"], tuple(saved["per_sentence"]), saved["n_tokens"])
-        else:
-            ppl = perplexity(mue, sentences)
-            path.write_text(json.dumps({**ppl.to_dict(), "per_sentence": list(ppl.per_sentence),
-                                        "model": mue.name, "corpus": corpus}))
+    key = cache_key(PERPLEXITY_VERSION, mue.fingerprint, sorted(checksums.items()), str(mue.dtype),
+                    mue.device.type, sentences)
+
+    def measure() -> dict:
+        ppl = perplexity(mue, sentences)
+        return {**ppl.to_dict(), "per_sentence": list(ppl.per_sentence), "model": mue.name, "corpus": corpus}
+
+    saved = cached_json(cache_dir() / "baselines" / f"{safe_name(mue.name)}-{key}.json", measure)
+    ppl = PerplexityResult(saved["ppl"], saved["corpus_ppl"], tuple(saved["per_sentence"]), saved["n_tokens"])
     return Baseline(ppl, sentences, corpus, checksums)
 
 
@@ -254,8 +245,7 @@ class EditSequence:
         self.mue, self.editor, self.baseline, self.thresholds, self.name = mue, editor, baseline, thresholds, name
         self.original = WeightSnapshot(mue.model, [])
         self.results: list[CaseResult] = []
-        if hasattr(editor, "reset"):  # editors with memory (AlphaEdit) start from the unedited model
-            editor.reset()
+        reset_editor(editor)  # editors with memory (AlphaEdit) start from the unedited model
 
     def apply(self, case: EditCase) -> CaseResult:
         timings: dict[str, float] = {}
@@ -274,8 +264,7 @@ class EditSequence:
     def restore(self) -> None:
         self.original.restore()
         verify_pristine(self.mue, self.baseline, self.editor.name)
-        if hasattr(self.editor, "reset"):
-            self.editor.reset()
+        reset_editor(self.editor)
 
     def __enter__(self) -> "EditSequence":
         return self

@@ -13,6 +13,7 @@ import hashlib
 import json
 import random
 
+from editguard.cache import cache_dir, cache_key, cached_json
 from editguard.cases import EditCase, load_counterfact, read_cases
 
 
@@ -66,20 +67,15 @@ def screened_candidates(mue, cases: list[EditCase], top: int = SCREEN_TOP) -> li
     """The `top` riskiest of `cases` by the collapse-risk screen with ROME's default
     hyperparameters for the model; cached on disk per model, layer and case list."""
     from editguard.editors.rome import RomeHparams
-    from editguard.models.loading import cache_dir
     from editguard.screen import DEFAULT_SCREEN_TEMPLATES, run_screen
-    from filelock import FileLock
 
-    ids = hashlib.sha256("\n".join(c.case_id for c in cases).encode()).hexdigest()[:12]
+    def screen() -> list[str]:
+        doc = run_screen(mue, cases, RomeHparams.for_family(mue.family.name, {"layer": mue.edit_layer}))
+        return [row["case_id"] for row in doc["rows"]]
+
+    ids = cache_key([c.case_id for c in cases], length=12)
     path = cache_dir() / "screens" / f"{mue.fingerprint}-layer{mue.edit_layer}-t{DEFAULT_SCREEN_TEMPLATES}-{ids}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        if path.exists():
-            ranked = json.loads(path.read_text())
-        else:
-            doc = run_screen(mue, cases, RomeHparams.for_family(mue.family.name, {"layer": mue.edit_layer}))
-            ranked = [row["case_id"] for row in doc["rows"]]
-            path.write_text(json.dumps(ranked))
+    ranked = cached_json(path, screen)
     by_id = {c.case_id: c for c in cases}
     return [by_id[cid] for cid in ranked[:top]]
 

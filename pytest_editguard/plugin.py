@@ -152,7 +152,7 @@ class EditguardSettings:
         hparams: dict[str, Any] = {}
         hparams_file = _option(config, "--hparams")
         if hparams_file:
-            from editguard.editors.base import HparamsFileError, load_hparams_file
+            from editguard.editors.hparams import HparamsFileError, load_hparams_file
 
             try:
                 hparams = load_hparams_file(hparams_file)
@@ -315,7 +315,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     """Errors caused by bad input or setup, shown without a traceback."""
     from editguard.cases import CaseError
     from editguard.data import DataError
-    from editguard.editors import EditorNotFound
+    from editguard.editors.api import EditorNotFound
     from editguard.models import ModelLoadError
 
     return (CaseError, DataError, EditorNotFound, ModelLoadError, ValueError)
@@ -348,13 +348,13 @@ def model_under_edit(editguard_settings: EditguardSettings):
 def editor(editguard_settings: EditguardSettings, model_under_edit):
     """The editor under test; its hyperparameters are resolved for the model up front, so a
     bad --hparams key fails here, once, with the list of valid keys."""
-    from editguard.editors import get_editor
+    from editguard.editors.api import editor_hparams
+    from editguard.editors.registry import get_editor
 
     s = editguard_settings
     try:
         editor = get_editor(s.editor, s.hparams, data_dir=s.data_dir)
-        if hasattr(editor, "hparams"):
-            editor.hparams(model_under_edit)
+        editor_hparams(editor, model_under_edit)
         return editor
     except _user_errors() as err:
         _fail_cleanly(f"set up --editor={s.editor}", err)
@@ -434,10 +434,11 @@ class EditGuard:
         self.module_path = request.node.nodeid.split("::")[0]
 
     def run_info(self) -> dict[str, Any]:
+        from editguard.editors.api import editor_hparams
         from editguard.report.json_report import SUITE_FIELDS, RunInfo
 
         s, mue = self.settings, self.model
-        hparams = self.editor.hparams(mue) if hasattr(self.editor, "hparams") else {}
+        hparams = editor_hparams(self.editor, mue)
         info = RunInfo(
             model=mue.name, editor=self.editor.name, hparams=hparams, seed=hparams.get("template_seed", 0),
             thresholds=s.thresholds.to_dict(), baseline_ppl=self.baseline.ppl.ppl,

@@ -10,7 +10,8 @@ import torch
 
 from editguard import EditCase, get_editor, load_model
 from editguard.editors.alphaedit import alphaedit_solve, nullspace_projection
-from editguard.editors.base import HparamsFileError, available_editors, load_hparams_file
+from editguard.editors.hparams import HparamsFileError, load_hparams_file
+from editguard.editors.registry import available_editors
 from editguard.editors.ft import linf_box
 from editguard.editors.keys import context_templates, fill, keys_and_values
 from editguard.editors.memit import block_outputs, default_layers, layer_second_moment, memit_solve

@@ -10,7 +10,7 @@ import torch
 
 from editguard import EditCase, get_editor, load_model
 from editguard.cases import write_cases
-from editguard.editors.base import available_editors
+from editguard.editors.registry import available_editors
 from editguard.editors.mend import (FAMILY_MODULES, MendNetwork, MendNotTrained, cache_key,
                                     cached_editors, data_hash, edit_batch, edited_matrices, gradient_pairs,
                                     load_trained, resolve_hparams, save_trained, train_mend, training_cases)

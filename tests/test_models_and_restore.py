@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from editguard import EditCase, check, load_model, measure_baseline
-from editguard.editors import EditReport
+from editguard.editors.api import EditReport
 from editguard.models import FAMILIES, ModelLoadError, RestoreError, WeightSnapshot, parameter_checksums
 from editguard.models.registry import family_for_model_type
 from editguard.models.tiny import build_tiny_model

@@ -26,7 +26,7 @@ def test_edit(edit_case, edit_guard):
 
 UNSAFE_EDITOR = '''
 import torch
-from editguard.editors import EditReport
+from editguard.editors.api import EditReport
 
 class ScaleRow:
     """Multiplies one row of the edited matrix by 100: what no edit should do."""

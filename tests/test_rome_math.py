@@ -80,7 +80,7 @@ def test_mom2_adjustment_uses_the_inverse_second_moment(tmp_path, monkeypatch, d
         report = editor.apply(tiny, [PARIS])
     finally:
         snapshot.restore()
-    assert list((tmp_path / "stats").glob("*.pt")), "covariance statistics were not cached on disk"
+    assert list((tmp_path / "stats").glob("*.safetensors")), "covariance statistics were not cached on disk"
     mom2 = second_moment(tiny, tiny.edit_layer, load_text_corpus("wikitext-2-raw", data_dir), n_tokens=3000)
     expected_left = torch.linalg.solve(mom2.double(), report.vectors["k_bar"].double()).float()
     assert torch.allclose(report.vectors["left"], expected_left, rtol=1e-3, atol=1e-4)

@@ -12,7 +12,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from editguard.editors.base import EditReport, Hparams
+from editguard.editors.api import EditReport
+from editguard.editors.hparams import Hparams
 
 
 @dataclass(frozen=True)

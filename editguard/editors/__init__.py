@@ -1,5 +1,4 @@
-from editguard.editors.base import (EditReport, Editor, EditorNotFound, Hparams, HparamsFileError, available_editors,
-                                   get_editor, load_hparams_file)
-
-__all__ = ["EditReport", "Editor", "EditorNotFound", "Hparams", "HparamsFileError", "available_editors", "get_editor",
-           "load_hparams_file"]
+"""Editing algorithms. `api` (EditReport, the Editor protocol), `hparams` (typed defaults and
+overrides), the concrete editors (one module or package each), `keys` and `covariance` (math
+several editors share) and `registry` (name -> editor, loaded lazily). Import what you need from
+its module; this package imports nothing, so loading one editor loads no other."""

@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Sequence
 import torch
 
 from editguard.cases import EditCase
-from editguard.editors.base import EditReport
+from editguard.editors.api import EditReport
 from editguard.editors.memit import MEMIT, LayerRangeHparams, layer_second_moment
 from editguard.models.loading import ModelUnderEdit
 

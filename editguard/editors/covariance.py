@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 
 import torch
-from filelock import FileLock
 
+from editguard.cache import cache_dir, cached_tensors
 from editguard.editors.keys import inputs_until
+from editguard.models.loading import ModelUnderEdit
 from editguard.progress import progress_bar
-from editguard.models.loading import ModelUnderEdit, cache_dir
 
 
 def _token_chunks(mue: ModelUnderEdit, lines: list[str], n_tokens: int, seq_len: int) -> list[list[int]]:
@@ -39,26 +39,23 @@ def corpus_hash(lines: list[str]) -> str:
 def second_moment(mue: ModelUnderEdit, layer: int, lines: list[str], n_tokens: int = 100_000,
                   seq_len: int = 256, batch_size: int = 8, progress: bool = True) -> torch.Tensor:
     """E[k kᵀ] over up to `n_tokens` corpus tokens, float64 accumulation, cached on disk."""
-    name = f"{mue.fingerprint}-layer{layer}-{corpus_hash(lines)}-{n_tokens}tok.pt"
-    path = cache_dir() / "stats" / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        if path.exists():
-            return torch.load(path)["mom2"]
+
+    def compute() -> tuple[dict[str, torch.Tensor], dict]:
         chunks = _token_chunks(mue, lines, n_tokens, seq_len)
         module = mue.module(mue.family.rewrite.format(layer))
         width = module.weight.shape[0] if mue.family.weight_is_in_by_out else module.weight.shape[1]
         total = torch.zeros(width, width, dtype=torch.float64)
         count = 0
-        bar = progress_bar(f"covariance {mue.name} layer {layer}", len(chunks), enabled=progress)
-        with bar:
+        with progress_bar(f"covariance {mue.name} layer {layer}", len(chunks), enabled=progress) as bar:
             for start in range(0, len(chunks), batch_size):
                 batch = chunks[start : start + batch_size]
                 count += _accumulate(mue, module, batch, total)
                 bar.advance(len(batch))
-        mom2 = (total / count).float()
-        torch.save({"mom2": mom2, "n_tokens": count, "layer": layer, "model": mue.name}, path)
-        return mom2
+        return {"mom2": (total / count).float()}, {"n_tokens": count, "layer": layer, "model": mue.name}
+
+    name = f"{mue.fingerprint}-layer{layer}-{corpus_hash(lines)}-{n_tokens}tok.safetensors"
+    tensors, _meta = cached_tensors(cache_dir() / "stats" / name, compute)
+    return tensors["mom2"]
 
 
 @torch.no_grad()

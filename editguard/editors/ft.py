@@ -17,7 +17,8 @@ from typing import Any, ClassVar, Sequence
 import torch
 
 from editguard.cases import EditCase
-from editguard.editors.base import EditReport, Hparams
+from editguard.editors.api import EditReport
+from editguard.editors.hparams import Hparams
 from editguard.models.loading import ModelUnderEdit
 
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 
 import torch
-from filelock import FileLock
 
-from editguard.models.loading import ModelUnderEdit, cache_dir
+from editguard.cache import cache_dir, cached_json
+from editguard.models.loading import ModelUnderEdit
 
 
 def fill(template: str, text: str) -> str:
@@ -131,16 +130,14 @@ def context_templates(mue: ModelUnderEdit, length_params: tuple[tuple[int, int],
                              f"evenly over the {len(TEMPLATE_SEEDS)} seed words {TEMPLATE_SEEDS}; use a multiple of "
                              f"{len(TEMPLATE_SEEDS)}")
     spec = "-".join(f"{length}x{n}" for length, n in length_params)
-    path = cache_dir() / "templates" / f"{mue.fingerprint}-seed{seed}-{spec}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        if path.exists():
-            return json.loads(path.read_text())
+
+    def generate() -> list[str]:
         generator = torch.Generator().manual_seed(seed)
         templates = ["{}"]
         for length, n_gen in length_params:
             for seed_text in TEMPLATE_SEEDS:
                 for text in _sample_continuations(mue, seed_text, n_gen // len(TEMPLATE_SEEDS), length, generator):
                     templates.append(text.replace("{", "").replace("}", "") + ". {}")
-        path.write_text(json.dumps(templates, indent=1))
         return templates
+
+    return cached_json(cache_dir() / "templates" / f"{mue.fingerprint}-seed{seed}-{spec}.json", generate)

@@ -28,7 +28,8 @@ from typing import Any, ClassVar, Sequence
 import torch
 
 from editguard.cases import EditCase
-from editguard.editors.base import EditReport, Hparams
+from editguard.editors.api import EditReport
+from editguard.editors.hparams import Hparams
 from editguard.editors.keys import capture_io, context_templates, encode_batch, fill, keys_and_values, subject_last_index
 from editguard.editors.rome import optimize_value
 from editguard.models.loading import ModelUnderEdit

@@ -42,7 +42,8 @@ import torch
 from torch import nn
 
 from editguard.cases import EditCase
-from editguard.editors.base import EditReport, Hparams
+from editguard.editors.api import EditReport
+from editguard.editors.hparams import Hparams
 from editguard.models.loading import ModelUnderEdit, cache_dir
 
 # Bump when training or the network changes what a cached editor means: old ones are ignored.

@@ -26,7 +26,8 @@ from typing import Any, ClassVar, Sequence
 import torch
 
 from editguard.cases import EditCase
-from editguard.editors.base import EditReport, Hparams
+from editguard.editors.api import EditReport
+from editguard.editors.hparams import Hparams
 from editguard.editors.keys import cache_kwargs, context_templates, fill, keys_and_values, subject_last_index
 from editguard.models.loading import ModelUnderEdit
 

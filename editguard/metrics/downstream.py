@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
+from editguard.cache import cache_dir, cache_key, cached_json, safe_name
 from editguard.metrics.perplexity import default_add_bos
 from editguard.models.loading import ModelUnderEdit
 from editguard.tasks import GENERATION, LAST_WORD, GenItem, MCItem, Task, exact_match, f1_score, get_task
@@ -360,23 +361,19 @@ def unedited_score(mue: ModelUnderEdit, task: str, items: list, indices: list[in
     """The unedited model's score on a subset, computed once per (weights, dtype, device type,
     precision, task, subset, scorer version) and kept on disk under a file lock, so xdist workers and later sessions
     share it. Call only on the unedited model."""
-    from filelock import FileLock
-
-    from editguard.models.loading import cache_dir
     from editguard.models.snapshot import parameter_checksums
 
     checksums = sorted(parameter_checksums(mue.model).items())
     precision = resolve_precision(mue, precision)
-    key = hashlib.sha256(json.dumps([SCORER_VERSION, mue.fingerprint, checksums, str(mue.dtype), mue.device.type,
-                                     precision, task, seed, indices, _items_digest(items)]).encode()).hexdigest()[:20]
-    path = cache_dir() / "downstream" / f"{mue.name.replace('/', '_')}-{task}-{key}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        if path.exists():
-            return TaskScore.from_dict(json.loads(path.read_text()))
-        score = evaluate(mue, task, items, precision=precision)
-        path.write_text(json.dumps({**score.to_dict(), "model": mue.name, "indices_n": len(indices), "seed": seed}))
-    return score
+    key = cache_key(SCORER_VERSION, mue.fingerprint, checksums, str(mue.dtype), mue.device.type,
+                    precision, task, seed, indices, _items_digest(items))
+
+    def score() -> dict:
+        result = evaluate(mue, task, items, precision=precision)
+        return {**result.to_dict(), "model": mue.name, "indices_n": len(indices), "seed": seed}
+
+    return TaskScore.from_dict(cached_json(cache_dir() / "downstream" / f"{safe_name(mue.name)}-{task}-{key}.json",
+                                           score))
 
 
 def prepare_probe(mue: ModelUnderEdit, tasks: list[str], n: int | None, data_dir=None, seed: int = 0,

@@ -6,12 +6,14 @@ import functools
 import hashlib
 import importlib.metadata
 import json
-import os
+import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from editguard.cache import CacheWarning, cache_dir, cache_key, is_sealed, locked, seal
 from editguard.models.registry import DEFAULT_MODEL, MODELS, Family, ModelSpec, family_for_model_type
 from editguard.models.tiny import build_tiny_model, byte_tokenizer
 
@@ -105,15 +107,6 @@ def resolve_dtype(dtype: str) -> torch.dtype:
         raise ValueError(f"--dtype must be one of {', '.join(_DTYPES)}; got '{dtype}'") from None
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("EDITGUARD_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "editguard"
-    )
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def model_fingerprint(name: str, model: torch.nn.Module) -> str:
     """Identifies the weights: config plus a strided sample of every parameter."""
     h = hashlib.sha256(name.encode())
@@ -149,24 +142,27 @@ def converted_gguf_dir(spec: ModelSpec) -> Path:
 
     gguf = embedded_gguf_path(spec)
     stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.name}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:12]
+    key = cache_key(gguf.name, stat.st_size, int(stat.st_mtime), length=12)
     converted = cache_dir() / "models" / f"{spec.name}-{key}"
-    if (converted / "config.json").exists():
-        return converted
-    from filelock import FileLock
     from safetensors.torch import save_model
 
-    with FileLock(str(converted) + ".lock"):
-        if not (converted / "config.json").exists():
+    with locked(converted):
+        if not ((converted / "config.json").exists() and is_sealed(converted / "model.safetensors")):
+            if converted.exists():
+                warnings.warn(f"converted model {converted} is incomplete or damaged; converting it again",
+                              CacheWarning, stacklevel=2)
+                shutil.rmtree(converted)
             model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
             tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
             # save_pretrained refuses GGUF-quantised models; the weights are plain floats by now.
             tmp = converted.with_name(converted.name + ".tmp")
-            tmp.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
             model.config.save_pretrained(tmp)
             save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            seal(tmp / "model.safetensors")
             tok.save_pretrained(tmp)
             tmp.rename(converted)
     return converted

@@ -1,0 +1,94 @@
+"""What an editor is and what an edit reports; imports no editor.
+
+A user's editing algorithm is one class with `name`, `touched_parameters` and `apply`:
+
+    class ScaleRow:
+        name = "scale-row"
+        def touched_parameters(self, model, cases):
+            return [model.family.rewrite_weight(model.edit_layer)]
+        def apply(self, model, cases):
+            w = model.parameter(self.touched_parameters(model, cases)[0])
+            with torch.no_grad():
+                w[0] *= 100
+            return EditReport(touched=self.touched_parameters(model, cases))
+
+and is selected with `--editor=package.module:ScaleRow` or registered under the entry point
+group `editguard.editors` (see editguard.editors.registry).
+
+Two parts are optional and declared as protocols of their own: `hparams(model)` (the values an
+edit runs with, for the report: `HasHparams`) and `reset()` (an editor with memory across
+sequential edits, such as AlphaEdit: `Resettable`). Callers go through `editor_hparams` and
+`reset_editor`, never through hasattr.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+import torch
+
+from editguard.cases import EditCase
+from editguard.models.loading import ModelUnderEdit
+
+
+@dataclass
+class EditReport:
+    """What an editor did: the parameters it changed and its own diagnostics.
+
+    `diagnostics` holds JSON-able numbers (ROME: numerator and denominators, key cosine,
+    update norms, v* norm); `vectors` holds tensors for analysis (k̄, kᵘ, v*), never serialised.
+    """
+
+    touched: list[str]
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    vectors: dict[str, torch.Tensor] = field(default_factory=dict)
+    # A prefix the editor wants prepended to prompts when its edit is tested (C-ROME's cure).
+    test_prefix: str = ""
+
+
+@runtime_checkable
+class Editor(Protocol):
+    """The required part of every editor."""
+
+    name: str
+
+    def touched_parameters(self, model: ModelUnderEdit, cases: Sequence[EditCase]) -> list[str]:
+        """Names of the parameters `apply` may change; the harness snapshots them first."""
+
+    def apply(self, model: ModelUnderEdit, cases: Sequence[EditCase]) -> EditReport:
+        """Edit the weights in place so that each case's prompt yields its target_new."""
+
+
+@runtime_checkable
+class HasHparams(Protocol):
+    """Optional: an editor that reports the hyperparameters it uses on a model."""
+
+    def hparams(self, model: ModelUnderEdit) -> dict[str, Any]:
+        """The hyperparameters used on this model, for the report (raises on bad overrides)."""
+
+
+@runtime_checkable
+class Resettable(Protocol):
+    """Optional: an editor with memory across sequential edits (AlphaEdit's preserved keys)."""
+
+    def reset(self) -> None:
+        """Forget earlier edits: the next edit starts from the unedited model."""
+
+
+REQUIRED_EDITOR_PARTS = ("name", "touched_parameters", "apply")
+
+
+def editor_hparams(editor: Editor, model: ModelUnderEdit) -> dict[str, Any]:
+    """The editor's hyperparameters on `model`, or {} for an editor that reports none."""
+    return editor.hparams(model) if isinstance(editor, HasHparams) else {}
+
+
+def reset_editor(editor: Editor) -> None:
+    """Reset an editor with memory; a stateless editor needs nothing."""
+    if isinstance(editor, Resettable):
+        editor.reset()
+
+
+class EditorNotFound(LookupError):
+    """An --editor that names no built-in, entry point or importable class."""

@@ -1,0 +1,80 @@
+"""Editor names -> "module:factory" strings, imported only when an editor is asked for (like
+lm-eval's registry: the registry imports no implementation, and no editor imports the registry).
+
+A user's editor is `package.module:Attr` (a class, or a factory called with no arguments, or
+with `overrides=` when --hparams is given) or an entry point of the group `editguard.editors`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import inspect
+from typing import Any
+
+from editguard.editors.api import REQUIRED_EDITOR_PARTS, Editor, EditorNotFound
+
+# name -> ("module:class", keyword arguments for the class)
+BUILTIN_EDITORS: dict[str, tuple[str, dict[str, Any]]] = {
+    "rome": ("editguard.editors.rome:ROME", {"consistent": False}),
+    "c-rome": ("editguard.editors.rome:ROME", {"consistent": True}),
+    "r-rome": ("editguard.editors.rome:ROME", {"consistent": True, "prefix_at_test": False}),
+    "ft": ("editguard.editors.ft:FineTuneLInf", {}),
+    "memit": ("editguard.editors.memit:MEMIT", {}),
+    "alphaedit": ("editguard.editors.alphaedit:AlphaEdit", {}),
+    "mend": ("editguard.editors.mend:MEND", {}),
+}
+
+ENTRY_POINT_GROUP = "editguard.editors"
+
+
+def _import(target: str):
+    module_name, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def available_editors() -> list[str]:
+    names = set(BUILTIN_EDITORS)
+    names.update(ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+    return sorted(names)
+
+
+def get_editor(spec: str, overrides: dict[str, Any] | None = None, data_dir=None) -> Editor:
+    """An editor by built-in name, entry-point name (group `editguard.editors`), or
+    `module.path:attr` (a class or a factory called with no arguments)."""
+    overrides = overrides or {}
+    if spec in BUILTIN_EDITORS:
+        target, kwargs = BUILTIN_EDITORS[spec]
+        return _import(target)(overrides=overrides, data_dir=data_dir, **kwargs)
+    factory = None
+    if ":" in spec:
+        module_name, _, attr = spec.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as err:
+            raise EditorNotFound(f"--editor={spec}: cannot import {attr!r} from {module_name!r}: {err}") from None
+    else:
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name == spec:
+                factory = ep.load()
+                break
+    if factory is None:
+        raise EditorNotFound(
+            f"unknown editor '{spec}'; available: {', '.join(available_editors())}, "
+            f"or give a user editor as package.module:ClassName"
+        )
+    if overrides:
+        try:
+            accepts = "overrides" in inspect.signature(factory).parameters
+        except (TypeError, ValueError):
+            accepts = False
+        if not accepts:
+            raise ValueError(f"--editor={spec} takes no hyperparameters (its factory has no `overrides` "
+                             f"argument), but --hparams gave {sorted(overrides)}")
+        editor = factory(overrides=overrides)
+    else:
+        editor = factory()
+    missing = [m for m in REQUIRED_EDITOR_PARTS if not hasattr(editor, m)]
+    if missing:
+        raise EditorNotFound(f"--editor={spec} gives {editor!r}, which lacks {', '.join(missing)} (see editguard.Editor)")
+    return editor
