@@ -10,10 +10,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from editguard.stats import Z_TWO_SIDED_95
 from editguard.metrics.downstream import SCORER_VERSION, TaskScore, evaluate, subset
 from editguard.tasks import get_task
 
-TABLE_Z = 1.96   # the table shows two-sided 95% Wilson intervals; the gates use one-sided 95% (z = 1.645)
 
 
 def score_tasks(mue, tasks: list[str], n: int | None, data_dir=None, seed: int = 0,
@@ -36,8 +36,7 @@ def apply_edits(mue, editor, cases, baseline, sequential: bool, thresholds=None)
     """Apply the edits; returns (restore, per-step records). `restore()` puts the unedited weights
     back and verifies them against the baseline's checksums."""
     from editguard.gates import Thresholds
-    from editguard.guard import EditSequence, verify_pristine
-    from editguard.models.snapshot import WeightSnapshot
+    from editguard.guard import EditSequence, RestorePoint
 
     thresholds = thresholds or Thresholds()
     if sequential:
@@ -52,12 +51,7 @@ def apply_edits(mue, editor, cases, baseline, sequential: bool, thresholds=None)
             sequence.restore()
             raise
         return sequence.restore, steps
-    snapshot = WeightSnapshot(mue.model, editor.touched_parameters(mue, cases))
-
-    def restore():
-        snapshot.restore()
-        verify_pristine(mue, baseline, editor.name)
-
+    restore = RestorePoint(mue, editor, editor.touched_parameters(mue, cases), baseline).restore
     try:
         t = time.perf_counter()
         report = editor.apply(mue, list(cases))
@@ -69,7 +63,7 @@ def apply_edits(mue, editor, cases, baseline, sequential: bool, thresholds=None)
 
 
 def score_row(score: TaskScore) -> dict[str, Any]:
-    low, high = score.interval(TABLE_Z)
+    low, high = score.interval(Z_TWO_SIDED_95)
     return {**score.to_dict(), "ci95_low": low, "ci95_high": high}
 
 
@@ -80,7 +74,7 @@ def render_table(title: str, scores: dict[str, TaskScore]):
     for col in ("task", "n", "metric", "accuracy", "95% CI (Wilson)", "random", "seconds"):
         table.add_column(col, justify="left" if col in ("task", "metric") else "right")
     for name, s in scores.items():
-        low, high = s.interval(TABLE_Z)
+        low, high = s.interval(Z_TWO_SIDED_95)
         metric = s.metric + (f" (F1 {s.extra['f1']:.3f})" if "f1" in s.extra else "")
         table.add_row(name, str(s.n), metric, f"{s.accuracy:.4f}", f"{low:.3f}–{high:.3f}", f"{s.random:.3g}",
                       f"{s.seconds:.0f}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from editguard.stats import Z_ONE_SIDED_95, wilson_interval
+
 
 @dataclass(frozen=True)
 class Thresholds:
@@ -90,18 +92,13 @@ def judge(ppl: float, baseline_ppl: float, diagnostics: dict, thresholds: Thresh
     return Verdict(tuple(gates), context)
 
 
-# Downstream probes: "significantly above random" is a one-sided 95% Wilson lower bound (z = 1.645)
-# above the task's random baseline; n = 200 resolves about ±0.06 around a PIQA-like 0.65.
-DOWNSTREAM_Z = 1.645
-
-
 def downstream_gates(edited: dict, unedited: dict, min_retention: float | None = None,
-                     z: float = DOWNSTREAM_Z) -> list[GateResult]:
+                     z: float = Z_ONE_SIDED_95) -> list[GateResult]:
     """One gate per task (scores with .accuracy, .correct, .n, .random): the edited model must stay
     significantly above the task's random baseline, judged only on tasks where the unedited model
-    itself is; with `min_retention` r, also edited accuracy ≥ r × unedited accuracy."""
-    from editguard.stats import wilson_interval
-
+    itself is; with `min_retention` r, also edited accuracy ≥ r × unedited accuracy. "Significantly
+    above random" is a one-sided 95% Wilson lower bound above the task's random baseline; n = 200
+    resolves about ±0.06 around a PIQA-like 0.65."""
     gates = []
     for name, score in edited.items():
         before = unedited[name]

@@ -16,7 +16,7 @@ import torch
 from editguard.cache import cache_dir, cache_key, cached_json, safe_name
 from editguard.cases import EditCase
 from editguard.editors.api import Editor, reset_editor
-from editguard.gates import Thresholds, Verdict, judge
+from editguard.gates import Thresholds, Verdict, downstream_gates, judge
 from editguard.metrics.anatomy import normal_text_keys, update_anatomy
 from editguard.metrics.efficacy import efficacy
 from editguard.metrics.perplexity import PerplexityResult, perplexity
@@ -158,6 +158,19 @@ def verify_pristine(mue: ModelUnderEdit, baseline: Baseline, editor_name: str) -
         )
 
 
+class RestorePoint:
+    """The touched weights as they are now; `restore()` writes them back and verifies the whole
+    model against the unedited baseline (the one snapshot/restore/verify path)."""
+
+    def __init__(self, mue: ModelUnderEdit, editor: Editor, names: list[str], baseline: Baseline):
+        self.mue, self.editor, self.baseline = mue, editor, baseline
+        self.snapshot = WeightSnapshot(mue.model, names)
+
+    def restore(self) -> None:
+        self.snapshot.restore()
+        verify_pristine(self.mue, self.baseline, self.editor.name)
+
+
 def _edit_and_measure(mue: ModelUnderEdit, editor: Editor, case: EditCase, baseline: Baseline,
                       thresholds: Thresholds, snapshot: WeightSnapshot, timings: dict[str, float],
                       start: float) -> CaseResult:
@@ -192,7 +205,9 @@ def _edit_and_measure(mue: ModelUnderEdit, editor: Editor, case: EditCase, basel
         scores = baseline.downstream.run(mue)
         timings["downstream"] = time.perf_counter() - t
         downstream = baseline.downstream.to_json(scores)
-        verdict = Verdict(verdict.gates + tuple(baseline.downstream.gates(scores)), verdict.context)
+        probe = baseline.downstream
+        verdict = Verdict(verdict.gates + tuple(downstream_gates(scores, probe.unedited, probe.min_retention)),
+                          verdict.context)
     return CaseResult(
         case=case, editor=editor.name, model=mue.name, verdict=verdict, ppl=ppl.ppl,
         corpus_ppl=ppl.corpus_ppl, ppl_baseline=baseline.ppl.ppl, diagnostics=diagnostics,
@@ -217,14 +232,13 @@ def check(mue: ModelUnderEdit, editor: Editor, case: EditCase, baseline: Baselin
     """Apply `editor` to `case`, measure, judge, and restore the model bit for bit."""
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    snapshot = WeightSnapshot(mue.model, editor.touched_parameters(mue, [case]))
+    restore_point = RestorePoint(mue, editor, editor.touched_parameters(mue, [case]), baseline)
     timings["snapshot"] = time.perf_counter() - start
     try:
-        result = _edit_and_measure(mue, editor, case, baseline, thresholds, snapshot, timings, start)
+        result = _edit_and_measure(mue, editor, case, baseline, thresholds, restore_point.snapshot, timings, start)
     finally:
         t = time.perf_counter()
-        snapshot.restore()
-        verify_pristine(mue, baseline, editor.name)
+        restore_point.restore()
         timings["restore"] = time.perf_counter() - t
     result.seconds = time.perf_counter() - start
     return result
@@ -243,7 +257,7 @@ class EditSequence:
     def __init__(self, mue: ModelUnderEdit, editor: Editor, baseline: Baseline,
                  thresholds: Thresholds = Thresholds(), name: str = "sequence"):
         self.mue, self.editor, self.baseline, self.thresholds, self.name = mue, editor, baseline, thresholds, name
-        self.original = WeightSnapshot(mue.model, [])
+        self.original = RestorePoint(mue, editor, [], baseline)
         self.results: list[CaseResult] = []
         reset_editor(editor)  # editors with memory (AlphaEdit) start from the unedited model
 
@@ -251,19 +265,18 @@ class EditSequence:
         timings: dict[str, float] = {}
         start = time.perf_counter()
         touched = self.editor.touched_parameters(self.mue, [case])
-        self.original.extend(touched)
+        self.original.snapshot.extend(touched)
         step_snapshot = WeightSnapshot(self.mue.model, touched)  # this step's ΔW is measured against it
         timings["snapshot"] = time.perf_counter() - start
         result = _edit_and_measure(self.mue, self.editor, case, self.baseline, self.thresholds,
                                    step_snapshot, timings, start)
         result.sequence, result.step = self.name, len(self.results) + 1
-        result.diagnostics["cumulative_update_norm_rel"] = measure_anatomy(self.original, self.mue)["update_norm_rel_max"]
+        result.diagnostics["cumulative_update_norm_rel"] = measure_anatomy(self.original.snapshot, self.mue)["update_norm_rel_max"]
         self.results.append(result)
         return result
 
     def restore(self) -> None:
         self.original.restore()
-        verify_pristine(self.mue, self.baseline, self.editor.name)
         reset_editor(self.editor)
 
     def __enter__(self) -> "EditSequence":

@@ -163,17 +163,15 @@ def run_screen(mue: ModelUnderEdit, cases: list[EditCase], hparams, n_templates:
     document with the ranked rows and how they were computed."""
     import time
 
+    from editguard.editors.covariance import inverse_layer_second_moment
     from editguard.editors.keys import context_templates
-    from editguard.editors.rome import ROME
 
     layer = hparams.layer if hparams.layer is not None else mue.edit_layer
     templates = context_templates(mue, hparams.context_template_length_params, hparams.template_seed)
     used = template_subset(templates, n_templates)
     inverse = None
     if hparams.mom2_adjustment:
-        inverse = ROME(overrides={"layer": layer, "mom2_adjustment": True, "mom2_corpus": hparams.mom2_corpus,
-                                  "mom2_n_tokens": hparams.mom2_n_tokens},
-                       data_dir=data_dir).inverse_second_moment(mue, hparams)
+        inverse = inverse_layer_second_moment(mue, layer, hparams.mom2_corpus, hparams.mom2_n_tokens, data_dir)
     clock = time.perf_counter()
     rows = screen_cases(mue, cases, layer, used, inverse, batch_size=batch_size, progress=progress)
     return {

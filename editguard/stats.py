@@ -38,9 +38,15 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return pearson(ranks(x), ranks(y))
 
 
-def wilson_interval(successes: int, n: int, z: float = 1.645) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion. With z = 1.645 each side is a one-sided
-    95% bound: the lower end is what the gates compare with a task's random baseline."""
+# Normal quantiles: a one-sided 95% bound (what gates compare with), a two-sided 95% interval
+# (what tables show).
+Z_ONE_SIDED_95 = 1.645
+Z_TWO_SIDED_95 = 1.96
+
+
+def wilson_interval(successes: int, n: int, z: float = Z_ONE_SIDED_95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion. With the default z each side is a
+    one-sided 95% bound: the lower end is what the gates compare with a task's random baseline."""
     if n <= 0:
         return 0.0, 1.0
     p = successes / n

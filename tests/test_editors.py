@@ -14,7 +14,8 @@ from editguard.editors.hparams import HparamsFileError, load_hparams_file
 from editguard.editors.registry import available_editors
 from editguard.editors.ft import linf_box
 from editguard.editors.keys import context_templates, fill, keys_and_values
-from editguard.editors.memit import block_outputs, default_layers, layer_second_moment, memit_solve
+from editguard.editors.covariance import layer_second_moment
+from editguard.editors.memit import block_outputs, default_layers, memit_solve
 from editguard.editors.rome import RomeHparams, rank_one_update
 from editguard.metrics.anatomy import normal_text_keys, update_anatomy
 from editguard.models import WeightSnapshot

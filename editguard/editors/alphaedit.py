@@ -30,7 +30,8 @@ import torch
 
 from editguard.cases import EditCase
 from editguard.editors.api import EditReport
-from editguard.editors.memit import MEMIT, LayerRangeHparams, layer_second_moment
+from editguard.editors.covariance import layer_second_moment
+from editguard.editors.memit import MEMIT, LayerRangeHparams
 from editguard.models.loading import ModelUnderEdit
 
 

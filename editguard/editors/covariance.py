@@ -12,6 +12,7 @@ import hashlib
 import torch
 
 from editguard.cache import cache_dir, cached_tensors
+from editguard.data import load_text_corpus
 from editguard.editors.keys import inputs_until
 from editguard.models.loading import ModelUnderEdit
 from editguard.progress import progress_bar
@@ -56,6 +57,36 @@ def second_moment(mue: ModelUnderEdit, layer: int, lines: list[str], n_tokens: i
     name = f"{mue.fingerprint}-layer{layer}-{corpus_hash(lines)}-{n_tokens}tok.safetensors"
     tensors, _meta = cached_tensors(cache_dir() / "stats" / name, compute)
     return tensors["mom2"]
+
+
+# In-process copies on the model's device: every edit of a session reuses them.
+_IN_MEMORY: dict[tuple, torch.Tensor] = {}
+
+
+def _in_memory(key: tuple, compute) -> torch.Tensor:
+    if key not in _IN_MEMORY:
+        _IN_MEMORY[key] = compute()
+    return _IN_MEMORY[key]
+
+
+def layer_second_moment(mue: ModelUnderEdit, layer: int, corpus: str, n_tokens: int, data_dir=None) -> torch.Tensor:
+    """C = E[k kᵀ] of the unedited model's keys at `layer` over a named text corpus (disk-cached
+    by `second_moment`, kept in memory here), float32 on the model's device."""
+    def compute() -> torch.Tensor:
+        lines = load_text_corpus(corpus, data_dir)
+        return second_moment(mue, layer, lines, n_tokens=n_tokens).float().to(mue.device)
+
+    return _in_memory((mue.fingerprint, layer, corpus, n_tokens, str(mue.device), "C"), compute)
+
+
+def inverse_layer_second_moment(mue: ModelUnderEdit, layer: int, corpus: str, n_tokens: int,
+                                data_dir=None) -> torch.Tensor:
+    """C⁻¹ (inverted in float64), float32 on the model's device; kept in memory."""
+    def compute() -> torch.Tensor:
+        mom2 = second_moment(mue, layer, load_text_corpus(corpus, data_dir), n_tokens=n_tokens)
+        return torch.linalg.inv(mom2.double()).float().to(mue.device)
+
+    return _in_memory((mue.fingerprint, layer, corpus, n_tokens, str(mue.device), "C^-1"), compute)
 
 
 @torch.no_grad()

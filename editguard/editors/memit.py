@@ -30,6 +30,7 @@ import torch
 from editguard.cases import EditCase
 from editguard.editors.api import EditReport
 from editguard.editors.hparams import Hparams
+from editguard.editors.covariance import layer_second_moment
 from editguard.editors.keys import capture_io, context_templates, encode_batch, fill, keys_and_values, subject_last_index
 from editguard.editors.rome import optimize_value
 from editguard.models.loading import ModelUnderEdit
@@ -105,22 +106,6 @@ class MemitHparams(LayerRangeHparams):
         "smollm2-135m": {**LayerRangeHparams.MODEL_DEFAULTS["smollm2-135m"], "mom2_update_weight": 1500.0}}
 
     mom2_update_weight: float = 15000.0     # λ in ΔW = R Kᵀ (λ C + K Kᵀ)⁻¹
-
-
-_SECOND_MOMENTS: dict[tuple, torch.Tensor] = {}
-
-
-def layer_second_moment(mue: ModelUnderEdit, layer: int, corpus: str, n_tokens: int, data_dir=None) -> torch.Tensor:
-    """C = E[k kᵀ] of the unedited model's keys at `layer` (disk-cached by `second_moment`,
-    kept in memory here), float32 on the model's device."""
-    key = (mue.fingerprint, layer, corpus, n_tokens, str(mue.device))
-    if key not in _SECOND_MOMENTS:
-        from editguard.data import load_text_corpus
-        from editguard.editors.covariance import second_moment
-
-        lines = load_text_corpus(corpus, data_dir)
-        _SECOND_MOMENTS[key] = second_moment(mue, layer, lines, n_tokens=n_tokens).float().to(mue.device)
-    return _SECOND_MOMENTS[key]
 
 
 @torch.no_grad()

@@ -28,6 +28,7 @@ import torch
 from editguard.cases import EditCase
 from editguard.editors.api import EditReport
 from editguard.editors.hparams import Hparams
+from editguard.editors.covariance import inverse_layer_second_moment
 from editguard.editors.keys import cache_kwargs, context_templates, fill, keys_and_values, subject_last_index
 from editguard.models.loading import ModelUnderEdit
 
@@ -258,18 +259,6 @@ class ROME:
     def touched_parameters(self, mue: ModelUnderEdit, cases: Sequence[EditCase]) -> list[str]:
         return [mue.family.rewrite_weight(self._resolve(mue).layer)]
 
-    def inverse_second_moment(self, mue: ModelUnderEdit, hp: RomeHparams) -> torch.Tensor:
-        from editguard.data import load_text_corpus
-        from editguard.editors.covariance import second_moment
-
-        key = (mue.fingerprint, hp.layer, hp.mom2_corpus, hp.mom2_n_tokens)
-        cache = _INVERSE_MOM2
-        if key not in cache:
-            lines = load_text_corpus(hp.mom2_corpus, self.data_dir)
-            mom2 = second_moment(mue, hp.layer, lines, n_tokens=hp.mom2_n_tokens)
-            cache[key] = torch.linalg.inv(mom2.double()).float().to(mue.device)
-        return cache[key]
-
     def apply(self, mue: ModelUnderEdit, cases: Sequence[EditCase]) -> EditReport:
         if len(cases) != 1:
             raise ValueError(f"{self.name} applies one edit at a time; got {len(cases)} cases "
@@ -284,7 +273,7 @@ class ROME:
         seconds_value, clock = time.perf_counter() - clock, time.perf_counter()
         left = keys.k_bar
         if hp.mom2_adjustment:
-            left = self.inverse_second_moment(mue, hp) @ left
+            left = inverse_layer_second_moment(mue, hp.layer, hp.mom2_corpus, hp.mom2_n_tokens, self.data_dir) @ left
         k_used, value_used = (keys.k_bar, keys.v_bar) if self.consistent else (keys.k_unprefixed, keys.v_unprefixed)
         delta_w = rank_one_update(value.v_star, value_used, k_used, left)
         weight = mue.rewrite_matrix(hp.layer)
@@ -326,5 +315,3 @@ class ROME:
             test_prefix=fill(templates[1], "") if self.consistent and self.prefix_at_test and len(templates) > 1 else "",
         )
 
-
-_INVERSE_MOM2: dict[tuple, torch.Tensor] = {}

@@ -20,11 +20,11 @@ import torch
 from editguard.cache import cache_dir, cache_key, cached_json, safe_name
 from editguard.metrics.perplexity import default_add_bos
 from editguard.models.loading import ModelUnderEdit
+from editguard.stats import Z_ONE_SIDED_95, wilson_interval
 from editguard.tasks import GENERATION, LAST_WORD, GenItem, MCItem, Task, exact_match, f1_score, get_task
 
 # Bump when scoring changes what it computes: cached unedited scores of older code are then ignored.
 SCORER_VERSION = 3
-WILSON_Z = 1.645   # one-sided 95%
 PRECISIONS = ("auto", "float32", "bfloat16")
 
 
@@ -42,9 +42,7 @@ class TaskScore:
     def accuracy(self) -> float:
         return self.correct / self.n if self.n else 0.0
 
-    def interval(self, z: float = WILSON_Z) -> tuple[float, float]:
-        from editguard.stats import wilson_interval
-
+    def interval(self, z: float = Z_ONE_SIDED_95) -> tuple[float, float]:
         return wilson_interval(self.correct, self.n, z)
 
     def to_dict(self) -> dict:
@@ -340,11 +338,6 @@ class DownstreamProbe:
 
     def run(self, mue: ModelUnderEdit) -> dict[str, TaskScore]:
         return {name: evaluate(mue, name, items, precision=self.precision) for name, items in self.items.items()}
-
-    def gates(self, edited: dict[str, TaskScore]):
-        from editguard.gates import downstream_gates
-
-        return downstream_gates(edited, self.unedited, self.min_retention)
 
     def to_json(self, edited: dict[str, TaskScore]) -> dict:
         return {name: {"accuracy": s.accuracy, "n": s.n, "correct": s.correct, "metric": s.metric,
