@@ -10,11 +10,15 @@ import torch
 
 from editguard import EditCase, get_editor, load_model
 from editguard.cases import write_cases
+from editguard.editors.mend.editor import MendNotTrained
+from editguard.editors.mend.hparams import FAMILY_MODULES, edited_matrices, resolve_hparams
+from editguard.editors.mend.network import MendNetwork
+from editguard.editors.mend.store import cached_editors, load_trained, save_trained
+from editguard.editors.mend.training import data_hash, gradient_pairs, train_mend, trained_key
 from editguard.editors.registry import available_editors
-from editguard.editors.mend import (FAMILY_MODULES, MendNetwork, MendNotTrained, cache_key,
-                                    cached_editors, data_hash, edit_batch, edited_matrices, gradient_pairs,
-                                    load_trained, resolve_hparams, save_trained, train_mend, training_cases)
+from editguard.mend_data import training_cases
 from editguard.models import WeightSnapshot
+from editguard.tokens import edit_batch
 
 FAMILIES = ["tiny-gpt2", "tiny-gptj", "tiny-llama"]
 
@@ -194,13 +198,13 @@ def test_cache_key_follows_fingerprint_data_hparams_and_steps(trained):
     mue = load_model("tiny-llama")
     hp = resolve_hparams(mue, TRAIN)
     data = data_hash(CASES)
-    key = cache_key(mue.fingerprint, data, hp, STEPS)
+    key = trained_key(mue.fingerprint, data, hp, STEPS)
     assert key == trained["tiny-llama"].key
-    assert cache_key("0123456789abcdef", data, hp, STEPS) != key
-    assert cache_key(mue.fingerprint, data_hash(CASES[:-1]), hp, STEPS) != key
-    assert cache_key(mue.fingerprint, data_hash(CASES, ["a locality sentence"]), hp, STEPS) != key
-    assert cache_key(mue.fingerprint, data, dataclasses.replace(hp, lr=5e-4), STEPS) != key
-    assert cache_key(mue.fingerprint, data, hp, STEPS + 1) != key
+    assert trained_key("0123456789abcdef", data, hp, STEPS) != key
+    assert trained_key(mue.fingerprint, data_hash(CASES[:-1]), hp, STEPS) != key
+    assert trained_key(mue.fingerprint, data_hash(CASES, ["a locality sentence"]), hp, STEPS) != key
+    assert trained_key(mue.fingerprint, data, dataclasses.replace(hp, lr=5e-4), STEPS) != key
+    assert trained_key(mue.fingerprint, data, hp, STEPS + 1) != key
     # an editor is found only for the weights it was trained on
     assert cached_editors(mue, hp)
     assert cached_editors(dataclasses.replace(mue, fingerprint="0123456789abcdef"), hp) == []
