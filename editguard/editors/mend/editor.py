@@ -51,16 +51,19 @@ class MEND:
         hp = self._resolve(mue)
         # The network's shape must match; of the training hyperparameters only those given.
         found = cached_editors(mue, hp, tuple(dict.fromkeys([*ARCHITECTURE_FIELDS, *self.overrides])))
-        if not found:
-            flag = " --hparams FILE" if self.overrides else ""
-            raise MendNotTrained(
-                f"no trained MEND editor for model {mue.name} (fingerprint {mue.fingerprint}) with these "
-                f"hyperparameters in {mend_cache_dir()}; train one with `editguard train-mend --model {mue.name}"
-                f"{flag}` (MEND's hypernetwork must be trained before it can edit)")
-        path = found[0]["path"]
-        if path not in _LOADED:
-            _LOADED[path] = load_trained(Path(path), mue)
-        return _LOADED[path]
+        for entry in found:
+            path = entry["path"]
+            if path not in _LOADED:
+                loaded = load_trained(Path(path), mue)
+                if loaded is None:  # failed its checksum (refused with a CacheWarning): the next-best one
+                    continue
+                _LOADED[path] = loaded
+            return _LOADED[path]
+        flag = " --hparams FILE" if self.overrides else ""
+        raise MendNotTrained(
+            f"no trained MEND editor for model {mue.name} (fingerprint {mue.fingerprint}) with these "
+            f"hyperparameters in {mend_cache_dir()}; train one with `editguard train-mend --model {mue.name}"
+            f"{flag}` (MEND's hypernetwork must be trained before it can edit)")
 
     def apply(self, mue: ModelUnderEdit, cases: Sequence[EditCase]) -> EditReport:
         if not cases:
