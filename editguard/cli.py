@@ -334,8 +334,9 @@ def cmd_train_mend(args) -> int:
     import torch
 
     from editguard.editors.hparams import load_hparams_file
-    from editguard.editors.mend import (edited_matrices, locality_sentences, resolve_hparams, train_and_cache,
-                                        training_cases)
+    from editguard.editors.mend.hparams import edited_matrices, resolve_hparams
+    from editguard.editors.mend.store import train_and_cache
+    from editguard.mend_data import locality_sentences, training_cases
     from editguard.models import load_model
     from editguard.progress import progress_bar
 

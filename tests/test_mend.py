@@ -4,17 +4,23 @@ fingerprint, data, hyperparameters, steps) and round-trips, the guard restores t
 and a missing editor names the command that trains one. Tiny models of all three families."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
 
 from editguard import EditCase, get_editor, load_model
+from editguard.cache import CacheWarning, tensors_from_bytes
 from editguard.cases import write_cases
+from editguard.editors.mend.editor import MendNotTrained
+from editguard.editors.mend.hparams import FAMILY_MODULES, edited_matrices, resolve_hparams
+from editguard.editors.mend.network import MendNetwork
+from editguard.editors.mend.store import cached_editors, load_trained, save_trained
+from editguard.editors.mend.training import data_hash, gradient_pairs, train_mend, trained_key
 from editguard.editors.registry import available_editors
-from editguard.editors.mend import (FAMILY_MODULES, MendNetwork, MendNotTrained, cache_key,
-                                    cached_editors, data_hash, edit_batch, edited_matrices, gradient_pairs,
-                                    load_trained, resolve_hparams, save_trained, train_mend, training_cases)
+from editguard.mend_data import training_cases
 from editguard.models import WeightSnapshot
+from editguard.tokens import edit_batch
 
 FAMILIES = ["tiny-gpt2", "tiny-gptj", "tiny-llama"]
 
@@ -190,17 +196,52 @@ def test_save_load_round_trip_gives_identical_updates(trained, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_the_store_is_safetensors_with_json_metadata(trained, tmp_path):
+    editor = trained["tiny-gpt2"]
+    path = save_trained(editor, tmp_path)
+    assert path.suffix == ".safetensors"
+    state, meta = tensors_from_bytes(path.read_bytes())     # no pickle anywhere
+    assert state.keys() == editor.network.state_dict().keys()
+    assert meta["key"] == editor.key and meta["steps"] == STEPS and len(meta["log"]) == STEPS
+    assert json.loads(path.with_suffix(".json").read_text())["key"] == editor.key
+
+
+def test_a_tampered_store_file_is_refused_not_loaded(trained, tmp_path):
+    mue = load_model("tiny-gpt2")
+    path = save_trained(trained["tiny-gpt2"], tmp_path)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF   # one byte of the last tensor; the file still parses as safetensors
+    path.write_bytes(bytes(data))
+    with pytest.warns(CacheWarning, match="does not match its checksum"):
+        assert load_trained(path, mue) is None
+    assert not path.exists()
+
+
+def test_the_editor_refuses_a_tampered_network():
+    """The only cached editor for these weights is damaged: `mend` says so and asks for training
+    instead of editing with it."""
+    mue = dataclasses.replace(load_model("tiny-llama"), fingerprint="00112233445566aa")
+    path = save_trained(train_mend(mue, CASES, TRAIN, steps=2))
+    assert cached_editors(mue, resolve_hparams(mue, {}))
+    path.write_bytes(path.read_bytes()[:-1] + b"\x00")
+    before = state(mue)
+    with pytest.warns(CacheWarning, match=path.name), pytest.raises(MendNotTrained, match="train one with"):
+        get_editor("mend").apply(mue, CASES[:1])
+    assert changed(mue, before) == []
+    assert cached_editors(mue, resolve_hparams(mue, {})) == []
+
+
 def test_cache_key_follows_fingerprint_data_hparams_and_steps(trained):
     mue = load_model("tiny-llama")
     hp = resolve_hparams(mue, TRAIN)
     data = data_hash(CASES)
-    key = cache_key(mue.fingerprint, data, hp, STEPS)
+    key = trained_key(mue.fingerprint, data, hp, STEPS)
     assert key == trained["tiny-llama"].key
-    assert cache_key("0123456789abcdef", data, hp, STEPS) != key
-    assert cache_key(mue.fingerprint, data_hash(CASES[:-1]), hp, STEPS) != key
-    assert cache_key(mue.fingerprint, data_hash(CASES, ["a locality sentence"]), hp, STEPS) != key
-    assert cache_key(mue.fingerprint, data, dataclasses.replace(hp, lr=5e-4), STEPS) != key
-    assert cache_key(mue.fingerprint, data, hp, STEPS + 1) != key
+    assert trained_key("0123456789abcdef", data, hp, STEPS) != key
+    assert trained_key(mue.fingerprint, data_hash(CASES[:-1]), hp, STEPS) != key
+    assert trained_key(mue.fingerprint, data_hash(CASES, ["a locality sentence"]), hp, STEPS) != key
+    assert trained_key(mue.fingerprint, data, dataclasses.replace(hp, lr=5e-4), STEPS) != key
+    assert trained_key(mue.fingerprint, data, hp, STEPS + 1) != key
     # an editor is found only for the weights it was trained on
     assert cached_editors(mue, hp)
     assert cached_editors(dataclasses.replace(mue, fingerprint="0123456789abcdef"), hp) == []

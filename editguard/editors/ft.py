@@ -20,6 +20,7 @@ from editguard.cases import EditCase
 from editguard.editors.api import EditReport
 from editguard.editors.hparams import Hparams
 from editguard.models.loading import ModelUnderEdit
+from editguard.tokens import edit_batch
 
 
 @dataclass(frozen=True)
@@ -64,21 +65,6 @@ def linf_box(w0: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     return lo, hi
 
 
-def _target_batch(mue: ModelUnderEdit, cases: Sequence[EditCase]):
-    """Token ids of prompt + target per case, and where each target token is predicted."""
-    tok = mue.tokenizer
-    sequences, rows, cols, labels = [], [], [], []
-    for row, case in enumerate(cases):
-        prompt = tok(case.text)["input_ids"]
-        target = tok(" " + case.target_new, add_special_tokens=False)["input_ids"]
-        sequences.append(prompt + target)
-        for j, token in enumerate(target):
-            rows.append(row), cols.append(len(prompt) - 1 + j), labels.append(token)
-    device = mue.device
-    return (mue.pad_batch(sequences), torch.tensor(rows, device=device), torch.tensor(cols, device=device),
-            torch.tensor(labels, device=device))
-
-
 @dataclass
 class FineTuneLInf:
     """FT-L∞: fine-tune one MLP output projection inside an L∞ box around its unedited value."""
@@ -113,14 +99,10 @@ class FineTuneLInf:
         weight = mue.parameter(name)
         w0 = weight.detach().clone()
         lo, hi = linf_box(w0, hp.norm_constraint)
-        batch, rows, cols, labels = _target_batch(mue, cases)
-        counts = torch.bincount(rows, minlength=len(cases)).float()
+        batch = edit_batch(mue, cases)
 
         def mean_nll() -> torch.Tensor:
-            logits = mue.model(**batch).logits[rows, cols].float()
-            token_nll = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
-            per_case = torch.zeros(len(cases), device=mue.device).index_add(0, rows, token_nll) / counts
-            return per_case.mean()
+            return batch.nll(mue.model(**batch.inputs).logits)
 
         clock = time.perf_counter()
         grad_flags = {n: p.requires_grad for n, p in mue.model.named_parameters()}

@@ -22,7 +22,7 @@ BUILTIN_EDITORS: dict[str, tuple[str, dict[str, Any]]] = {
     "ft": ("editguard.editors.ft:FineTuneLInf", {}),
     "memit": ("editguard.editors.memit:MEMIT", {}),
     "alphaedit": ("editguard.editors.alphaedit:AlphaEdit", {}),
-    "mend": ("editguard.editors.mend:MEND", {}),
+    "mend": ("editguard.editors.mend.editor:MEND", {}),
 }
 
 ENTRY_POINT_GROUP = "editguard.editors"

@@ -7,22 +7,14 @@ from dataclasses import dataclass
 import torch
 
 from editguard.models.loading import ModelUnderEdit
+from editguard.tokens import target_batch
 
 
 @torch.no_grad()
 def target_logprobs(mue: ModelUnderEdit, prompt: str, targets: list[str]) -> list[float]:
     """log P(" " + target | prompt), summed over the target's tokens, for each target."""
-    tok = mue.tokenizer
-    prompt_ids = tok(prompt)["input_ids"]
-    target_ids = [tok(" " + t, add_special_tokens=False)["input_ids"] for t in targets]
-    sequences = [prompt_ids + t for t in target_ids]
-    logits = mue.model(**mue.pad_batch(sequences)).logits.float()
-    log_probs = torch.log_softmax(logits, dim=-1)
-    out = []
-    for row, t in enumerate(target_ids):
-        positions = torch.arange(len(prompt_ids) - 1, len(prompt_ids) - 1 + len(t), device=mue.device)
-        out.append(float(log_probs[row, positions, torch.tensor(t, device=mue.device)].sum()))
-    return out
+    batch = target_batch(mue, [prompt] * len(targets), targets)
+    return batch.target_logprobs(mue.model(**batch.inputs).logits)
 
 
 @dataclass(frozen=True)

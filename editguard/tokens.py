@@ -1,0 +1,65 @@
+"""Prompt + target batches: each prompt followed by " " + its target, right-padded, with the
+(row, column) positions where the target's tokens are predicted and their ids. The edit loss of
+FT and MEND and the efficacy log-probabilities all read the model there."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from editguard.cases import EditCase
+from editguard.models.loading import ModelUnderEdit
+
+
+def prompt_target_ids(tokenizer, prompt: str, target: str) -> tuple[list[int], list[int]]:
+    """Token ids of `prompt` and of " " + `target` (without special tokens: it continues the prompt).
+    Target token j is predicted at position len(prompt ids) − 1 + j."""
+    return tokenizer(prompt)["input_ids"], tokenizer(" " + target, add_special_tokens=False)["input_ids"]
+
+
+@dataclass
+class TokenBatch:
+    """Sequences (right-padded) with the positions and labels of the tokens a loss reads."""
+
+    inputs: dict[str, torch.Tensor]
+    rows: torch.Tensor
+    cols: torch.Tensor
+    labels: torch.Tensor
+    n: int
+
+    def nll(self, logits: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """The mean NLL of each sequence's target tokens, averaged (or, reduction="sum", summed)
+        over the sequences."""
+        token_nll = torch.nn.functional.cross_entropy(logits[self.rows, self.cols].float(), self.labels,
+                                                      reduction="none")
+        counts = torch.bincount(self.rows, minlength=self.n).clamp_min(1).float()
+        per_seq = torch.zeros(self.n, device=logits.device).index_add(0, self.rows, token_nll) / counts
+        return per_seq.sum() if reduction == "sum" else per_seq.mean()
+
+    def target_logprobs(self, logits: torch.Tensor) -> list[float]:
+        """log P(target | prompt) of each sequence: its target tokens' log-probabilities, summed."""
+        log_probs = torch.log_softmax(logits[self.rows, self.cols].float(), dim=-1)
+        token_logprobs = log_probs[torch.arange(len(self.labels), device=logits.device), self.labels]
+        # Summed sequence by sequence (not with index_add) so that each sum adds the same values in
+        # the same order as summing one sequence alone: scores do not depend on the batch.
+        return [float(token_logprobs[self.rows == row].sum()) for row in range(self.n)]
+
+
+def target_batch(mue: ModelUnderEdit, prompts: Sequence[str], targets: Sequence[str]) -> TokenBatch:
+    """Each prompt followed by " " + its target, as one right-padded batch."""
+    sequences, rows, cols, labels = [], [], [], []
+    for row, (prompt, target) in enumerate(zip(prompts, targets)):
+        prompt_ids, target_ids = prompt_target_ids(mue.tokenizer, prompt, target)
+        sequences.append(prompt_ids + target_ids)
+        for j, token in enumerate(target_ids):
+            rows.append(row), cols.append(len(prompt_ids) - 1 + j), labels.append(token)
+    device = mue.device
+    return TokenBatch(mue.pad_batch(sequences), torch.tensor(rows, device=device), torch.tensor(cols, device=device),
+                      torch.tensor(labels, device=device), len(sequences))
+
+
+def edit_batch(mue: ModelUnderEdit, cases: Sequence[EditCase]) -> TokenBatch:
+    """Each case's prompt followed by " " + target_new (the loss an edit lowers)."""
+    return target_batch(mue, [c.text for c in cases], [c.target_new for c in cases])
