@@ -9,7 +9,7 @@ export EDITGUARD_DATA
 
 DEMO_CASES ?= 4
 
-.PHONY: install demo test test-fast bench
+.PHONY: install demo test test-fast lint bench
 
 install:
 	@# torch first, pinned to the local CPU build, unless a torch is already there (a GPU user's
@@ -30,6 +30,12 @@ test: install
 
 test-fast: install
 	$(PYTHON) -m pytest tests -q -m "not embedded"
+
+# ruff (style, unused names, import order; configured in pyproject.toml). The import contract
+# (layers, no cycles) is a test: tests/test_architecture.py.
+lint:
+	$(PIP) install --quiet "ruff>=0.6"
+	$(PYTHON) -m ruff check .
 
 bench: install
 	$(PYTHON) bench/case_timing.py

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from editguard.editors.keys import capture_io, encode_batch, fill, subject_last_index
+from editguard.editors.keys import encode_batch, fill, subject_last_index
 
 
 def subject_span(tok, prompt: str, subject: str) -> tuple[int, int]:
@@ -45,8 +45,9 @@ def trace_fact(mue, case, window: int, samples: int, noise_scale: float, generat
     mlps = [mue.module(family.mlp.format(layer)) for layer in range(mue.n_layers)]
 
     clean_out = {}
-    hooks = [m.register_forward_hook(lambda mod, a, out, l=l: clean_out.__setitem__(l, out[0, last].clone()))
-             for l, m in enumerate(mlps)]
+    hooks = [m.register_forward_hook(
+                 lambda mod, a, out, layer=layer: clean_out.__setitem__(layer, out[0, last].clone()))
+             for layer, m in enumerate(mlps)]
     try:
         p_clean = mue.model(**encode_batch(mue, [text])).logits[0, -1].softmax(-1)[target].item()
     finally:
@@ -63,12 +64,12 @@ def trace_fact(mue, case, window: int, samples: int, noise_scale: float, generat
 
     def run(restore: list[int]) -> float:
         handles = [embed.register_forward_hook(corrupt)]
-        for l in restore:
-            def put_back(_module, _args, out, l=l):
+        for layer in restore:
+            def put_back(_module, _args, out, layer=layer):
                 out = out.clone()
-                out[:, last] = clean_out[l]
+                out[:, last] = clean_out[layer]
                 return out
-            handles.append(mlps[l].register_forward_hook(put_back))
+            handles.append(mlps[layer].register_forward_hook(put_back))
         try:
             probs = mue.model(**enc).logits[:, -1].softmax(-1)[:, target]
         finally:
@@ -78,7 +79,8 @@ def trace_fact(mue, case, window: int, samples: int, noise_scale: float, generat
 
     p_corrupt = run([])
     half = window // 2
-    restored = [run(list(range(max(0, l - half), min(mue.n_layers, l - half + window)))) for l in range(mue.n_layers)]
+    restored = [run(list(range(max(0, layer - half), min(mue.n_layers, layer - half + window))))
+                for layer in range(mue.n_layers)]
     return {"case_id": case.case_id, "subject": case.subject, "p_clean": p_clean, "p_corrupt": p_corrupt,
             "restored": restored}
 
@@ -117,19 +119,22 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     traces = [trace_fact(mue, c, args.window, args.samples, noise_scale, generator) for c in facts]
 
-    effect = [statistics.mean(t["restored"][l] - t["p_corrupt"] for t in traces) for l in range(mue.n_layers)]
-    print(f"{mue.name}: {len(traces)} facts (P(true) clean median {statistics.median(t['p_clean'] for t in traces):.3f}, "
+    effect = [statistics.mean(t["restored"][layer] - t["p_corrupt"] for t in traces) for layer in range(mue.n_layers)]
+    print(f"{mue.name}: {len(traces)} facts "
+          f"(P(true) clean median {statistics.median(t['p_clean'] for t in traces):.3f}, "
           f"corrupted {statistics.median(t['p_corrupt'] for t in traces):.3f}), window {args.window}, "
           f"{args.samples} noise samples, σ = {noise_scale:.4f}")
     print("layer  indirect effect of the MLP window")
-    for l, e in enumerate(effect):
-        print(f"{l:5d}  {e:+.4f}  {'#' * max(0, round(e / max(max(effect), 1e-9) * 40))}")
+    for layer, e in enumerate(effect):
+        print(f"{layer:5d}  {e:+.4f}  {'#' * max(0, round(e / max(max(effect), 1e-9) * 40))}")
     lowest = 0 if args.keep_first_mlp else args.window // 2 + 1   # the first window without layer 0
     starts = range(lowest, mue.n_layers - args.width + 1)
     best = max(starts, key=lambda s: sum(effect[s : s + args.width]))
-    print(f"best {args.width} consecutive layers by mean effect{'' if args.keep_first_mlp else ' (windows without layer 0)'}: "
+    print(f"best {args.width} consecutive layers by mean effect"
+          f"{'' if args.keep_first_mlp else ' (windows without layer 0)'}: "
           f"{best}..{best + args.width - 1} "
-          f"(mean {statistics.mean(effect[best : best + args.width]):+.4f}); peak layer {max(range(len(effect)), key=effect.__getitem__)}")
+          f"(mean {statistics.mean(effect[best : best + args.width]):+.4f}); "
+          f"peak layer {max(range(len(effect)), key=effect.__getitem__)}")
     out = Path(args.out or f"bench/results/causal-trace-{mue.name}.json")
     out.write_text(json.dumps({"model": mue.name, "window": args.window, "samples": args.samples,
                                "noise_scale": noise_scale, "effect": effect, "best_start": best,

@@ -52,7 +52,8 @@ def main() -> None:
         total += seconds
         if task.kind == MULTIPLE_CHOICE:
             mc_total, mc_cpu = mc_total + seconds, mc_cpu + cpu
-        print(f"  {name:10s} {len(items):4d} items  {seconds:6.1f} s wall  {cpu:6.1f} s CPU  {task.metric} {score.accuracy:.3f}")
+        print(f"  {name:10s} {len(items):4d} items  {seconds:6.1f} s wall  {cpu:6.1f} s CPU  "
+              f"{task.metric} {score.accuracy:.3f}")
     print(f"multiple-choice tasks: {mc_total:.1f} s wall, {mc_cpu:.1f} s CPU over {torch.get_num_threads()} thread(s) "
           f"(goal ≤ 60 s on 2 cores); all tasks: {total:.1f} s wall; load average now {os.getloadavg()[0]:.2f}")
 

@@ -3,7 +3,8 @@
 its two-sided 95% Wilson interval, the task's random baseline, and ME-PPL after the last edit.
 
     editguard eval --tasks piqa,hellaswag,lambada,mmlu --n 100 -o unedited.json
-    editguard eval --tasks piqa,hellaswag,lambada,mmlu --n 100 --editor rome --cases hardcf --n-cases 10 --sequential -o rome.json
+    editguard eval --tasks piqa,hellaswag,lambada,mmlu --n 100 --editor rome --cases hardcf --n-cases 10 --sequential \\
+        -o rome.json
     editguard eval ... --editor c-rome ... -o c-rome.json
     python bench/downstream_table.py unedited.json rome.json c-rome.json -o bench/results/downstream-validation.json
 """
@@ -39,7 +40,8 @@ def main() -> None:
         for d in docs:
             s = d["tasks"].get(task)
             cells.append("–" if s is None else f"{s['accuracy']:.3f} [{s['ci95_low']:.3f}, {s['ci95_high']:.3f}]")
-        lines.append(f"| {task} ({first['metric']}, {first['n']}) | {first['random']:.3g} | " + " | ".join(cells) + " |")
+        lines.append(f"| {task} ({first['metric']}, {first['n']}) | {first['random']:.3g} | "
+                     + " | ".join(cells) + " |")
     ppl = []
     for d in docs:
         steps = [e for e in d.get("edits", []) if "ppl" in e]

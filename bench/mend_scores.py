@@ -73,7 +73,8 @@ def main() -> None:
                    "locality_before": before.locality, "locality": after.locality, "ppl": ppl,
                    "update_norm_rel": anatomy["update_norm_rel_max"], "blast_radius": anatomy["blast_radius_max"],
                    "edit_nll_before": d.get("edit_nll_before"), "edit_nll_after": d.get("edit_nll_after"),
-                   "seconds_edit": seconds, "trained_key": d.get("trained_key"), "trained_steps": d.get("trained_steps")}
+                   "seconds_edit": seconds, "trained_key": d.get("trained_key"),
+                   "trained_steps": d.get("trained_steps")}
             rows.append(row)
             print(f"  {group:6} {case.case_id:>6} {case.text[:40]!r:42} -> {case.target_new[:12]!r:14} "
                   f"eff {row['efficacy']:.0f} gen {row['generalization']:.0f} loc {row['locality']:.0f}  "

@@ -69,9 +69,11 @@ def main() -> None:
         r = ratio(subset)
         top = set(sorted(range(len(heads)), key=lambda i: abs(r[i]))[:100])
         row = {"subset": name, "templates": len(subset), "spearman_vs_all": spearman(r, full),
-               "top100_overlap": len(top & top_full), "seconds_per_1000_keys": sum(seconds[i] for i in subset) / len(heads) * 1000}
+               "top100_overlap": len(top & top_full),
+               "seconds_per_1000_keys": sum(seconds[i] for i in subset) / len(heads) * 1000}
         rows.append(row)
-        print(f"{name:40s} n={len(subset):2d}  spearman {row['spearman_vs_all']:.4f}  top-100 overlap {row['top100_overlap']:3d}"
+        print(f"{name:40s} n={len(subset):2d}  spearman {row['spearman_vs_all']:.4f}  "
+              f"top-100 overlap {row['top100_overlap']:3d}"
               f"  {row['seconds_per_1000_keys']:.1f} s / 1000 keys")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"model": args.model, "layer": layer, "cases": len(cases), "keys": len(heads),

@@ -63,7 +63,8 @@ def main() -> None:
     args = parser.parse_args()
     reports = [json.load(open(path)) for path in args.reports]
     table = rows(reports)
-    print("| editor | sequence | steps | ME-PPL after the last edit | highest | efficacy | steps passing all gates | s/edit |")
+    print("| editor | sequence | steps | ME-PPL after the last edit | highest | efficacy | "
+          "steps passing all gates | s/edit |")
     print("|---|---|---|---|---|---|---|---|")
     for r in table:
         print(f"| {r['editor']} | {r['sequence']} | {r['steps']} | {r['final_ppl']:.4g} | {r['max_ppl']:.4g} | "

@@ -72,7 +72,8 @@ def judge(ppl: float, baseline_ppl: float, diagnostics: dict, thresholds: Thresh
         ok = ratio >= t.denominator_ratio_min
         detail = ""
         if "denominator" in diagnostics and "denominator_kbar" in diagnostics:
-            detail = f" ({diagnostics['denominator']:.3g} with the key used vs {diagnostics['denominator_kbar']:.3g} with k̄)"
+            detail = (f" ({diagnostics['denominator']:.3g} with the key used"
+                      f" vs {diagnostics['denominator_kbar']:.3g} with k̄)")
         sign = "≥" if ok else "<"
         gates.append(GateResult("denominator_ratio", ok, ratio, t.denominator_ratio_min,
                                 f"denominator ratio {ratio:.3g} {sign} {t.denominator_ratio_min:g}{detail}"))

@@ -271,7 +271,8 @@ class EditSequence:
         result = _edit_and_measure(self.mue, self.editor, case, self.baseline, self.thresholds,
                                    step_snapshot, timings, start)
         result.sequence, result.step = self.name, len(self.results) + 1
-        result.diagnostics["cumulative_update_norm_rel"] = measure_anatomy(self.original.snapshot, self.mue)["update_norm_rel_max"]
+        result.diagnostics["cumulative_update_norm_rel"] = measure_anatomy(self.original.snapshot,
+                                                                           self.mue)["update_norm_rel_max"]
         self.results.append(result)
         return result
 

@@ -135,7 +135,8 @@ def screen_cases(mue: ModelUnderEdit, cases: list[EditCase], layer: int, templat
     ratio = (left * plain).sum(1) / (left * k_bar).sum(1)
     cosine = torch.nn.functional.cosine_similarity(k_bar, plain, dim=1)
     rel = (plain - k_bar).norm(dim=1) / k_bar.norm(dim=1)
-    n_subject_tokens = [len(ids) for ids in mue.tokenizer([c.subject for c in cases], add_special_tokens=False)["input_ids"]]
+    n_subject_tokens = [len(ids) for ids in
+                        mue.tokenizer([c.subject for c in cases], add_special_tokens=False)["input_ids"]]
     rows = []
     for case, n_tok in zip(cases, n_subject_tokens):
         i = index[_head(case)]

@@ -59,7 +59,8 @@ def prefixes() -> st.SearchStrategy[str]:
         st.just(""),
         st.sampled_from(NATURAL_PREFIXES),
         st.sampled_from(SINGLE_WORD_PREFIXES),
-        st.lists(st.sampled_from(COMMON_TOKENS), min_size=1, max_size=6).map(lambda words: " ".join(words).capitalize()),
+        st.lists(st.sampled_from(COMMON_TOKENS), min_size=1, max_size=6).map(
+            lambda words: " ".join(words).capitalize()),
     )
 
 

@@ -9,8 +9,6 @@ not start the prompt, as large as the hard list.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 
 from editguard.cache import cache_dir, cache_key, cached_json

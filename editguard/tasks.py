@@ -142,7 +142,8 @@ def read_hellaswag(root: Path) -> list[MCItem]:
         if not ctx.strip():
             raise DataError(f"{path}: line {start + 1} (item {item_no}), field 'context': empty")
         if label.strip() not in ("0", "1", "2", "3"):
-            raise DataError(f"{path}: line {start + 2} (item {item_no}), field 'label': expected 0-3, got {label!r:.40}")
+            raise DataError(f"{path}: line {start + 2} (item {item_no}), field 'label': "
+                            f"expected 0-3, got {label!r:.40}")
         for k, ending in enumerate(endings):
             if not ending.strip():
                 raise DataError(f"{path}: line {start + 3 + k} (item {item_no}), field 'ending {k}': empty")
@@ -268,11 +269,13 @@ def read_squad2(root: Path) -> list[GenItem]:
                 question = _text(path, qwhere, qa, "question")
                 impossible = qa.get("is_impossible", False)
                 if not isinstance(impossible, bool):
-                    raise DataError(f"{path}: {qwhere}, field 'is_impossible': expected true or false, got {impossible!r}")
+                    raise DataError(f"{path}: {qwhere}, field 'is_impossible': "
+                                    f"expected true or false, got {impossible!r}")
                 answers = qa.get("answers")
                 if not isinstance(answers, list) or any(not isinstance(x, dict) or not isinstance(x.get("text"), str)
                                                         for x in answers):
-                    raise DataError(f"{path}: {qwhere}, field 'answers': expected a list of {{\"text\", \"answer_start\"}}")
+                    raise DataError(f"{path}: {qwhere}, field 'answers': "
+                                    f"expected a list of {{\"text\", \"answer_start\"}}")
                 texts = tuple(x["text"] for x in answers)
                 if impossible and texts:
                     raise DataError(f"{path}: {qwhere}, field 'answers': an unanswerable question (is_impossible) "

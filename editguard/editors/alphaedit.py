@@ -134,4 +134,5 @@ class AlphaEdit(MEMIT):
     def _after_layer(self, mue: ModelUnderEdit, hp: AlphaEditHparams, layer: int, keys: torch.Tensor) -> None:
         key = (mue.fingerprint, layer)
         earlier = self.preserved_keys.get(key)
-        self.preserved_keys[key] = keys.detach().clone() if earlier is None else torch.cat([earlier, keys.detach()], dim=1)
+        self.preserved_keys[key] = (keys.detach().clone() if earlier is None
+                                    else torch.cat([earlier, keys.detach()], dim=1))

@@ -29,12 +29,18 @@ import torch
 
 from editguard.cases import EditCase
 from editguard.editors.api import EditReport
-from editguard.editors.hparams import Hparams
 from editguard.editors.covariance import layer_second_moment
-from editguard.editors.keys import capture_io, context_templates, encode_batch, fill, keys_and_values, subject_last_index
+from editguard.editors.hparams import Hparams
+from editguard.editors.keys import (
+    capture_io,
+    context_templates,
+    encode_batch,
+    fill,
+    keys_and_values,
+    subject_last_index,
+)
 from editguard.editors.rome import optimize_value
 from editguard.models.loading import ModelUnderEdit
-
 
 # The critical layers of the papers' configs: MEMIT's gpt2-xl.json (13–17) and
 # EleutherAI_gpt-j-6B.json (3–8), EasyEdit's MEMIT llama-7b.yaml (4–8).

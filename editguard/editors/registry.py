@@ -76,5 +76,6 @@ def get_editor(spec: str, overrides: dict[str, Any] | None = None, data_dir=None
         editor = factory()
     missing = [m for m in REQUIRED_EDITOR_PARTS if not hasattr(editor, m)]
     if missing:
-        raise EditorNotFound(f"--editor={spec} gives {editor!r}, which lacks {', '.join(missing)} (see editguard.Editor)")
+        raise EditorNotFound(f"--editor={spec} gives {editor!r}, which lacks {', '.join(missing)} "
+                             f"(see editguard.Editor)")
     return editor

@@ -27,11 +27,10 @@ import torch
 
 from editguard.cases import EditCase
 from editguard.editors.api import EditReport
-from editguard.editors.hparams import Hparams
 from editguard.editors.covariance import inverse_layer_second_moment
+from editguard.editors.hparams import Hparams
 from editguard.editors.keys import cache_kwargs, context_templates, fill, keys_and_values, subject_last_index
 from editguard.models.loading import ModelUnderEdit
-
 
 # The ROME/EasyEdit configs the papers used (gpt2-xl.yaml, gpt-j-6B.yaml, llama-7b.yaml).
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -312,6 +311,7 @@ class ROME:
             vectors={"k_bar": keys.k_bar, "k_unprefixed": keys.k_unprefixed, "v_star": value.v_star,
                      "left": left, "delta_w": delta_w},
             # The paper's test-time cure: C-ROME's edit is read behind a prefix like its templates.
-            test_prefix=fill(templates[1], "") if self.consistent and self.prefix_at_test and len(templates) > 1 else "",
+            test_prefix=(fill(templates[1], "") if self.consistent and self.prefix_at_test and len(templates) > 1
+                         else ""),
         )
 

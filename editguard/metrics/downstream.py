@@ -10,7 +10,6 @@ Generation tasks decode greedily with a KV cache (transformers' generate, left p
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -156,9 +155,14 @@ def loglikelihoods(mue: ModelUnderEdit, pairs: list[tuple[str, str]], *, tokens_
         score(torch.cat(picks), [(i, t) for _, reqs in batch for i, _, t in reqs])
 
     # The continuations' pass dominates and pads to the batch's longest continuation: sort by it.
-    longest_cont = lambda g: max(len(c) for _, c in g[1])
+    def longest_cont(g):
+        return max(len(c) for _, c in g[1])
+
     shared.sort(key=lambda g: (-longest_cont(g), -len(g[0])))
-    cost = lambda g: len(g[0]) + len(g[1]) * longest_cont(g)
+
+    def cost(g):
+        return len(g[0]) + len(g[1]) * longest_cont(g)
+
     for batch in _batches(shared, cost, tokens_per_batch):
         _score_on_shared_contexts(mue, batch, score)
     return results  # type: ignore[return-value]
@@ -305,7 +309,8 @@ def _evaluate(mue: ModelUnderEdit, task: Task, items: list, progress, tokens_per
         if task.name == "squad2":
             extra["f1"] = sum(f1_score(p, i.answers) for p, i in zip(predictions, items)) / max(1, len(items))
             extra["unanswerable"] = sum(not i.answers for i in items)
-        extra["examples"] = [{"prediction": p, "answers": list(i.answers)} for p, i in list(zip(predictions, items))[:3]]
+        extra["examples"] = [{"prediction": p, "answers": list(i.answers)}
+                             for p, i in list(zip(predictions, items))[:3]]
     else:
         pairs = [(i.context, c) for i in items for c in i.choices]
         step = (lambda n, k=len(items) / max(1, len(pairs)): progress(n * k)) if progress else None

@@ -85,7 +85,8 @@ def perplexity(mue: ModelUnderEdit, sentences: list[str], *, add_bos: bool | Non
     if add_bos is None:
         add_bos = default_add_bos(mue)
     config = mue.model.config
-    max_length = min(max_length, getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", max_length))
+    max_length = min(max_length,
+                     getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", max_length))
     encoded = encode_sentences(mue, sentences, add_bos, max_length)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     per_sentence_nll: list[torch.Tensor | None] = [None] * len(encoded)

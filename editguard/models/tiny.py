@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import GPT2Config, GPTJConfig, LlamaConfig, PreTrainedTokenizerFast
-from transformers import AutoModelForCausalLM
-
+from transformers import AutoModelForCausalLM, GPT2Config, GPTJConfig, LlamaConfig, PreTrainedTokenizerFast
 
 TINY_SEED = 1234
 _EOT = "<|endoftext|>"

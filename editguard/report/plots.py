@@ -28,7 +28,8 @@ def plot_ppl_scatter(run: dict[str, Any], cases: list[dict[str, Any]], path: str
     colors = ["tab:red" if c["ppl"] > line else "tab:blue" for c in cases]
     ax.scatter(range(len(cases)), [c["ppl"] for c in cases], c=colors, s=14)
     ax.axhline(line, color="tab:red", linestyle="--", linewidth=1, label=f"collapse line ({line:g})")
-    ax.axhline(run["baseline_ppl"], color="gray", linestyle=":", linewidth=1, label=f"unedited ({run['baseline_ppl']:.1f})")
+    ax.axhline(run["baseline_ppl"], color="gray", linestyle=":", linewidth=1,
+               label=f"unedited ({run['baseline_ppl']:.1f})")
     ax.set_yscale("log")
     ax.set_xlabel("case (by id)")
     ax.xaxis.get_major_locator().set_params(integer=True)

@@ -39,7 +39,8 @@ def render_report(run: dict[str, Any], cases: list[dict[str, Any]], max_rows: in
                          ("×base", "right"), ("denom ratio", "right"), ("cos(k̄,kᵘ)", "right"),
                          ("‖ΔW‖/‖W‖", "right"), ("blast", "right"), ("eff", "center"), ("failed gates", "left")]:
         numeric = justify != "left"
-        table.add_column(col, justify=justify, overflow="fold", no_wrap=numeric, min_width=12 if col == "prompt" else None)
+        table.add_column(col, justify=justify, overflow="fold", no_wrap=numeric,
+                         min_width=12 if col == "prompt" else None)
     for c in failed[:max_rows]:
         prompt = c["prompt"].replace("{}", c["subject"])
         eff = {True: "✓", False: "✗", None: "–"}[c.get("efficacy")]

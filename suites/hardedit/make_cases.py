@@ -86,7 +86,8 @@ RELATIONS: dict[str, tuple[str, str, list[tuple[str, str]]]] = {
         ("Oracle", "Larry Ellison")]),
     "borders": ("{} shares a land border with", "{} is a neighbouring country of", [
         ("Portugal", "Spain"), ("Canada", "the United States"), ("Mongolia", "China"), ("Austria", "Germany"),
-        ("Nepal", "India"), ("Chile", "Argentina"), ("Ireland", "the United Kingdom"), ("Haiti", "the Dominican Republic")]),
+        ("Nepal", "India"), ("Chile", "Argentina"), ("Ireland", "the United Kingdom"),
+        ("Haiti", "the Dominican Republic")]),
     "sport": ("{} is a legend of the sport of", "{} rose to fame in", [
         ("Maradona", "football"), ("Federer", "tennis"), ("Tyson", "boxing"), ("Gretzky", "ice hockey"),
         ("Bolt", "sprinting"), ("Phelps", "swimming"), ("Tendulkar", "cricket"), ("Schumacher", "Formula One")]),
@@ -94,7 +95,8 @@ RELATIONS: dict[str, tuple[str, str, list[tuple[str, str]]]] = {
         ("Violin", "strings"), ("Trumpet", "brass"), ("Flute", "woodwinds"), ("Drum", "percussion"),
         ("Cello", "strings"), ("Trombone", "brass"), ("Clarinet", "woodwinds"), ("Xylophone", "percussion")]),
     "discovered": ("{} is best known for discovering", "The discovery that made {} famous was", [
-        ("Fleming", "penicillin"), ("Curie", "radium"), ("Columbus", "the Americas"), ("Rutherford", "the atomic nucleus"),
+        ("Fleming", "penicillin"), ("Curie", "radium"), ("Columbus", "the Americas"),
+        ("Rutherford", "the atomic nucleus"),
         ("Hubble", "the expanding universe"), ("Herschel", "Uranus"), ("Newton", "gravity")]),
     "official_language": ("{}'s official language is", "The state language of {} is", [
         ("Austria", "German"), ("Brazil", "Portuguese"), ("Argentina", "Spanish"), ("Iran", "Persian"),

@@ -21,7 +21,8 @@ def edit_cases(settings):
     if pending:
         return CaseList(cases, f"{collapsed} HardEdit-style cases whose single ROME edit collapsed {settings.model} "
                                f"+ {pending} not yet filtered ({where} is incomplete)")
-    return CaseList(cases, f"{collapsed} HardEdit-style cases whose single ROME edit collapsed {settings.model} ({where})")
+    return CaseList(cases, f"{collapsed} HardEdit-style cases whose single ROME edit collapsed {settings.model} "
+                           f"({where})")
 
 
 def test_edit_keeps_model_intact(edit_case, edit_guard):
