@@ -1,16 +1,19 @@
 """The `editguard` command: measurements outside pytest.
 
-    editguard ppl --model smollm2-135m --corpus me-ppl-1k
-    editguard stats --model smollm2-135m --layer 5 --tokens 100000
+    editguard ppl --model smollm2-135m --ppl-corpus me-ppl-1k
+    editguard stats --model smollm2-135m --edit-layer 5 --tokens 100000
     editguard screen --model smollm2-135m --cases counterfact
     editguard mine --model smollm2-135m --editor rome --top 80 --control 30
     editguard report out.json
     editguard filter suites/hardedit/cases.json --model smollm2-135m --editor rome
-    editguard plot rome.json c-rome.json suites/hardcf/smollm2-135m.json -o out/plots
-    editguard merge shard1.json shard2.json -o all.json
-    editguard analyze positions --model smollm2-135m --editor rome --n 10
-    editguard analyze prefix --model smollm2-135m --editor c-rome --n 10
+    editguard plot rome.json c-rome.json suites/hardcf/smollm2-135m.json --plots out/plots
+    editguard merge shard1.json shard2.json --json all.json
+    editguard analyze positions --model smollm2-135m --editor rome --max-cases 10
+    editguard analyze prefix --model smollm2-135m --editor c-rome --max-cases 10
     editguard train-mend --model smollm2-135m --steps 300
+
+Options shared with the pytest plugin (model, editor, data, ppl-corpus, ...) come from
+editguard.options, under the same names (the plugin's `--editguard-data` is `--data` here).
 """
 
 from __future__ import annotations
@@ -20,16 +23,22 @@ import json
 import os
 import sys
 
+from editguard.options import OPTIONS_BY_NAME, SINGLE_EDIT_PPL_CORPUS, add_cli_options, data_dir
+
 # The screen's default, without importing torch for `editguard --help`.
 DEFAULT_SCREEN_TEMPLATES = 11
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="smollm2-135m", help="registered name, local dir or cached hub id")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--data", default=os.environ.get("EDITGUARD_DATA"),
-                        help="data directory laid out like shared/data (default: $EDITGUARD_DATA)")
+    add_cli_options(parser, "model", "device", "dtype", "data")
+
+
+def _old_spellings(parser: argparse.ArgumentParser, **renamed: str | tuple[str, ...]) -> None:
+    """Still accept the options' names from before the plugin and the CLI shared them (dest=old
+    names), hidden from --help, so that existing scripts keep working."""
+    for dest, old in renamed.items():
+        parser.add_argument(*([old] if isinstance(old, str) else old), dest=dest, default=argparse.SUPPRESS,
+                            help=argparse.SUPPRESS, type=OPTIONS_BY_NAME[dest.replace("_", "-")].type)
 
 
 def cmd_ppl(args) -> int:
@@ -39,10 +48,10 @@ def cmd_ppl(args) -> int:
     from editguard.progress import progress_bar
 
     mue = load_model(args.model, args.device, args.dtype)
-    sentences = load_ppl_corpus(args.corpus, args.data, download=args.download)
-    with progress_bar(f"perplexity {args.model} on {args.corpus}", len(sentences)) as bar:
+    sentences = load_ppl_corpus(args.ppl_corpus, args.data, download=args.download)
+    with progress_bar(f"perplexity {args.model} on {args.ppl_corpus}", len(sentences)) as bar:
         result = perplexity(mue, sentences, progress=bar.advance)
-    print(f"{args.model} {args.corpus} ({len(sentences)} sentences, {result.n_tokens} scored tokens): "
+    print(f"{args.model} {args.ppl_corpus} ({len(sentences)} sentences, {result.n_tokens} scored tokens): "
           f"ppl {result.ppl:.2f} (mean per sentence), corpus ppl {result.corpus_ppl:.2f} (token-weighted)")
     return 0
 
@@ -53,7 +62,7 @@ def cmd_stats(args) -> int:
     from editguard.models import load_model
 
     mue = load_model(args.model, args.device, args.dtype)
-    layer = args.layer if args.layer is not None else mue.edit_layer
+    layer = args.edit_layer if args.edit_layer is not None else mue.edit_layer
     mom2 = second_moment(mue, layer, load_text_corpus(args.corpus, args.data, download=args.download),
                          n_tokens=args.tokens)
     print(f"{args.model} layer {layer}: E[kkᵀ] {tuple(mom2.shape)} from {args.corpus}, trace {float(mom2.trace()):.4g} "
@@ -69,19 +78,20 @@ def cmd_screen(args) -> int:
 
     mue = load_model(args.model, args.device, args.dtype)
     overrides = {"mom2_adjustment": args.mom2_adjustment}
-    if args.layer is not None:
-        overrides["layer"] = args.layer
+    if args.edit_layer is not None:
+        overrides["layer"] = args.edit_layer
     hparams = RomeHparams.for_family(mue.family.name, overrides)
     cases = load_case_source(args.cases, args.data, download=args.download)
     n_templates = None if args.templates == "all" else int(args.templates)
     doc = run_screen(mue, cases, hparams, n_templates, data_dir=args.data, batch_size=args.batch_size)
-    out = args.out or f"out/screen-{mue.name}.json"
+    out = args.json or f"out/screen-{mue.name}.json"
     json_path, csv_path = write_screen(doc, out)
     rows = doc["rows"]
     print(f"screened {len(rows)} cases of {args.cases} on {mue.name} layer {doc['layer']} in {doc['seconds']:.0f} s "
           f"({doc['templates']} of {doc['templates_total']} templates); riskiest:")
     for rank, row in enumerate(rows[: args.show], 1):
-        print(f"  {rank:3d}. case {row['case_id']:>6} {row['subject']!r:32.32} denominator ratio {row['denominator_ratio']:8.4f}"
+        print(f"  {rank:3d}. case {row['case_id']:>6} {row['subject']!r:32.32} "
+              f"denominator ratio {row['denominator_ratio']:8.4f}"
               f"  cos(k̄,kᵘ) {row['key_cosine']:.3f}")
     print(f"wrote {json_path} and {csv_path}")
     return 0
@@ -101,7 +111,7 @@ def cmd_mine(args) -> int:
     from editguard.mining import mine, mined_suite_path, pick_candidates, risk_correlation, write_mined_suite
     from editguard.models import load_model
     from editguard.progress import progress_bar
-    from editguard.report.json_report import RunInfo
+    from editguard.runinfo import edit_run_info
     from editguard.screen import run_screen, write_screen
     from editguard.suites import load_case_source
 
@@ -113,7 +123,8 @@ def cmd_mine(args) -> int:
         screen = json.loads(screen_path.read_text())
         if screen.get("fingerprint") != mue.fingerprint:
             raise ValueError(f"{screen_path} screens model {screen.get('model')!r} (fingerprint "
-                             f"{screen.get('fingerprint')}), not {mue.name} ({mue.fingerprint}); run `editguard screen` first")
+                             f"{screen.get('fingerprint')}), not {mue.name} ({mue.fingerprint}); "
+                             "run `editguard screen` first")
     else:
         print(f"no screen at {screen_path}: screening {len(cases)} cases first")
         screen = run_screen(mue, cases, RomeHparams.for_family(mue.family.name), data_dir=args.data)
@@ -134,18 +145,16 @@ def cmd_mine(args) -> int:
             console.print(f"  {record['case_id']:>6} {record['group']:8} {record['subject'][:28]:28} "
                           f"ppl {record['ppl']:12.1f}  {record['degradation']}")
         records = mine(mue, editor, candidates, baseline, thresholds, progress_path, risk, on_case=show)
-    run = RunInfo(model=mue.name, editor=editor.name, hparams=editor.hparams(mue), thresholds=thresholds.to_dict(),
-                  baseline_ppl=baseline.ppl.ppl, baseline_corpus_ppl=baseline.ppl.corpus_ppl,
-                  ppl_corpus=args.ppl_corpus, model_fingerprint=mue.fingerprint, device=str(mue.device),
-                  dtype=str(mue.dtype).removeprefix("torch."), seed=args.seed, suite=args.cases).to_json()
+    run = edit_run_info(mue, editor, baseline, thresholds, seed=args.seed, suite=args.cases).to_json()
     run.pop("versions")
     run["screen"] = {k: v for k, v in screen.items() if k != "rows"}
-    out = Path(args.out) if args.out else mined_suite_path(mue.name)
+    out = Path(args.json) if args.json else mined_suite_path(mue.name)
     write_mined_suite(out, records, by_id, json.loads(json.dumps(run, default=str)))
     corr = risk_correlation(records)
     hard = sum(r["degradation"] == "collapsed" for r in records)
     print(f"{hard} of {len(records)} mined cases collapse the model (ppl > {thresholds.ppl_max:g}); "
-          f"Spearman(risk, ppl) = {corr.get('spearman_risk_vs_ppl', float('nan')):.3f} over {corr['n']} cases; wrote {out}")
+          f"Spearman(risk, ppl) = {corr.get('spearman_risk_vs_ppl', float('nan')):.3f} over {corr['n']} cases; "
+          f"wrote {out}")
     return 0
 
 
@@ -160,14 +169,14 @@ def cmd_plot(args) -> int:
         doc = json.loads(Path(name).read_text())
         if isinstance(doc, dict) and "measurements" in doc:  # a mined suite file
             stem = Path(name).stem
-            written.append(plot_risk_vs_ppl(doc["measurements"], Path(args.out) / f"risk-vs-ppl-{stem}.png",
+            written.append(plot_risk_vs_ppl(doc["measurements"], Path(args.plots) / f"risk-vs-ppl-{stem}.png",
                                             doc["run"]["thresholds"]["ppl_max"]))
             reports.append({"run": {**doc["run"], "suite": f"mined-{stem}"}, "cases": doc["measurements"]})
         elif isinstance(doc, dict) and "run" in doc and "cases" in doc:
             reports.append(doc)
         else:
             raise ValueError(f"{name}: neither an editguard JSON report nor a mined suite file")
-    written += write_report_plots(reports, args.out)
+    written += write_report_plots(reports, args.plots)
     for path in written:
         print(f"wrote {path}")
     return 0
@@ -182,7 +191,7 @@ def cmd_filter(args) -> int:
     from editguard.mining import degradation, mine, record_filter
     from editguard.models import load_model
     from editguard.progress import progress_bar
-    from editguard.report.json_report import RunInfo
+    from editguard.runinfo import edit_run_info
 
     mue = load_model(args.model, args.device, args.dtype)
     cases = read_cases(args.case_file)
@@ -192,10 +201,7 @@ def cmd_filter(args) -> int:
     progress_path = args.progress or f"out/filter-{mue.name}-{editor.name}.jsonl"
     print(f"filtering {len(cases)} cases of {args.case_file} with {editor.name} on {mue.name} "
           f"(baseline ppl {baseline.ppl.ppl:.2f}); progress in {progress_path} (resumable)")
-    run = RunInfo(model=mue.name, editor=editor.name, hparams=editor.hparams(mue), thresholds=thresholds.to_dict(),
-                  baseline_ppl=baseline.ppl.ppl, baseline_corpus_ppl=baseline.ppl.corpus_ppl,
-                  ppl_corpus=args.ppl_corpus, model_fingerprint=mue.fingerprint, device=str(mue.device),
-                  dtype=str(mue.dtype).removeprefix("torch."), suite=str(args.case_file)).to_json()
+    run = edit_run_info(mue, editor, baseline, thresholds, suite=str(args.case_file)).to_json()
     for key in ("versions", "suites"):
         run.pop(key)
     run = json.loads(json.dumps(run, default=str))
@@ -203,7 +209,8 @@ def cmd_filter(args) -> int:
     with progress_bar(f"filter {args.case_file}", len(cases)) as bar:
         def show(record):
             bar.advance(1)
-            print(f"  {record['case_id']:>8} {record['subject'][:20]:20} ppl {record['ppl']:12.1f}  {record['degradation']}")
+            print(f"  {record['case_id']:>8} {record['subject'][:20]:20} ppl {record['ppl']:12.1f}  "
+                  f"{record['degradation']}")
             so_far.append(record)
             record_filter(args.case_file, so_far, run)  # an interrupted filter leaves its partial outcome
         records = mine(mue, editor, [(c, "all") for c in cases], baseline, thresholds, progress_path, on_case=show)
@@ -235,9 +242,9 @@ def cmd_merge(args) -> int:
     from editguard.report.merge import merge_reports
 
     merged = merge_reports([(name, load_report(name)) for name in args.files])
-    write_report(args.out, merged["run"], merged["cases"])
+    write_report(args.json, merged["run"], merged["cases"])
     failed = sum(not c["passed"] for c in merged["cases"])
-    print(f"merged {len(args.files)} reports, {len(merged['cases'])} cases ({failed} failed) into {args.out}")
+    print(f"merged {len(args.files)} reports, {len(merged['cases'])} cases ({failed} failed) into {args.json}")
     return 0
 
 
@@ -293,28 +300,32 @@ def cmd_analyze(args) -> int:
 
     from editguard.analysis import analyze_positions, analyze_prefix_cure, summarize_positions, summarize_prefix_cure
     from editguard.data import load_ppl_corpus
+    from editguard.editors.api import editor_hparams
     from editguard.editors.registry import get_editor
     from editguard.gates import Thresholds
     from editguard.guard import measure_baseline
     from editguard.progress import progress_bar
+    from editguard.runinfo import model_fields
 
     mue = _load(args.model, args.device, args.dtype)
     editor = get_editor(args.editor, data_dir=args.data)
     thresholds = Thresholds(ppl_max=args.ppl_threshold)
     baseline = measure_baseline(mue, load_ppl_corpus(args.ppl_corpus, args.data), args.ppl_corpus, shared=True)
-    header = {"model": mue.name, "editor": editor.name, "hparams": editor.hparams(mue), "ppl_corpus": args.ppl_corpus,
-              "baseline_ppl": baseline.ppl.ppl, "thresholds": thresholds.to_dict()}
+    header = {**model_fields(mue), "editor": editor.name, "hparams": editor_hparams(editor, mue),
+              "ppl_corpus": args.ppl_corpus, "baseline_ppl": baseline.ppl.ppl, "thresholds": thresholds.to_dict()}
     if args.what == "positions":
-        cases = [c for c in _analysis_cases(args.cases, mue.name, args.data, 10**9) if c.subject_first][: args.n]
+        subject_first = [c for c in _analysis_cases(args.cases, mue.name, args.data, 10**9) if c.subject_first]
+        cases = subject_first[: args.max_cases]
         with progress_bar(f"positions: {len(cases)} cases × 3 edits", 3 * len(cases)) as bar:
             rows = analyze_positions(mue, editor, cases, baseline, thresholds, on_row=lambda r: bar.advance(1))
         summary = summarize_positions(rows, thresholds.ppl_max)
-        _print_table(f"{editor.name} on {mue.name}: subject position (baseline {args.ppl_corpus} {baseline.ppl.ppl:.1f})",
+        _print_table(f"{editor.name} on {mue.name}: subject position "
+                     f"(baseline {args.ppl_corpus} {baseline.ppl.ppl:.1f})",
                      summary, ["condition", "n", "key_cosine_median", "denominator_ratio_median", "ppl_median",
                                "ppl_max", "collapsed"])
     else:
-        groups = {"hard": _analysis_cases(args.cases, mue.name, args.data, args.n),
-                  "normal": _analysis_cases("normal", mue.name, args.data, args.n)}
+        groups = {"hard": _analysis_cases(args.cases, mue.name, args.data, args.max_cases),
+                  "normal": _analysis_cases("normal", mue.name, args.data, args.max_cases)}
         n = sum(len(g) for g in groups.values())
         with progress_bar(f"prefix cure: {n} edits", n) as bar:
             rows = analyze_prefix_cure(mue, editor, groups, baseline, thresholds, on_row=lambda r: bar.advance(1))
@@ -392,7 +403,7 @@ def cmd_eval(args) -> int:
     n = None if args.n == "full" else int(args.n)
     mue = _load(args.model, args.device, args.dtype)
     console = Console() if sys.stdout.isatty() else Console(width=160)
-    header, restore, steps = run_header(mue, tasks, n, args.seed, args.precision), None, []
+    header, restore, steps = run_header(mue, tasks, n, args.seed, args.downstream_precision), None, []
     if args.editor:
         from editguard.data import load_ppl_corpus
         from editguard.editors.api import editor_hparams
@@ -400,7 +411,7 @@ def cmd_eval(args) -> int:
         from editguard.guard import measure_baseline
 
         editor = get_editor(args.editor, data_dir=args.data)
-        cases = _analysis_cases(args.cases, mue.name, args.data, args.n_cases)
+        cases = _analysis_cases(args.cases, mue.name, args.data, args.max_cases)
         baseline = measure_baseline(mue, load_ppl_corpus(args.ppl_corpus, args.data), args.ppl_corpus, shared=True)
         mode = "sequentially" if args.sequential else "in one batch"
         print(f"applying {len(cases)} {editor.name} edits {mode} ({args.cases}); baseline {args.ppl_corpus} "
@@ -413,15 +424,16 @@ def cmd_eval(args) -> int:
                       cases=[c.case_id for c in cases], case_source=args.cases, sequential=args.sequential,
                       ppl_corpus=args.ppl_corpus, baseline_ppl=baseline.ppl.ppl)
     try:
-        scores = score_tasks(mue, tasks, n, args.data, args.seed, precision=args.precision,
-                             on_task=lambda s: print(f"  {s.task}: {s.metric} {s.accuracy:.4f} (n={s.n}, {s.seconds:.0f} s)"))
+        scores = score_tasks(mue, tasks, n, args.data, args.seed, precision=args.downstream_precision,
+                             on_task=lambda s: print(f"  {s.task}: {s.metric} {s.accuracy:.4f} "
+                                                     f"(n={s.n}, {s.seconds:.0f} s)"))
     finally:
         if restore is not None:
             restore()
             print("weights restored and verified bit for bit against the unedited model")
     state = f"after {len(header['cases'])} {header['editor']} edits" if args.editor else "unedited"
     console.print(render_table(f"{mue.name} {state}: downstream tasks (n={header['n']}, seed {args.seed})", scores))
-    out = Path(args.out or f"out/eval-{mue.name}{'-' + args.editor if args.editor else ''}.json")
+    out = Path(args.json or f"out/eval-{mue.name}{'-' + args.editor if args.editor else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"run": header, "edits": steps, "tasks": {k: score_row(v) for k, v in scores.items()}},
                               indent=1, default=str))
@@ -435,69 +447,71 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("ppl", help="ME-PPL perplexity of an unedited model")
     _common(p)
-    p.add_argument("--corpus", default="me-ppl-50", help="me-ppl-50, me-ppl-1k, me-ppl or a path")
-    p.add_argument("--download", action="store_true", help="fetch missing public data files")
+    add_cli_options(p, "ppl-corpus", "download", ppl_corpus=SINGLE_EDIT_PPL_CORPUS)
+    _old_spellings(p, ppl_corpus="--corpus")
     p.set_defaults(run=cmd_ppl)
 
     p = sub.add_parser("stats", help="compute and cache the MLP key covariance of a layer")
     _common(p)
-    p.add_argument("--layer", type=int, default=None, help="default: the model's edit layer")
-    p.add_argument("--corpus", default="wikitext-2-raw")
+    add_cli_options(p, "edit-layer", "download")
+    _old_spellings(p, edit_layer="--layer")
+    p.add_argument("--corpus", default="wikitext-2-raw", help="text corpus the keys are taken from")
     p.add_argument("--tokens", type=int, default=100_000)
-    p.add_argument("--download", action="store_true")
     p.set_defaults(run=cmd_stats)
 
     p = sub.add_parser("screen", help="rank cases by ROME collapse risk from forward passes alone (no edits)")
     _common(p)
     p.add_argument("--cases", default="counterfact", help="counterfact, counterfact-<split>, or a case file")
-    p.add_argument("--layer", type=int, default=None, help="default: the model's edit layer")
+    add_cli_options(p, "edit-layer", "download")
+    _old_spellings(p, edit_layer="--layer", json="--out")
     p.add_argument("--templates", default=str(DEFAULT_SCREEN_TEMPLATES),
-                   help=f"context templates averaged into k̄: a number (default {DEFAULT_SCREEN_TEMPLATES}) or 'all' (ROME's 21)")
-    p.add_argument("--mom2-adjustment", action="store_true", help="use C⁻¹k̄ as ROME's original paper (default: off, as the papers ran)")
+                   help=f"context templates averaged into k̄: a number (default {DEFAULT_SCREEN_TEMPLATES}) "
+                        "or 'all' (ROME's 21)")
+    p.add_argument("--mom2-adjustment", action="store_true",
+                   help="use C⁻¹k̄ as ROME's original paper (default: off, as the papers ran)")
     p.add_argument("--batch-size", type=int, default=96)
-    p.add_argument("--out", default=None, help="JSON path (a CSV is written beside it); default out/screen-MODEL.json")
+    p.add_argument("--json", default=None, help="JSON path (a CSV is written beside it); default out/screen-MODEL.json")
     p.add_argument("--show", type=int, default=10, help="print this many riskiest cases")
-    p.add_argument("--download", action="store_true")
     p.set_defaults(run=cmd_screen)
 
-    p = sub.add_parser("mine", help="full edits of the riskiest screened cases (+ a random control); writes a suite file")
+    p = sub.add_parser("mine",
+                       help="full edits of the riskiest screened cases (+ a random control); writes a suite file")
     _common(p)
-    p.add_argument("--editor", default="rome")
+    add_cli_options(p, "editor", "ppl-corpus", "ppl-threshold", "download", ppl_corpus=SINGLE_EDIT_PPL_CORPUS)
     p.add_argument("--cases", default="counterfact", help="counterfact, counterfact-<split>, or a case file")
-    p.add_argument("--screen", default=None, help="screen JSON from `editguard screen` (default out/screen-MODEL.json; run if absent)")
+    p.add_argument("--screen", default=None,
+                   help="screen JSON from `editguard screen` (default out/screen-MODEL.json; run if absent)")
     p.add_argument("--top", type=int, default=80, help="riskiest screened cases to edit")
     p.add_argument("--control", type=int, default=30, help="randomly drawn other cases to edit (seeded)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ppl-corpus", default="me-ppl-50")
-    p.add_argument("--ppl-threshold", type=float, default=1000.0)
     p.add_argument("--progress", default=None, help="resumable JSONL log (default out/mine-MODEL-EDITOR.jsonl)")
-    p.add_argument("--out", default=None, help="suite file (default suites/hardcf/MODEL.json)")
-    p.add_argument("--download", action="store_true")
+    p.add_argument("--json", default=None, help="suite file (default suites/hardcf/MODEL.json)")
+    _old_spellings(p, json="--out")
     p.set_defaults(run=cmd_mine)
 
-    p = sub.add_parser("filter", help="edit every case of a case file and record which collapse the model (HardEdit's filter)")
+    p = sub.add_parser("filter",
+                       help="edit every case of a case file and record which collapse the model (HardEdit's filter)")
     _common(p)
     p.add_argument("case_file")
-    p.add_argument("--editor", default="rome")
-    p.add_argument("--ppl-corpus", default="me-ppl-50")
-    p.add_argument("--ppl-threshold", type=float, default=1000.0)
+    add_cli_options(p, "editor", "ppl-corpus", "ppl-threshold", ppl_corpus=SINGLE_EDIT_PPL_CORPUS)
     p.add_argument("--progress", default=None, help="resumable JSONL log (default out/filter-MODEL-EDITOR.jsonl)")
     p.set_defaults(run=cmd_filter)
 
     p = sub.add_parser("plot", help="PNG plots from JSON reports and mined suite files")
     p.add_argument("files", nargs="+", help="JSON reports (--editguard-json) and/or mined suite files")
-    p.add_argument("-o", "--out", default="out/plots", help="directory for the PNGs")
+    add_cli_options(p, "plots", plots="out/plots")
+    _old_spellings(p, plots=("-o", "--out"))
     p.set_defaults(run=cmd_plot)
 
     p = sub.add_parser("report", help="render the collapse report (and optionally the plots) of a JSON report")
     p.add_argument("json")
     p.add_argument("--max-rows", type=int, default=50)
-    p.add_argument("--plots", default=None, metavar="DIR", help="also write the report's PNG plots into DIR")
+    add_cli_options(p, "plots")
     p.set_defaults(run=cmd_report)
 
     p = sub.add_parser("merge", help="merge the JSON reports of shards (--editguard-shard i/n) into one")
     p.add_argument("files", nargs="+", help="shard reports written with --editguard-json")
-    p.add_argument("-o", "--out", required=True, help="merged JSON report")
+    p.add_argument("--json", "-o", "--out", required=True, help="write the merged JSON report to this path")
     p.set_defaults(run=cmd_merge)
 
     p = sub.add_parser("compare", help="check that two JSON reports hold the same cases, verdicts and numbers")
@@ -512,23 +526,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("what", choices=["positions", "prefix"],
                    help="positions: subject first vs moved later vs first position swapped (ROME edits); "
                         "prefix: efficacy/generalization/locality with and without the test-time prefix")
-    p.add_argument("--editor", default=None, help="default: rome for positions, c-rome for prefix")
     p.add_argument("--cases", default="hardcf", help="hardcf (the model's mined list) or a case file")
-    p.add_argument("--n", type=int, default=10, help="cases (per group)")
-    p.add_argument("--ppl-corpus", default="me-ppl-50")
-    p.add_argument("--ppl-threshold", type=float, default=1000.0)
+    add_cli_options(p, "editor", editor=None, shown_defaults={"editor": "rome for positions, c-rome for prefix"})
+    add_cli_options(p, "max-cases", "ppl-corpus", "ppl-threshold", max_cases=10, ppl_corpus=SINGLE_EDIT_PPL_CORPUS)
+    _old_spellings(p, max_cases="--n")
     p.add_argument("--json", default=None, help="default out/analyze-WHAT-MODEL-EDITOR.json")
     p.set_defaults(run=cmd_analyze)
 
-    p = sub.add_parser("train-mend", help="train MEND's editor network for a model and cache it (needed by --editor=mend)")
+    p = sub.add_parser("train-mend",
+                       help="train MEND's editor network for a model and cache it (needed by --editor=mend)")
     _common(p)
     p.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
     p.add_argument("--cases", default="counterfact",
                    help="counterfact (its train split, without the cases the suites edit) or a case file")
-    p.add_argument("--hparams", default=None, help="MEND hyperparameter overrides (.json/.yaml/.yml)")
+    add_cli_options(p, "hparams")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: on a shared 2-core machine 2 threads run ~10x slower); 0 keeps torch's")
-    p.add_argument("--no-ppl-locality", action="store_true", help="locality text from the cases' neighbourhood prompts only")
+                   help="torch CPU threads (default 1: on a shared 2-core machine 2 threads run ~10x slower); "
+                        "0 keeps torch's")
+    p.add_argument("--no-ppl-locality", action="store_true",
+                   help="locality text from the cases' neighbourhood prompts only")
     p.add_argument("--retrain", action="store_true", help="train even if this exact editor is cached")
     p.set_defaults(run=cmd_train_mend)
 
@@ -538,18 +554,21 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated: piqa, hellaswag, lambada, mmlu, mmlu-5shot, nq-open, squad2")
     p.add_argument("--n", default="full", help="items per task: a number (seeded subset) or 'full' (default)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--editor", default=None, help="apply this editor's edits before scoring (weights restored after)")
+    add_cli_options(p, "editor", editor=None,
+                    shown_defaults={"editor": "none: the unedited model; with one, its edits are applied before "
+                                              "scoring and the weights restored after"})
     p.add_argument("--cases", default="hardcf", help="with --editor: hardcf, normal or a case file")
-    p.add_argument("--n-cases", type=int, default=10, help="with --editor: the first N cases")
+    add_cli_options(p, "max-cases", "ppl-corpus", "downstream-precision", max_cases=10,
+                    ppl_corpus=SINGLE_EDIT_PPL_CORPUS)
     p.add_argument("--sequential", action="store_true", help="apply the edits one after another (else one batch)")
-    p.add_argument("--ppl-corpus", default="me-ppl-50", help="perplexity after each sequential step")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--precision", default="auto",
-                   help="scoring precision: float32, bfloat16 (autocast) or auto (bfloat16 where the CPU/GPU multiplies it fast, else float32)")
-    p.add_argument("-o", "--out", default=None, help="JSON path (default out/eval-MODEL[-EDITOR].json)")
+    p.add_argument("--json", default=None, help="JSON path (default out/eval-MODEL[-EDITOR].json)")
+    _old_spellings(p, max_cases="--n-cases", downstream_precision="--precision", json=("-o", "--out"))
     p.set_defaults(run=cmd_eval)
 
     args = parser.parse_args(argv)
+    if "data" in vars(args):
+        args.data = data_dir(args.data)
     if args.command == "analyze" and args.editor is None:
         args.editor = "rome" if args.what == "positions" else "c-rome"
     try:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from editguard.metrics.downstream import SCORER_VERSION, TaskScore, evaluate, resolve_precision, subset
+from editguard.runinfo import model_fields
 from editguard.stats import Z_TWO_SIDED_95
-from editguard.metrics.downstream import SCORER_VERSION, TaskScore, evaluate, subset
 from editguard.tasks import get_task
 
 
@@ -82,8 +83,5 @@ def render_table(title: str, scores: dict[str, TaskScore]):
 
 
 def run_header(mue, tasks, n, seed, precision: str = "auto") -> dict[str, Any]:
-    from editguard.metrics.downstream import resolve_precision
-
-    return {"model": mue.name, "model_fingerprint": mue.fingerprint, "device": str(mue.device),
-            "dtype": str(mue.dtype).removeprefix("torch."), "precision": resolve_precision(mue, precision),
+    return {**model_fields(mue), "precision": resolve_precision(mue, precision),
             "tasks": tasks, "n": n if n is not None else "full", "seed": seed, "scorer_version": SCORER_VERSION}

@@ -58,7 +58,7 @@ def test_plot_writes_scatter_sequence_and_risk_plots(tmp_path, capsys):
                      "screen": {"denominator_ratio": 10.0 ** -i, "risk": float(i), "key_cosine": 0.5}} for i in range(1, 6)]
     mined.write_text(json.dumps({"cases": [], "run": RUN, "measurements": measurements}))
     out = tmp_path / "plots"
-    assert main(["plot", str(report), str(seq_report), str(mined), "-o", str(out)]) == 0
+    assert main(["plot", str(report), str(seq_report), str(mined), "--plots", str(out)]) == 0
     names = sorted(p.name for p in out.iterdir())
     # The cases carry ROME's anatomy, so each report also gets its anatomy plot.
     assert names == ["anatomy-c-rome-tiny-llama-hardcf.png", "anatomy-rome-tiny-llama-hardcf.png",
@@ -72,5 +72,5 @@ def test_plot_writes_scatter_sequence_and_risk_plots(tmp_path, capsys):
 def test_plot_rejects_other_json(tmp_path, capsys):
     other = tmp_path / "x.json"
     other.write_text("[1, 2]")
-    assert main(["plot", str(other), "-o", str(tmp_path)]) == 2
+    assert main(["plot", str(other), "--plots", str(tmp_path)]) == 2
     assert "neither an editguard JSON report nor a mined suite file" in capsys.readouterr().err

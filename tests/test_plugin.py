@@ -248,13 +248,13 @@ def test_shards_merge_into_the_unsharded_report(suite):
     assert len(first["cases"]) + len(second["cases"]) == len(whole["cases"]) == 5
     from editguard.cli import main
 
-    assert main(["merge", str(suite.path / "s1.json"), str(suite.path / "s2.json"), "-o", str(suite.path / "all.json")]) == 0
+    assert main(["merge", str(suite.path / "s1.json"), str(suite.path / "s2.json"), "--json", str(suite.path / "all.json")]) == 0
     merged = json.loads((suite.path / "all.json").read_text())
     assert compare_reports(whole, merged) == []
     assert [m["shard"] for m in merged["run"]["merged_from"]] == ["1/2", "2/2"]
     assert main(["compare", str(suite.path / "whole.json"), str(suite.path / "all.json")]) == 0
     # Overlapping shards are refused.
-    assert main(["merge", str(suite.path / "s1.json"), str(suite.path / "s1.json"), "-o", str(suite.path / "x.json")]) == 2
+    assert main(["merge", str(suite.path / "s1.json"), str(suite.path / "s1.json"), "--json", str(suite.path / "x.json")]) == 2
 
 
 def test_xdist_run_equals_the_serial_run(suite):

@@ -1,0 +1,142 @@
+"""The options of editguard, defined once for the pytest plugin and the `editguard` command.
+
+Naming scheme: an option's canonical `name` is what the CLI accepts (`--NAME`) and what its ini
+key is derived from (`editguard_NAME`, dashes as underscores). In a pytest run, where options of
+every plugin share one namespace, an option marked `namespaced` is registered as
+`--editguard-NAME` (data, download, shard, json, plots: generic words pytest or another plugin
+might claim); the others keep their bare `--NAME`. So `--editguard-data` on pytest is `--data` on
+the CLI and `editguard_data` in an ini file, and every existing plugin option string stays valid.
+
+This module is pure data (a leaf): it imports nothing of editguard and nothing heavy, so the
+plugin can read it at start-up and `editguard --help` builds without torch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_EDITOR = "rome"
+# The papers' perplexity corpora: ME-PPL_50 after one edit, ME-PPL_1k along a sequence of edits.
+SINGLE_EDIT_PPL_CORPUS = "me-ppl-50"
+SEQUENCE_PPL_CORPUS = "me-ppl-1k"
+COLLAPSE_PPL = 1000.0  # perplexity above which an edited model counts as collapsed
+DATA_ENV = "EDITGUARD_DATA"
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    type: type          # str, int, float, or bool for a flag
+    default: Any
+    help: str
+    namespaced: bool = False   # registered as --editguard-NAME in pytest (see the module docstring)
+    default_help: str = ""     # how help shows a default that is not a plain value
+
+    @property
+    def is_flag(self) -> bool:
+        return self.type is bool
+
+    @property
+    def cli_flag(self) -> str:
+        return f"--{self.name}"
+
+    @property
+    def pytest_flag(self) -> str:
+        return f"--editguard-{self.name}" if self.namespaced else self.cli_flag
+
+    @property
+    def ini_key(self) -> str:
+        return "editguard_" + self.name.replace("-", "_")
+
+    @property
+    def dest(self) -> str:
+        return self.name.replace("-", "_")
+
+    def help_with_default(self, default: Any, shown: str = "") -> str:
+        """The help text with the default: `shown` if given, else `default_help` for the option's own
+        default, else the value unless it is off/unset."""
+        shown = shown or (self.default_help if default == self.default else "")
+        if shown:
+            return f"{self.help} (default: {shown})"
+        return f"{self.help} (default: {default})" if default not in (None, False) else self.help
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("editor", str, DEFAULT_EDITOR,
+           "editing algorithm under test: a built-in name (an unknown name lists them), an entry point of group "
+           "editguard.editors, or package.module:Class"),
+    Option("model", str, DEFAULT_MODEL,
+           "model to edit: a registered name (an unknown name lists them), a local directory, or a hub id already "
+           "in the Hugging Face cache"),
+    Option("device", str, "auto",
+           "auto, cpu, cuda or cuda:N (auto: the GPU if there is one; with pytest -n N and several GPUs, worker i "
+           "takes cuda:i)"),
+    Option("devices", str, None,
+           "comma-separated devices for pytest-xdist workers, worker i takes the i-th (mod their number), "
+           "e.g. cuda:0,cuda:1 or cpu,cpu"),
+    Option("dtype", str, "float32", "float32, bfloat16 or float16"),
+    Option("edit-layer", int, None, "layer to edit (default: the model's registered layer)"),
+    Option("hparams", str, None, "editor hyperparameter overrides: a .json, .yaml or .yml file"),
+    Option("data", str, None, "data directory laid out like shared/data", namespaced=True,
+           default_help=f"env {DATA_ENV}"),
+    Option("download", bool, False, "fetch missing public data files into the cache instead of failing",
+           namespaced=True),
+    Option("ppl-corpus", str, None, "perplexity corpus: me-ppl-50, me-ppl-1k, me-ppl, or a path (.json/.txt)",
+           default_help=f"{SINGLE_EDIT_PPL_CORPUS} for single edits, {SEQUENCE_PPL_CORPUS} for sequences, "
+           "as the papers"),
+    Option("sequential", bool, False,
+           "apply each suite module's cases as one sequence without restoring in between (the model is "
+           "restored and verified after the module); suites/sequential is always sequential"),
+    Option("ppl-threshold", float, COLLAPSE_PPL, "collapse line for perplexity"),
+    Option("ppl-max-ratio", float, 2.0, "largest allowed edited/unedited perplexity ratio"),
+    Option("denominator-ratio-min", float, 0.1, "smallest allowed ROME denominator ratio (key used vs k̄)"),
+    Option("update-norm-max", float, None,
+           "largest allowed ‖ΔW‖_F/‖W‖_F of a touched matrix (default: calibrated bound, see README)"),
+    Option("max-cases", int, None, "use only the first N cases (in pytest: of each suite module; deterministic)"),
+    Option("shard", str, None,
+           "run only shard i of n (e.g. 2/4) of the collected cases, split deterministically (a sequence stays "
+           "whole); merge the shards' JSON reports with `editguard merge`", namespaced=True),
+    Option("json", str, None, "write the JSON report to this path", namespaced=True),
+    Option("fuzz-examples", int, 12,
+           "examples per Hypothesis fuzz test in the derandomized CI profile 'editguard-ci' (suites/fuzz)"),
+    Option("plots", str, None,
+           "write PNG plots (perplexity per case, perplexity evolution of sequences) into this directory",
+           namespaced=True),
+    Option("downstream", str, None,
+           "probe every edited model on these downstream tasks and gate on them, comma-separated: piqa, hellaswag, "
+           "lambada, mmlu, mmlu-5shot, nq-open, squad2 (default: off)"),
+    Option("downstream-n", int, 200, "items per downstream task (a seeded, fixed subset)"),
+    Option("downstream-min-retention", float, None,
+           "also require edited accuracy ≥ this × the unedited model's on each downstream task, e.g. 0.9 "
+           "(default: off)"),
+    Option("downstream-precision", str, "auto",
+           "precision of the downstream probes: float32, bfloat16 (autocast) or auto (bfloat16 where the CPU/GPU "
+           "multiplies it fast, else float32)"),
+)
+
+OPTIONS_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
+
+
+def data_dir(value: str | None) -> str | None:
+    """The data directory: the option's value, else the environment's."""
+    return value or os.environ.get(DATA_ENV)
+
+
+def add_cli_options(parser, *names: str, shown_defaults: dict[str, str] | None = None, **defaults: Any) -> None:
+    """Add the named table options to an argparse parser, as `--NAME`. `defaults` (by dest) give a
+    subcommand its own default where the pytest one does not fit; `shown_defaults` (by dest) say in
+    words what a default means."""
+    shown_defaults = shown_defaults or {}
+    for name in names:
+        option = OPTIONS_BY_NAME[name]
+        default = defaults.pop(option.dest, option.default)
+        if option.is_flag:
+            parser.add_argument(option.cli_flag, action="store_true", help=option.help)
+        else:
+            parser.add_argument(option.cli_flag, type=option.type, default=default,
+                                help=option.help_with_default(default, shown_defaults.get(option.dest, "")))
+    if defaults:
+        raise TypeError(f"defaults for options not added: {', '.join(defaults)}")

@@ -1,0 +1,34 @@
+"""The run header: what a measurement ran on, built one way for the plugin and the CLI commands.
+
+`RunInfo` (the JSON report's header schema) stays in editguard.report.json_report beside the
+functions that combine and merge headers; this module builds it from the objects of a run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from editguard.editors.api import editor_hparams
+from editguard.report.json_report import RunInfo
+
+
+def dtype_name(dtype) -> str:
+    """'torch.float32' -> 'float32'."""
+    return str(dtype).removeprefix("torch.")
+
+
+def model_fields(mue) -> dict[str, Any]:
+    """The header fields that say which model ran where."""
+    return {"model": mue.name, "model_fingerprint": mue.fingerprint, "device": str(mue.device),
+            "dtype": dtype_name(mue.dtype)}
+
+
+def edit_run_info(mue, editor, baseline, thresholds, **fields: Any) -> RunInfo:
+    """The header of a run that edits `mue` with `editor` and gates against `baseline`; `fields`
+    are RunInfo's per-run ones (seed, suite, suite_source, sequential, shard). The seed defaults
+    to the editor's template seed."""
+    hparams = editor_hparams(editor, mue)
+    fields.setdefault("seed", hparams.get("template_seed", 0))
+    return RunInfo(editor=editor.name, hparams=hparams, thresholds=thresholds.to_dict(),
+                   baseline_ppl=baseline.ppl.ppl, baseline_corpus_ppl=baseline.ppl.corpus_ppl,
+                   ppl_corpus=baseline.corpus, **model_fields(mue), **fields)

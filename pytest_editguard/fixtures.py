@@ -1,0 +1,164 @@
+"""The plugin's fixtures: the model, the editor, the unedited baselines and `edit_guard`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_editguard.results import junit_properties
+from pytest_editguard.settings import SETTINGS_KEY, SOURCES_KEY, EditguardSettings, is_sequential, user_errors
+
+
+def _fail_cleanly(what: str, err: Exception):
+    pytest.fail(f"editguard could not {what}: {err}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def editguard_settings(request: pytest.FixtureRequest) -> EditguardSettings:
+    return request.config.stash[SETTINGS_KEY]
+
+
+@pytest.fixture(scope="session")
+def model_under_edit(editguard_settings: EditguardSettings):
+    """The model, loaded once per session (per xdist worker)."""
+    try:
+        return editguard_settings.load_model()
+    except user_errors() as err:
+        _fail_cleanly(f"load --model={editguard_settings.model}", err)
+
+
+@pytest.fixture(scope="session")
+def editor(editguard_settings: EditguardSettings, model_under_edit):
+    """The editor under test; its hyperparameters are resolved for the model up front, so a
+    bad --hparams key fails here, once, with the list of valid keys."""
+    from editguard.editors.api import editor_hparams
+    from editguard.editors.registry import get_editor
+
+    s = editguard_settings
+    try:
+        editor = get_editor(s.editor, s.hparams, data_dir=s.data_dir)
+        editor_hparams(editor, model_under_edit)
+        return editor
+    except user_errors() as err:
+        _fail_cleanly(f"set up --editor={s.editor}", err)
+
+
+class Baselines:
+    """The unedited model's measurements per perplexity corpus, each taken once per session."""
+
+    def __init__(self, model, settings: EditguardSettings):
+        self.model, self.settings, self._cache = model, settings, {}
+        self._probe = None
+
+    def probe(self):
+        """The downstream probe (--downstream): task subsets and the unedited model's scores, taken
+        once per session (and cached on disk across workers and sessions)."""
+        s = self.settings
+        if s.downstream and self._probe is None:
+            from editguard.metrics.downstream import prepare_probe
+
+            try:
+                self._probe = prepare_probe(self.model, s.downstream, s.downstream_n, s.data_dir,
+                                            min_retention=s.downstream_min_retention,
+                                            precision=s.downstream_precision)
+            except user_errors() as err:
+                _fail_cleanly(f"prepare --downstream={','.join(s.downstream)}", err)
+        return self._probe
+
+    def get(self, corpus: str):
+        from editguard.data import load_ppl_corpus
+        from editguard.guard import measure_baseline
+
+        if corpus not in self._cache:
+            s = self.settings
+            try:
+                sentences = load_ppl_corpus(corpus, s.data_dir, download=s.download)
+            except user_errors() as err:
+                _fail_cleanly(f"read --ppl-corpus={corpus}", err)
+            self._cache[corpus] = measure_baseline(self.model, sentences, corpus, shared=True)
+            self._cache[corpus].downstream = self.probe()
+        return self._cache[corpus]
+
+
+@pytest.fixture(scope="session")
+def editguard_baselines(model_under_edit, editguard_settings) -> Baselines:
+    return Baselines(model_under_edit, editguard_settings)
+
+
+@pytest.fixture(scope="session")
+def baseline(editguard_baselines, editguard_settings):
+    """The unedited model's perplexity (single-edit corpus) and weight checksums."""
+    return editguard_baselines.get(editguard_settings.ppl_corpus_for(sequential=False))
+
+
+@pytest.fixture(scope="module")
+def edit_sequence(request, model_under_edit, editor, editguard_baselines, editguard_settings):
+    """The module's edit sequence (sequential mode): edits accumulate across its tests; the model
+    is restored and verified when the module is done."""
+    from editguard.guard import EditSequence
+
+    s = editguard_settings
+    sequence = EditSequence(model_under_edit, editor, editguard_baselines.get(s.ppl_corpus_for(sequential=True)),
+                            s.thresholds, name=request.module.__name__.rpartition(".")[2].removeprefix("test_"))
+    yield sequence
+    sequence.restore()
+
+
+def _suite_name(node) -> str:
+    path = Path(str(node.path))
+    return path.parent.name if path.parent.name not in ("tests", "") else path.stem
+
+
+class EditGuard:
+    """What tests use: `check(case)` returns a CaseResult; `assert_safe(case)` fails the test
+    with the reasons when a gate fails. Every result is recorded for the end-of-run report."""
+
+    def __init__(self, request, model, editor, baselines, settings):
+        self._request, self.model, self.editor = request, model, editor
+        self.settings = settings
+        self.sequential = is_sequential(request.config, request.module)
+        self.ppl_corpus = settings.ppl_corpus_for(self.sequential)
+        self.baseline = baselines.get(self.ppl_corpus)
+        self.module_path = request.node.nodeid.split("::")[0]
+
+    def run_info(self) -> dict[str, Any]:
+        from editguard.report.json_report import SUITE_FIELDS
+        from editguard.runinfo import edit_run_info
+
+        request = self._request
+        info = edit_run_info(
+            self.model, self.editor, self.baseline, self.settings.thresholds, suite=_suite_name(request.node),
+            sequential=self.sequential, suite_source=request.config.stash[SOURCES_KEY].get(request.module.__name__, ""),
+            shard=self.settings.shard_label,
+        )
+        info.suites = {self.module_path: {f: getattr(info, f) for f in SUITE_FIELDS}}
+        return info.to_json()
+
+    def check(self, case):
+        from editguard.guard import check
+
+        if self.sequential:
+            result = self._request.getfixturevalue("edit_sequence").apply(case)
+        else:
+            result = check(self.model, self.editor, case, self.baseline, self.settings.thresholds)
+        node = self._request.node
+        record = {**result.to_json(), "suite_module": self.module_path}
+        node.user_properties.append(("editguard_case", json.dumps(record)))
+        node.user_properties.append(("editguard_run", json.dumps(self.run_info())))
+        # Flat numbers as well, so junit XML (--junitxml) shows them as <property> elements.
+        node.user_properties.extend(junit_properties(record))
+        return result
+
+    def assert_safe(self, case):
+        result = self.check(case)
+        if not result.passed:
+            pytest.fail(result.explanation, pytrace=False)
+        return result
+
+
+@pytest.fixture
+def edit_guard(request, model_under_edit, editor, editguard_baselines, editguard_settings) -> EditGuard:
+    return EditGuard(request, model_under_edit, editor, editguard_baselines, editguard_settings)

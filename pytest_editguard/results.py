@@ -1,0 +1,87 @@
+"""The plugin's results: collected from test reports (so that xdist workers' results reach the
+controller), shown as the collapse report, written as the JSON report and plots; junit properties."""
+
+from __future__ import annotations
+
+import json
+from io import StringIO
+from typing import Any
+
+import pytest
+
+from pytest_editguard.settings import SETTINGS_KEY
+
+_JUNIT_FIELDS = ("passed", "ppl", "ppl_baseline", "corpus_ppl", "denominator_ratio", "key_cosine",
+                 "update_norm_rel", "blast_radius", "efficacy", "sequence", "step", "peak_memory_mb")
+
+
+def junit_properties(record: dict[str, Any]) -> list[tuple[str, str]]:
+    """A case's numbers as (name, value) pairs, named editguard.<field>; gates as one line each."""
+    props = [(f"editguard.{f}", str(record[f])) for f in _JUNIT_FIELDS if record.get(f) is not None]
+    props.append(("editguard.failed_gates", ",".join(record["failed_gates"])))
+    for task, scores in (record.get("downstream") or {}).items():
+        props.append((f"editguard.downstream.{task}", str(scores["accuracy"])))
+    props.append(("editguard.reason", record["reason"]))
+    diag = record.get("diagnostics") or {}
+    for name in ("denominator", "denominator_kbar", "key_rel_distance", "update_norm", "numerator_norm",
+                 "v_star_norm", "layer"):
+        if isinstance(diag.get(name), (int, float)):
+            props.append((f"editguard.{name}", str(diag[name])))
+    return props
+
+
+def is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+class ResultCollector:
+    """Registered per pytest config (nested pytester sessions get their own)."""
+
+    def __init__(self, config: pytest.Config):
+        self.config = config
+        self.results: list[dict[str, Any]] = []
+        self.runs: dict[str, dict[str, Any]] = {}  # one run header per suite module
+
+    @property
+    def run(self) -> dict[str, Any]:
+        from editguard.report.json_report import combine_runs
+
+        return combine_runs([self.runs[k] for k in sorted(self.runs)])
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "call":
+            return
+        props = dict(report.user_properties)
+        if "editguard_case" in props:
+            record = json.loads(props["editguard_case"])
+            self.results.append(record)
+            if record["suite_module"] not in self.runs:
+                self.runs[record["suite_module"]] = json.loads(props["editguard_run"])
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if not self.results or is_xdist_worker(self.config):
+            return
+        from rich.console import Console
+
+        from editguard.report import render_report
+
+        buffer = StringIO()
+        markup = terminalreporter.hasmarkup
+        console = Console(file=buffer, width=max(140, terminalreporter._tw.fullwidth),
+                          force_terminal=markup, color_system="standard" if markup else None)
+        console.print(render_report(self.run, self.results))
+        terminalreporter.write_sep("=", "editguard collapse report")
+        terminalreporter.write(buffer.getvalue())
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        settings = self.config.stash[SETTINGS_KEY]
+        if is_xdist_worker(self.config) or not self.results:
+            return
+        if settings.json_path:
+            from editguard.report import write_report
+
+            write_report(settings.json_path, self.run, self.results)
+        if settings.plots_dir:
+            from editguard.report.plots import write_report_plots
+
+            write_report_plots([{"run": self.run, "cases": self.results}], settings.plots_dir)

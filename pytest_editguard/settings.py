@@ -1,0 +1,172 @@
+"""The plugin's settings: the option table (editguard.options) read from the command line and ini."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from editguard.options import OPTIONS, OPTIONS_BY_NAME, SEQUENCE_PPL_CORPUS, SINGLE_EDIT_PPL_CORPUS, data_dir
+
+
+def _dest(name: str) -> str:
+    # Prefixed, so that a bare option such as --model cannot clash with another plugin's dest.
+    return "editguard_opt_" + OPTIONS_BY_NAME[name].dest
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("editguard", "editguard: safety checks for LLM knowledge edits")
+    for option in OPTIONS:
+        if option.is_flag:
+            group.addoption(option.pytest_flag, action="store_true", default=None, dest=_dest(option.name),
+                            help=option.help)
+            parser.addini(option.ini_key, option.help, type="bool", default=option.default)
+        else:
+            help_text = option.help_with_default(option.default)
+            group.addoption(option.pytest_flag, action="store", default=None, dest=_dest(option.name), help=help_text)
+            parser.addini(option.ini_key, help_text, default=None)
+
+
+def option_value(config: pytest.Config, name: str) -> Any:
+    """Command line, else ini key, else the default; converted to the option's type."""
+    option = OPTIONS_BY_NAME[name]
+    value = config.getoption(_dest(name))
+    source = option.pytest_flag
+    if value is None:
+        value, source = config.getini(option.ini_key), f"ini key {option.ini_key}"
+    if value in (None, ""):
+        return option.default
+    if option.is_flag:
+        return bool(value)
+    try:
+        return option.type(value)
+    except (TypeError, ValueError):
+        raise pytest.UsageError(f"{source}: expected {option.type.__name__}, got {value!r}") from None
+
+
+@dataclass
+class EditguardSettings:
+    editor: str
+    model: str
+    device: str
+    dtype: str
+    edit_layer: int | None
+    hparams: dict[str, Any]
+    data_dir: str | None
+    download: bool
+    ppl_corpus: str | None   # None: the mode's default (see ppl_corpus_for)
+    thresholds: Any
+    max_cases: int | None
+    json_path: str | None
+    sequential: bool = False
+    plots_dir: str | None = None
+    devices: list[str] | None = None
+    shard: tuple[int, int] | None = None
+    downstream: list[str] | None = None     # task names (--downstream); None: no probes
+    downstream_n: int = 200
+    downstream_min_retention: float | None = None
+    downstream_precision: str = "auto"
+
+    def ppl_corpus_for(self, sequential: bool) -> str:
+        if self.ppl_corpus:
+            return self.ppl_corpus
+        return SEQUENCE_PPL_CORPUS if sequential else SINGLE_EDIT_PPL_CORPUS
+
+    @property
+    def shard_label(self) -> str:
+        return f"{self.shard[0]}/{self.shard[1]}" if self.shard else ""
+
+    @classmethod
+    def from_config(cls, config: pytest.Config) -> "EditguardSettings":
+        from editguard.gates import Thresholds
+        from editguard.sharding import parse_shard
+
+        hparams: dict[str, Any] = {}
+        hparams_file = option_value(config, "hparams")
+        if hparams_file:
+            from editguard.editors.hparams import HparamsFileError, load_hparams_file
+
+            try:
+                hparams = load_hparams_file(hparams_file)
+            except HparamsFileError as err:
+                raise pytest.UsageError(f"--hparams {hparams_file}: {err}") from None
+        update_max = option_value(config, "update-norm-max")
+        thresholds = Thresholds(
+            ppl_max=option_value(config, "ppl-threshold"),
+            ppl_max_ratio=option_value(config, "ppl-max-ratio"),
+            denominator_ratio_min=option_value(config, "denominator-ratio-min"),
+            **({"update_norm_rel_max": update_max} if update_max is not None else {}),
+        )
+        max_cases = option_value(config, "max-cases")
+        if max_cases is not None and max_cases < 1:
+            raise pytest.UsageError(f"--max-cases must be at least 1, got {max_cases}")
+        shard = option_value(config, "shard")
+        try:
+            shard = parse_shard(shard) if shard else None
+        except ValueError as err:
+            raise pytest.UsageError(f"--editguard-shard: {err}") from None
+        devices = [d.strip() for d in (option_value(config, "devices") or "").split(",") if d.strip()] or None
+        downstream, downstream_n = option_value(config, "downstream"), option_value(config, "downstream-n")
+        if downstream:
+            from editguard.tasks import parse_task_list
+
+            try:
+                downstream = parse_task_list(downstream)
+            except ValueError as err:
+                raise pytest.UsageError(f"--downstream: {err}") from None
+        if downstream_n < 1:
+            raise pytest.UsageError(f"--downstream-n must be at least 1, got {downstream_n}")
+        retention = option_value(config, "downstream-min-retention")
+        if retention is not None and not 0 < retention <= 1:
+            raise pytest.UsageError(f"--downstream-min-retention must be in (0, 1], got {retention}")
+        precision = option_value(config, "downstream-precision")
+        from editguard.metrics.downstream import PRECISIONS
+
+        if precision not in PRECISIONS:
+            raise pytest.UsageError(f"--downstream-precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        worker = config.workerinput["workerid"] if hasattr(config, "workerinput") else None
+        worker_index = int(worker.removeprefix("gw")) if worker else None
+        device = option_value(config, "device")
+        if devices or (device == "auto" and worker_index is not None):
+            import torch
+
+            from editguard.models.loading import worker_device
+
+            cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            device = worker_device(device, devices, worker_index, cuda_count)
+        return cls(
+            editor=option_value(config, "editor"), model=option_value(config, "model"),
+            device=device, dtype=option_value(config, "dtype"), devices=devices, shard=shard,
+            edit_layer=option_value(config, "edit-layer"), hparams=hparams,
+            data_dir=data_dir(option_value(config, "data")),
+            download=option_value(config, "download"), ppl_corpus=option_value(config, "ppl-corpus"),
+            thresholds=thresholds, max_cases=max_cases, json_path=option_value(config, "json"),
+            sequential=option_value(config, "sequential"), plots_dir=option_value(config, "plots"),
+            downstream=downstream or None, downstream_n=downstream_n, downstream_min_retention=retention,
+            downstream_precision=precision,
+        )
+
+    def load_model(self):
+        """The model under test (loaded once per process; the fixture gets the same object)."""
+        from editguard.models import load_model
+
+        return load_model(self.model, self.device, self.dtype, self.edit_layer)
+
+
+SETTINGS_KEY = pytest.StashKey[EditguardSettings]()
+SOURCES_KEY = pytest.StashKey[dict]()  # suite module -> where its cases came from (for the report)
+
+
+def is_sequential(config: pytest.Config, module) -> bool:
+    return bool(config.stash[SETTINGS_KEY].sequential or getattr(module, "EDITGUARD_SEQUENTIAL", False))
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors caused by bad input or setup, shown without a traceback."""
+    from editguard.cases import CaseError
+    from editguard.data import DataError
+    from editguard.editors.api import EditorNotFound
+    from editguard.models import ModelLoadError
+
+    return (CaseError, DataError, EditorNotFound, ModelLoadError, ValueError)

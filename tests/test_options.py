@@ -1,0 +1,123 @@
+"""The option table (editguard.options) is what the plugin and the CLI register."""
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from editguard.options import (
+    COLLAPSE_PPL,
+    DEFAULT_EDITOR,
+    DEFAULT_MODEL,
+    OPTIONS,
+    OPTIONS_BY_NAME,
+    add_cli_options,
+)
+
+# Every option string and ini key the plugin has accepted: they stay valid.
+PLUGIN_FLAGS = {
+    "--editor", "--model", "--device", "--devices", "--dtype", "--edit-layer", "--hparams", "--editguard-data",
+    "--editguard-download", "--ppl-corpus", "--sequential", "--ppl-threshold", "--ppl-max-ratio",
+    "--denominator-ratio-min", "--update-norm-max", "--max-cases", "--editguard-shard", "--editguard-json",
+    "--fuzz-examples", "--editguard-plots", "--downstream", "--downstream-n", "--downstream-min-retention",
+    "--downstream-precision",
+}
+
+
+def test_plugin_option_strings_and_ini_keys_are_unchanged():
+    assert {o.pytest_flag for o in OPTIONS} == PLUGIN_FLAGS
+    for option in OPTIONS:
+        assert option.ini_key == "editguard_" + option.pytest_flag.removeprefix("--editguard-").lstrip("-").replace(
+            "-", "_")
+
+
+def test_every_table_option_is_registered_by_the_plugin(pytester):
+    result = pytester.runpytest_subprocess("--help")
+    help_text = result.stdout.str()
+    for option in OPTIONS:
+        assert option.pytest_flag in help_text, option.name
+        assert option.ini_key in help_text, option.name
+
+
+def test_defaults_are_the_library_ones():
+    from editguard.editors.registry import BUILTIN_EDITORS
+    from editguard.gates import Thresholds
+    from editguard.models.registry import DEFAULT_MODEL as REGISTRY_DEFAULT_MODEL
+    from editguard.models.registry import MODELS
+
+    assert COLLAPSE_PPL == Thresholds().ppl_max == OPTIONS_BY_NAME["ppl-threshold"].default
+    assert DEFAULT_MODEL == REGISTRY_DEFAULT_MODEL in MODELS
+    assert DEFAULT_EDITOR in BUILTIN_EDITORS
+    assert OPTIONS_BY_NAME["ppl-max-ratio"].default == Thresholds().ppl_max_ratio
+    assert OPTIONS_BY_NAME["denominator-ratio-min"].default == Thresholds().denominator_ratio_min
+
+
+# Where a command's default differs from the plugin's, on purpose.
+OWN_DEFAULTS = {(command, "ppl-corpus") for command in ("ppl", "mine", "filter", "analyze", "eval")} | {
+    ("analyze", "max-cases"), ("eval", "max-cases"), ("analyze", "editor"), ("eval", "editor")}
+
+
+def _cli_actions(*command):
+    """option string -> argparse action of an `editguard` subcommand."""
+    from editguard.cli import main
+
+    seen = {}
+    original = argparse.ArgumentParser.parse_args
+
+    def capture(parser, args=None, namespace=None):
+        seen["parser"] = parser
+        raise SystemExit(0)
+
+    argparse.ArgumentParser.parse_args = capture
+    try:
+        with pytest.raises(SystemExit):
+            main(list(command))
+    finally:
+        argparse.ArgumentParser.parse_args = original
+    sub = next(a for a in seen["parser"]._actions if isinstance(a, argparse._SubParsersAction))
+    return {s: a for a in sub.choices[command[0]]._actions for s in a.option_strings}
+
+
+@pytest.mark.parametrize("command", ["ppl", "stats", "screen", "mine", "filter", "analyze", "train-mend", "eval"])
+def test_cli_shares_names_help_and_defaults_with_the_plugin(command):
+    actions = _cli_actions(command)
+    shared = [o for o in OPTIONS if o.cli_flag in actions]
+    assert {"model", "device", "dtype", "data"} <= {o.name for o in shared}
+    for option in shared:
+        action = actions[option.cli_flag]
+        if option.name in ("json", "sequential"):   # one name everywhere; each command says what it writes/does
+            continue
+        assert action.help.startswith(option.help), (command, option.name)
+        if (command, option.name) not in OWN_DEFAULTS:
+            assert action.default == option.default, (command, option.name)
+
+
+def test_cli_ppl_corpus_default_is_the_single_edit_corpus():
+    from editguard.options import SINGLE_EDIT_PPL_CORPUS
+
+    for command in ("ppl", "mine", "filter", "eval"):
+        assert _cli_actions(command)["--ppl-corpus"].default == SINGLE_EDIT_PPL_CORPUS
+
+
+def test_add_cli_options_refuses_defaults_for_options_it_did_not_add():
+    with pytest.raises(TypeError, match="max_cases"):
+        add_cli_options(argparse.ArgumentParser(), "model", max_cases=3)
+
+
+@pytest.mark.parametrize("command", ["", "ppl", "stats", "screen", "mine", "filter", "plot", "report", "merge",
+                                     "compare", "analyze", "train-mend", "eval"])
+def test_cli_help_imports_no_torch(command):
+    argv = [command, "--help"] if command else ["--help"]
+    code = ("import sys\nfrom editguard.cli import main\n"
+            f"try:\n    main({argv})\nexcept SystemExit as e:\n    assert not e.code\n"
+            "heavy = [m for m in ('torch', 'transformers', 'numpy', 'rich') if m in sys.modules]\n"
+            "assert not heavy, heavy\n")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_plugin_import_imports_no_torch():
+    code = ("import sys\nimport pytest_editguard.plugin\n"
+            "heavy = [m for m in ('torch', 'transformers', 'numpy', 'rich') if m in sys.modules]\n"
+            "assert not heavy, heavy\n")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
