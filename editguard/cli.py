@@ -19,18 +19,30 @@ editguard.options, under the same names (the plugin's `--editguard-data` is `--d
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
 
+from editguard.catalog import registered_names
 from editguard.options import OPTIONS_BY_NAME, SINGLE_EDIT_PPL_CORPUS, add_cli_options, data_dir
 
 # The screen's default, without importing torch for `editguard --help`.
 DEFAULT_SCREEN_TEMPLATES = 11
 
 
+@functools.cache
+def _registered() -> dict[str, str]:
+    return registered_names()
+
+
+def _add_options(parser: argparse.ArgumentParser, *names: str, **kwargs) -> None:
+    """The option table's options, with the registered editor/model/task names in their help."""
+    add_cli_options(parser, *names, registered=_registered(), **kwargs)
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
-    add_cli_options(parser, "model", "device", "dtype", "data")
+    _add_options(parser, "model", "device", "dtype", "data")
 
 
 def _old_spellings(parser: argparse.ArgumentParser, **renamed: str | tuple[str, ...]) -> None:
@@ -447,13 +459,13 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("ppl", help="ME-PPL perplexity of an unedited model")
     _common(p)
-    add_cli_options(p, "ppl-corpus", "download", ppl_corpus=SINGLE_EDIT_PPL_CORPUS)
+    _add_options(p, "ppl-corpus", "download", ppl_corpus=SINGLE_EDIT_PPL_CORPUS)
     _old_spellings(p, ppl_corpus="--corpus")
     p.set_defaults(run=cmd_ppl)
 
     p = sub.add_parser("stats", help="compute and cache the MLP key covariance of a layer")
     _common(p)
-    add_cli_options(p, "edit-layer", "download")
+    _add_options(p, "edit-layer", "download")
     _old_spellings(p, edit_layer="--layer")
     p.add_argument("--corpus", default="wikitext-2-raw", help="text corpus the keys are taken from")
     p.add_argument("--tokens", type=int, default=100_000)
@@ -462,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("screen", help="rank cases by ROME collapse risk from forward passes alone (no edits)")
     _common(p)
     p.add_argument("--cases", default="counterfact", help="counterfact, counterfact-<split>, or a case file")
-    add_cli_options(p, "edit-layer", "download")
+    _add_options(p, "edit-layer", "download")
     _old_spellings(p, edit_layer="--layer", json="--out")
     p.add_argument("--templates", default=str(DEFAULT_SCREEN_TEMPLATES),
                    help=f"context templates averaged into k̄: a number (default {DEFAULT_SCREEN_TEMPLATES}) "
@@ -477,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("mine",
                        help="full edits of the riskiest screened cases (+ a random control); writes a suite file")
     _common(p)
-    add_cli_options(p, "editor", "ppl-corpus", "ppl-threshold", "download", ppl_corpus=SINGLE_EDIT_PPL_CORPUS)
+    _add_options(p, "editor", "ppl-corpus", "ppl-threshold", "download", ppl_corpus=SINGLE_EDIT_PPL_CORPUS)
     p.add_argument("--cases", default="counterfact", help="counterfact, counterfact-<split>, or a case file")
     p.add_argument("--screen", default=None,
                    help="screen JSON from `editguard screen` (default out/screen-MODEL.json; run if absent)")
@@ -493,20 +505,20 @@ def main(argv: list[str] | None = None) -> int:
                        help="edit every case of a case file and record which collapse the model (HardEdit's filter)")
     _common(p)
     p.add_argument("case_file")
-    add_cli_options(p, "editor", "ppl-corpus", "ppl-threshold", ppl_corpus=SINGLE_EDIT_PPL_CORPUS)
+    _add_options(p, "editor", "ppl-corpus", "ppl-threshold", ppl_corpus=SINGLE_EDIT_PPL_CORPUS)
     p.add_argument("--progress", default=None, help="resumable JSONL log (default out/filter-MODEL-EDITOR.jsonl)")
     p.set_defaults(run=cmd_filter)
 
     p = sub.add_parser("plot", help="PNG plots from JSON reports and mined suite files")
     p.add_argument("files", nargs="+", help="JSON reports (--editguard-json) and/or mined suite files")
-    add_cli_options(p, "plots", plots="out/plots")
+    _add_options(p, "plots", plots="out/plots")
     _old_spellings(p, plots=("-o", "--out"))
     p.set_defaults(run=cmd_plot)
 
     p = sub.add_parser("report", help="render the collapse report (and optionally the plots) of a JSON report")
     p.add_argument("json")
     p.add_argument("--max-rows", type=int, default=50)
-    add_cli_options(p, "plots")
+    _add_options(p, "plots")
     p.set_defaults(run=cmd_report)
 
     p = sub.add_parser("merge", help="merge the JSON reports of shards (--editguard-shard i/n) into one")
@@ -527,8 +539,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="positions: subject first vs moved later vs first position swapped (ROME edits); "
                         "prefix: efficacy/generalization/locality with and without the test-time prefix")
     p.add_argument("--cases", default="hardcf", help="hardcf (the model's mined list) or a case file")
-    add_cli_options(p, "editor", editor=None, shown_defaults={"editor": "rome for positions, c-rome for prefix"})
-    add_cli_options(p, "max-cases", "ppl-corpus", "ppl-threshold", max_cases=10, ppl_corpus=SINGLE_EDIT_PPL_CORPUS)
+    _add_options(p, "editor", editor=None, shown_defaults={"editor": "rome for positions, c-rome for prefix"})
+    _add_options(p, "max-cases", "ppl-corpus", "ppl-threshold", max_cases=10, ppl_corpus=SINGLE_EDIT_PPL_CORPUS)
     _old_spellings(p, max_cases="--n")
     p.add_argument("--json", default=None, help="default out/analyze-WHAT-MODEL-EDITOR.json")
     p.set_defaults(run=cmd_analyze)
@@ -539,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
     p.add_argument("--cases", default="counterfact",
                    help="counterfact (its train split, without the cases the suites edit) or a case file")
-    add_cli_options(p, "hparams")
+    _add_options(p, "hparams")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: on a shared 2-core machine 2 threads run ~10x slower); "
                         "0 keeps torch's")
@@ -554,11 +566,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated: piqa, hellaswag, lambada, mmlu, mmlu-5shot, nq-open, squad2")
     p.add_argument("--n", default="full", help="items per task: a number (seeded subset) or 'full' (default)")
     p.add_argument("--seed", type=int, default=0)
-    add_cli_options(p, "editor", editor=None,
+    _add_options(p, "editor", editor=None,
                     shown_defaults={"editor": "none: the unedited model; with one, its edits are applied before "
                                               "scoring and the weights restored after"})
     p.add_argument("--cases", default="hardcf", help="with --editor: hardcf, normal or a case file")
-    add_cli_options(p, "max-cases", "ppl-corpus", "downstream-precision", max_cases=10,
+    _add_options(p, "max-cases", "ppl-corpus", "downstream-precision", max_cases=10,
                     ppl_corpus=SINGLE_EDIT_PPL_CORPUS)
     p.add_argument("--sequential", action="store_true", help="apply the edits one after another (else one batch)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")

@@ -24,6 +24,7 @@ SINGLE_EDIT_PPL_CORPUS = "me-ppl-50"
 SEQUENCE_PPL_CORPUS = "me-ppl-1k"
 COLLAPSE_PPL = 1000.0  # perplexity above which an edited model counts as collapsed
 DATA_ENV = "EDITGUARD_DATA"
+DOWNSTREAM_PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -55,22 +56,28 @@ class Option:
     def dest(self) -> str:
         return self.name.replace("-", "_")
 
-    def help_with_default(self, default: Any, shown: str = "") -> str:
+    def help_with_default(self, default: Any, shown: str = "", names: dict[str, str] | None = None) -> str:
         """The help text with the default: `shown` if given, else `default_help` for the option's own
-        default, else the value unless it is off/unset."""
+        default, else the value unless it is off/unset. `names` fills the help's {editors}, {models}
+        and {tasks} (the front ends pass editguard.catalog.registered_names())."""
+        text = self.help_text(names)
         shown = shown or (self.default_help if default == self.default else "")
         if shown:
-            return f"{self.help} (default: {shown})"
-        return f"{self.help} (default: {default})" if default not in (None, False) else self.help
+            return f"{text} (default: {shown})"
+        return f"{text} (default: {default})" if default not in (None, False) else text
+
+    def help_text(self, names: dict[str, str] | None = None) -> str:
+        """The help with its registry placeholders filled (or pointing at the error that lists them)."""
+        fill = {key: "an unknown name lists them" for key in ("editors", "models", "tasks")}
+        return self.help.format_map({**fill, **(names or {})})
 
 
 OPTIONS: tuple[Option, ...] = (
     Option("editor", str, DEFAULT_EDITOR,
-           "editing algorithm under test: a built-in name (an unknown name lists them), an entry point of group "
-           "editguard.editors, or package.module:Class"),
+           "editing algorithm under test: a built-in or installed name ({editors}), or package.module:Class"),
     Option("model", str, DEFAULT_MODEL,
-           "model to edit: a registered name (an unknown name lists them), a local directory, or a hub id already "
-           "in the Hugging Face cache"),
+           "model to edit: a registered name ({models}), a local directory, or a hub id already in the Hugging "
+           "Face cache"),
     Option("device", str, "auto",
            "auto, cpu, cuda or cuda:N (auto: the GPU if there is one; with pytest -n N and several GPUs, worker i "
            "takes cuda:i)"),
@@ -106,15 +113,15 @@ OPTIONS: tuple[Option, ...] = (
            "write PNG plots (perplexity per case, perplexity evolution of sequences) into this directory",
            namespaced=True),
     Option("downstream", str, None,
-           "probe every edited model on these downstream tasks and gate on them, comma-separated: piqa, hellaswag, "
-           "lambada, mmlu, mmlu-5shot, nq-open, squad2 (default: off)"),
+           "probe every edited model on these downstream tasks and gate on them, comma-separated: {tasks} "
+           "(default: off)"),
     Option("downstream-n", int, 200, "items per downstream task (a seeded, fixed subset)"),
     Option("downstream-min-retention", float, None,
            "also require edited accuracy ≥ this × the unedited model's on each downstream task, e.g. 0.9 "
            "(default: off)"),
     Option("downstream-precision", str, "auto",
-           "precision of the downstream probes: float32, bfloat16 (autocast) or auto (bfloat16 where the CPU/GPU "
-           "multiplies it fast, else float32)"),
+           f"precision of the downstream probes: {', '.join(DOWNSTREAM_PRECISIONS)} (auto: bfloat16 autocast where "
+           "the CPU/GPU multiplies it fast, else float32)"),
 )
 
 OPTIONS_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
@@ -125,18 +132,20 @@ def data_dir(value: str | None) -> str | None:
     return value or os.environ.get(DATA_ENV)
 
 
-def add_cli_options(parser, *names: str, shown_defaults: dict[str, str] | None = None, **defaults: Any) -> None:
+def add_cli_options(parser, *names: str, shown_defaults: dict[str, str] | None = None,
+                    registered: dict[str, str] | None = None, **defaults: Any) -> None:
     """Add the named table options to an argparse parser, as `--NAME`. `defaults` (by dest) give a
     subcommand its own default where the pytest one does not fit; `shown_defaults` (by dest) say in
-    words what a default means."""
+    words what a default means; `registered` fills the help's name lists."""
     shown_defaults = shown_defaults or {}
     for name in names:
         option = OPTIONS_BY_NAME[name]
         default = defaults.pop(option.dest, option.default)
         if option.is_flag:
-            parser.add_argument(option.cli_flag, action="store_true", help=option.help)
+            parser.add_argument(option.cli_flag, action="store_true", help=option.help_text(registered))
         else:
             parser.add_argument(option.cli_flag, type=option.type, default=default,
-                                help=option.help_with_default(default, shown_defaults.get(option.dest, "")))
+                                help=option.help_with_default(default, shown_defaults.get(option.dest, ""),
+                                                              registered))
     if defaults:
         raise TypeError(f"defaults for options not added: {', '.join(defaults)}")

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from editguard.options import OPTIONS, OPTIONS_BY_NAME, SEQUENCE_PPL_CORPUS, SINGLE_EDIT_PPL_CORPUS, data_dir
+from editguard.catalog import registered_names
+from editguard.options import DOWNSTREAM_PRECISIONS, OPTIONS, OPTIONS_BY_NAME, SEQUENCE_PPL_CORPUS, SINGLE_EDIT_PPL_CORPUS, data_dir
 
 
 def _dest(name: str) -> str:
@@ -17,13 +18,14 @@ def _dest(name: str) -> str:
 
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("editguard", "editguard: safety checks for LLM knowledge edits")
+    names = registered_names()
     for option in OPTIONS:
         if option.is_flag:
             group.addoption(option.pytest_flag, action="store_true", default=None, dest=_dest(option.name),
-                            help=option.help)
-            parser.addini(option.ini_key, option.help, type="bool", default=option.default)
+                            help=option.help_text(names))
+            parser.addini(option.ini_key, option.help_text(names), type="bool", default=option.default)
         else:
-            help_text = option.help_with_default(option.default)
+            help_text = option.help_with_default(option.default, names=names)
             group.addoption(option.pytest_flag, action="store", default=None, dest=_dest(option.name), help=help_text)
             parser.addini(option.ini_key, help_text, default=None)
 
@@ -121,10 +123,9 @@ class EditguardSettings:
         if retention is not None and not 0 < retention <= 1:
             raise pytest.UsageError(f"--downstream-min-retention must be in (0, 1], got {retention}")
         precision = option_value(config, "downstream-precision")
-        from editguard.metrics.downstream import PRECISIONS
-
-        if precision not in PRECISIONS:
-            raise pytest.UsageError(f"--downstream-precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if precision not in DOWNSTREAM_PRECISIONS:
+            raise pytest.UsageError(f"--downstream-precision must be one of {', '.join(DOWNSTREAM_PRECISIONS)}, "
+                                    f"got {precision!r}")
         worker = config.workerinput["workerid"] if hasattr(config, "workerinput") else None
         worker_index = int(worker.removeprefix("gw")) if worker else None
         device = option_value(config, "device")

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from editguard.catalog import registered_names
 from editguard.options import (
     COLLAPSE_PPL,
     DEFAULT_EDITOR,
@@ -88,7 +89,7 @@ def test_cli_shares_names_help_and_defaults_with_the_plugin(command):
         action = actions[option.cli_flag]
         if option.name in ("json", "sequential"):   # one name everywhere; each command says what it writes/does
             continue
-        assert action.help.startswith(option.help), (command, option.name)
+        assert action.help.startswith(option.help_text(registered_names())), (command, option.name)
         if (command, option.name) not in OWN_DEFAULTS:
             assert action.default == option.default, (command, option.name)
 
@@ -121,3 +122,20 @@ def test_plugin_import_imports_no_torch():
             "heavy = [m for m in ('torch', 'transformers', 'numpy', 'rich') if m in sys.modules]\n"
             "assert not heavy, heavy\n")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_a_foreign_pytest_run_imports_no_torch(tmp_path):
+    """The plugin loads in every pytest run of whoever installs editguard: configuring it (options,
+    help texts with the registered names, settings) must not import torch."""
+    (tmp_path / "test_foreign.py").write_text(
+        "import sys\n\ndef test_start_up_is_light():\n    assert 'torch' not in sys.modules\n")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_foreign.py"],
+                            cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_help_texts_list_the_registered_names():
+    names = registered_names()
+    assert "mend" in names["editors"] and "smollm2-135m" in names["models"] and "piqa" in names["tasks"]
+    assert "mend" in OPTIONS_BY_NAME["editor"].help_text(names)
+    assert "{" not in OPTIONS_BY_NAME["downstream"].help_text()

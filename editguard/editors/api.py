@@ -24,12 +24,13 @@ sequential edits, such as AlphaEdit: `Resettable`). Callers go through `editor_h
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
 
-import torch
+if TYPE_CHECKING:  # annotations only: the registry reads this module without importing torch
+    import torch
 
-from editguard.cases import EditCase
-from editguard.models.loading import ModelUnderEdit
+    from editguard.cases import EditCase
+    from editguard.models.loading import ModelUnderEdit
 
 
 @dataclass

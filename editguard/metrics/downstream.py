@@ -19,12 +19,12 @@ import torch
 from editguard.cache import cache_dir, cache_key, cached_json, safe_name
 from editguard.metrics.perplexity import default_add_bos
 from editguard.models.loading import ModelUnderEdit
+from editguard.options import DOWNSTREAM_PRECISIONS
 from editguard.stats import Z_ONE_SIDED_95, wilson_interval
 from editguard.tasks import GENERATION, LAST_WORD, GenItem, MCItem, Task, exact_match, f1_score, get_task
 
 # Bump when scoring changes what it computes: cached unedited scores of older code are then ignored.
 SCORER_VERSION = 3
-PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -74,8 +74,8 @@ def resolve_precision(mue: ModelUnderEdit, precision: str = "auto") -> str:
     CUDA GPU with bf16, a CPU with AVX-512 BF16 or AMX: 2.5× faster than float32 on this project's
     2-core machine) and float32 elsewhere; SmolLM2's own config is bfloat16, the dtype lm-eval
     loads it in by default. A model already held in 16 bits keeps its dtype."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"downstream precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision not in DOWNSTREAM_PRECISIONS:
+        raise ValueError(f"downstream precision must be one of {', '.join(DOWNSTREAM_PRECISIONS)}; got {precision!r}")
     if mue.dtype in (torch.bfloat16, torch.float16):
         return str(mue.dtype).removeprefix("torch.")
     if precision != "auto":
