@@ -1,13 +1,13 @@
 """The snapshot/restore that keeps the model fixture pristine: bit-for-bit restores, loud failed
-restores, checksums, and undeclared changes caught."""
+restores, checksums, undeclared changes caught, and every built-in editor restored exactly."""
 
 import pytest
 import torch
 
-from editguard import check, load_model, measure_baseline
+from editguard import check, get_editor, load_model, measure_baseline
 from editguard.editors.api import EditReport
 from editguard.models import RestoreError, WeightSnapshot, parameter_checksums
-from tests.tiny_edits import PARIS
+from tests.tiny_edits import CASES, FAST, PARIS, changed_parameters, copy_parameters
 
 pytestmark = pytest.mark.usefixtures("private_cache", "one_thread")
 
@@ -81,3 +81,21 @@ def test_undeclared_changes_are_caught(data_dir):
     finally:
         with torch.no_grad():
             mue.parameter(name).copy_(original)
+
+
+@pytest.mark.parametrize("name", ["rome", "c-rome", "r-rome", "ft", "memit", "alphaedit"])
+def test_snapshot_restores_every_editor_exactly(tiny, name, data_dir):
+    editor = get_editor(name, FAST[name], data_dir=data_dir)
+    cases = CASES if name in ("ft", "memit", "alphaedit") else [PARIS]
+    before = copy_parameters(tiny)
+    touched = editor.touched_parameters(tiny, cases)
+    snapshot = WeightSnapshot(tiny.model, touched)
+    try:
+        report = editor.apply(tiny, cases)
+        assert report.touched == touched
+        assert changed_parameters(tiny, before) == sorted(touched), "the editor changed what it did not declare"
+    finally:
+        snapshot.restore()
+    assert changed_parameters(tiny, before) == []
+    if hasattr(editor, "reset"):
+        editor.reset()
