@@ -4,7 +4,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from editguard import load_model
+
 pytest_plugins = ["pytester"]
+
+# The tiny random models, one per family (seeded, built in memory, no download).
+TINY_MODELS = ["tiny-gpt2", "tiny-gptj", "tiny-llama"]
 
 # Tests read the data from EDITGUARD_DATA, or the shared/data directory beside the checkout.
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -34,3 +39,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(params=TINY_MODELS)
+def tiny(request):
+    """Each family's tiny random model in turn: a test that takes it runs once per family."""
+    return load_model(request.param)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama():
+    """The tiny random Llama alone, for tests that need one model and no families."""
+    return load_model("tiny-llama")
+
+
+@pytest.fixture
+def toy_importable(monkeypatch):
+    """`tests.toy_editors` importable by module path, as `--editor=tests.toy_editors:...` needs."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))

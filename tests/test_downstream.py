@@ -8,18 +8,25 @@ small project-made file in dev-v2.0.json's format (tests/fixtures/squad2_dev_sam
 import json
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from editguard.data import DataError
 from editguard.gates import downstream_gates
-from editguard.metrics.downstream import (TaskScore, encode_pair, evaluate, loglikelihoods, prepare_probe,
-                                          score_choices, subset)
+from editguard.metrics.downstream import (
+    TaskScore,
+    encode_pair,
+    evaluate,
+    loglikelihoods,
+    prepare_probe,
+    score_choices,
+    subset,
+)
 from editguard.models import load_model
 from editguard.stats import wilson_interval
 from editguard.tasks import TASKS, MCItem, exact_match, f1_score, load_task, normalize_answer, parse_task_list
+from tests.tiny_edits import PARIS
 
 SQUAD_SAMPLE = Path(__file__).parent / "fixtures" / "squad2_dev_sample.json"
 MMLU_HEADER = "question,choice0,choice1,choice2,choice3,answer\n"
@@ -60,11 +67,6 @@ def write_tasks(root: Path) -> Path:
 @pytest.fixture
 def tasks_dir(tmp_path) -> Path:
     return write_tasks(tmp_path / "data")
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_model("tiny-llama")
 
 
 # --- loaders ----------------------------------------------------------------------------------
@@ -160,8 +162,8 @@ def test_subsets_are_seeded_fixed_and_in_file_order():
 
 # --- scoring ----------------------------------------------------------------------------------
 
-def test_encode_pair_splits_like_lm_eval(tiny):
-    tok = tiny.tokenizer
+def test_encode_pair_splits_like_lm_eval(tiny_llama):
+    tok = tiny_llama.tokenizer
     ctx, cont = encode_pair(tok, "Answer: ", "yes")   # the trailing space moves to the continuation
     assert tok.decode(ctx) == "Answer:" and tok.decode(cont) == " yes"
     ctx, cont = encode_pair(tok, "", "abc")           # nothing to condition on: end-of-text first
@@ -199,37 +201,37 @@ def test_batched_loglikelihood_equals_one_pair_at_a_time(model_name, share):
         assert lp == pytest.approx(ref_lp, abs=1e-4, rel=1e-5) and greedy == ref_greedy
 
 
-def test_single_token_fast_path_equals_generic_path(tiny):
+def test_single_token_fast_path_equals_generic_path(tiny_llama):
     # With the byte tokenizer a bare letter is one token: the MMLU-style fast path (one forward of
     # the context for all four letters) must give the generic path's numbers and predictions.
     items = [MCItem(f"Question {q}: pick one.\nAnswer:", ("A", "B", "C", "D"), q % 4, (1, 1, 1, 1)) for q in range(5)]
     pairs = [(i.context, c) for i in items for c in i.choices]
-    fast = loglikelihoods(tiny, pairs, share_context=True)
-    generic = loglikelihoods(tiny, pairs, share_context=False)
+    fast = loglikelihoods(tiny_llama, pairs, share_context=True)
+    generic = loglikelihoods(tiny_llama, pairs, share_context=False)
     assert [lp for lp, _ in fast] == pytest.approx([lp for lp, _ in generic], abs=1e-5)
     assert score_choices(items, fast) == score_choices(items, generic)
 
 
-def test_bfloat16_scoring_runs_in_16_bits_close_to_float32(tiny):
+def test_bfloat16_scoring_runs_in_16_bits_close_to_float32(tiny_llama):
     from editguard.metrics.downstream import _precision_context
 
-    full = loglikelihoods(tiny, PAIRS)
-    with _precision_context(tiny, "bfloat16"):
-        half = loglikelihoods(tiny, PAIRS)
+    full = loglikelihoods(tiny_llama, PAIRS)
+    with _precision_context(tiny_llama, "bfloat16"):
+        half = loglikelihoods(tiny_llama, PAIRS)
     differences = [abs(a - b) for (a, _), (b, _) in zip(full, half)]
     assert max(differences) > 0                       # the products really ran in bfloat16 ...
     assert [b for b, _ in half] == pytest.approx([a for a, _ in full], rel=0.02)   # ... and barely moved
-    assert all(p.dtype == torch.float32 for p in tiny.model.parameters())           # weights untouched
+    assert all(p.dtype == torch.float32 for p in tiny_llama.model.parameters())           # weights untouched
 
 
-def test_precision_resolution_and_its_errors(tiny):
+def test_precision_resolution_and_its_errors(tiny_llama):
     from editguard.metrics.downstream import resolve_precision
 
-    assert resolve_precision(tiny, "float32") == "float32"
-    assert resolve_precision(tiny, "bfloat16") == "bfloat16"
-    assert resolve_precision(tiny, "auto") in ("float32", "bfloat16")
+    assert resolve_precision(tiny_llama, "float32") == "float32"
+    assert resolve_precision(tiny_llama, "bfloat16") == "bfloat16"
+    assert resolve_precision(tiny_llama, "auto") in ("float32", "bfloat16")
     with pytest.raises(ValueError, match=r"downstream precision must be one of auto, float32, bfloat16; got 'fp8'"):
-        resolve_precision(tiny, "fp8")
+        resolve_precision(tiny_llama, "fp8")
     half = load_model("tiny-llama", dtype="float16")
     assert resolve_precision(half, "float32") == "float16"   # a 16-bit model is scored as it is held
 
@@ -241,18 +243,18 @@ def test_acc_norm_divides_by_character_length():
     assert norm == [1]     # -3/5 = -0.6 < -8/20 = -0.4
 
 
-def test_lambada_is_right_only_when_every_last_word_token_is_greedy(tiny):
+def test_lambada_is_right_only_when_every_last_word_token_is_greedy(tiny_llama):
     context = "She opened the door and saw her old"
-    ids = tiny.tokenizer(context, add_special_tokens=False)["input_ids"]
+    ids = tiny_llama.tokenizer(context, add_special_tokens=False)["input_ids"]
     greedy = []
     with torch.no_grad():
         for _ in range(3):
-            greedy.append(int(tiny.model(torch.tensor([ids + greedy])).logits[0, -1].argmax()))
-    word = tiny.tokenizer.decode(greedy)
-    wrong_last = tiny.tokenizer.decode(greedy[:2] + [(greedy[2] + 1) % 256])
-    right, wrong = loglikelihoods(tiny, [(context, word), (context, wrong_last)], share_context=False)
+            greedy.append(int(tiny_llama.model(torch.tensor([ids + greedy])).logits[0, -1].argmax()))
+    word = tiny_llama.tokenizer.decode(greedy)
+    wrong_last = tiny_llama.tokenizer.decode(greedy[:2] + [(greedy[2] + 1) % 256])
+    right, wrong = loglikelihoods(tiny_llama, [(context, word), (context, wrong_last)], share_context=False)
     assert right[1] is True and wrong[1] is False
-    score = evaluate(tiny, "lambada", [MCItem(context, (word,)), MCItem(context, (wrong_last,))])
+    score = evaluate(tiny_llama, "lambada", [MCItem(context, (word,)), MCItem(context, (wrong_last,))])
     assert (score.correct, score.n, score.metric) == (1, 2, "acc")
 
 
@@ -267,11 +269,11 @@ def test_answer_normalisation_exact_match_and_f1():
     assert f1_score("the cat sat", ("a cat sat down",)) == pytest.approx(0.8)   # P 1, R 2/3
 
 
-def test_generation_scores_exact_match_and_squad_f1(tiny, tasks_dir):
+def test_generation_scores_exact_match_and_squad_f1(tiny_llama, tasks_dir):
     from dataclasses import replace
 
     items = load_task("squad2", tasks_dir)
-    score = evaluate(tiny, replace(TASKS["squad2"], max_new_tokens=3), items)   # a random model never stops
+    score = evaluate(tiny_llama, replace(TASKS["squad2"], max_new_tokens=3), items)   # a random model never stops
     assert score.n == 5 and score.metric == "exact_match" and score.random == pytest.approx(0.4)
     assert 0 <= score.extra["f1"] <= 1 and score.extra["unanswerable"] == 2
     assert all(set(e) == {"prediction", "answers"} for e in score.extra["examples"])
@@ -316,39 +318,39 @@ def test_gate_holds_above_random_and_retention_is_optional():
 
 # --- the probe inside guarded checks -------------------------------------------------------------
 
-def test_unedited_scores_are_computed_once_and_cached_on_disk(tiny, tasks_dir, tmp_path, monkeypatch):
+def test_unedited_scores_are_computed_once_and_cached_on_disk(tiny_llama, tasks_dir, tmp_path, monkeypatch):
     import editguard.metrics.downstream as ds
 
     monkeypatch.setenv("EDITGUARD_CACHE", str(tmp_path / "cache"))
     calls = []
     real = ds.evaluate
     monkeypatch.setattr(ds, "evaluate", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
-    first = prepare_probe(tiny, ["piqa", "lambada"], 2, tasks_dir, precision="float32")
-    second = prepare_probe(tiny, ["piqa", "lambada"], 2, tasks_dir, precision="float32")
+    first = prepare_probe(tiny_llama, ["piqa", "lambada"], 2, tasks_dir, precision="float32")
+    second = prepare_probe(tiny_llama, ["piqa", "lambada"], 2, tasks_dir, precision="float32")
     assert calls == ["piqa", "lambada"]          # the second probe read both from disk
     assert first.unedited == second.unedited and first.indices == {"piqa": [0, 1], "lambada": [0, 1]}
     assert len(list((tmp_path / "cache" / "downstream").glob("tiny-llama-*.json"))) == 2
-    prepare_probe(tiny, ["piqa"], 1, tasks_dir, precision="float32")   # another subset is another key
+    prepare_probe(tiny_llama, ["piqa"], 1, tasks_dir, precision="float32")   # another subset is another key
     assert calls == ["piqa", "lambada", "piqa"]
-    assert prepare_probe(tiny, ["piqa"], 2, tasks_dir, precision="bfloat16").precision == "bfloat16"
+    assert prepare_probe(tiny_llama, ["piqa"], 2, tasks_dir, precision="bfloat16").precision == "bfloat16"
     assert calls == ["piqa", "lambada", "piqa", "piqa"]   # another precision is another key
 
 
-def test_guarded_check_records_downstream_scores_and_gates(tiny, tasks_dir, tmp_path, monkeypatch):
-    from editguard import EditCase, check, measure_baseline
+def test_guarded_check_records_downstream_scores_and_gates(tiny_llama, tasks_dir, tmp_path, monkeypatch):
+    from editguard import check, measure_baseline
     from tests.toy_editors import ScaleRowEditor
 
     monkeypatch.setenv("EDITGUARD_CACHE", str(tmp_path / "cache"))
-    baseline = measure_baseline(tiny, ["The cat sat on the mat.", "Rain fell on the old town."], "tiny")
-    case = EditCase("t1", "{} is the capital of", "Paris", "Rome", "France")
-    plain = check(tiny, ScaleRowEditor({"factor": 1.0}), case, baseline)
+    baseline = measure_baseline(tiny_llama, ["The cat sat on the mat.", "Rain fell on the old town."], "tiny")
+    case = PARIS
+    plain = check(tiny_llama, ScaleRowEditor({"factor": 1.0}), case, baseline)
     assert "downstream" not in plain.to_json() and "downstream" not in plain.timings   # off: no cost
-    probe = prepare_probe(tiny, ["piqa", "lambada"], None, tasks_dir)
+    probe = prepare_probe(tiny_llama, ["piqa", "lambada"], None, tasks_dir)
     # Pretend the unedited model was far above random on PIQA, so the gate applies and must fail
     # for a (random) tiny model.
     probe.unedited["piqa"] = TaskScore("piqa", "acc", 200, 190, 0.5)
     baseline.downstream = probe
-    result = check(tiny, ScaleRowEditor({"factor": 1.0}), case, baseline)
+    result = check(tiny_llama, ScaleRowEditor({"factor": 1.0}), case, baseline)
     record = result.to_json()
     assert set(record["downstream"]) == {"piqa", "lambada"}
     assert record["downstream"]["piqa"]["n"] == 2 and record["downstream"]["piqa"]["unedited"] == 0.95
@@ -433,7 +435,7 @@ def test_eval_command_scores_edits_and_restores_the_weights(tasks_dir, data_dir,
 
     (tasks_dir / "me-ppl").symlink_to(data_dir / "me-ppl")
     monkeypatch.setenv("EDITGUARD_CACHE", str(tmp_path / "cache"))
-    cases = write_cases(tmp_path / "cases.json", [EditCase("t1", "{} is the capital of", "Paris", "Rome", "France"),
+    cases = write_cases(tmp_path / "cases.json", [PARIS,
                                                    EditCase("t2", "{} is produced by", "Windows", "Apple", "Microsoft")])
     before = parameter_checksums(load_model("tiny-llama").model)
     out = tmp_path / "eval.json"

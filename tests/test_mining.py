@@ -1,80 +1,21 @@
-"""The collapse-risk screen and hard-case mining on tiny models: the screen's shortcuts (shared
-heads, cached template prefixes, stopping at the edited layer) give ROME's own keys; mining
-resumes after an interruption and writes a suite file that reads back as cases."""
+"""Hard-case mining on tiny models: candidates, degradation levels, a run that resumes after an
+interruption and writes a suite file that reads back as cases, case filters, and the HardCF
+suite built from the mined list or the screen."""
 
 import json
 
 import pytest
-import torch
 
-from editguard import EditCase, get_editor, load_model
+from editguard import get_editor, load_model
 from editguard.cases import read_cases, write_cases
-from editguard.cli import main
-from editguard.editors.keys import context_templates
-from editguard.editors.rome import RomeHparams, subject_keys
 from editguard.gates import Thresholds
 from editguard.guard import measure_baseline
 from editguard.mining import degradation, mine, pick_candidates, risk_correlation, write_mined_suite
-from editguard.screen import risk_score, screen_cases, template_subset
 from editguard.stats import spearman
+from tests.tiny_edits import SCREEN_CASES
 
-CASES = [
-    EditCase("1", "{} is the capital of", "Paris", "Rome", "France"),
-    EditCase("2", "{} is located in", "Paris", "Peru", "France"),  # same head as case 1
-    EditCase("3", "The mother tongue of {} is", "Danielle Darrieux", "English", "French"),
-    EditCase("4", "{} was developed by", "Windows", "Apple", "Microsoft"),
-    EditCase("5", "In {}, the official language is", "Japan", "Greek", "Japanese"),
-]
 FAST = {"v_num_grad_steps": 3, "context_template_length_params": [[5, 5]]}
 SENTENCES = ["The cat sat on the mat.", "Rivers flow into the sea.", "A book lies on the table."]
-
-
-@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-gptj", "tiny-llama"])
-def test_screen_equals_rome_keys(name):
-    mue = load_model(name)
-    hp = RomeHparams.for_family(mue.family.name)
-    templates = context_templates(mue, hp.context_template_length_params, hp.template_seed)
-    rows = {r.case_id: r for r in screen_cases(mue, CASES, mue.edit_layer, templates, batch_size=2, progress=False)}
-    for case in CASES:
-        keys = subject_keys(mue, mue.edit_layer, case, templates)
-        expected = float(keys.k_bar @ keys.k_unprefixed / (keys.k_bar @ keys.k_bar))
-        row = rows[case.case_id]
-        assert row.denominator_ratio == pytest.approx(expected, rel=1e-4, abs=1e-6)
-        assert row.key_cosine == pytest.approx(
-            float(torch.nn.functional.cosine_similarity(keys.k_bar, keys.k_unprefixed, dim=0)), abs=1e-5)
-        assert row.subject_first == case.subject_first
-    assert rows["1"].denominator_ratio == rows["2"].denominator_ratio  # one head, one computation
-
-
-def test_screen_with_inverse_second_moment_uses_it_on_k_bar():
-    mue = load_model("tiny-llama")
-    templates = template_subset(context_templates(mue, ((5, 5),), 0), None)
-    width = mue.rewrite_matrix(mue.edit_layer).shape[1]
-    inverse = torch.diag(torch.linspace(0.5, 2.0, width))
-    row = screen_cases(mue, CASES[:1], mue.edit_layer, templates, inverse, progress=False)[0]
-    keys = subject_keys(mue, mue.edit_layer, CASES[0], templates)
-    left = inverse @ keys.k_bar
-    assert row.denominator_ratio == pytest.approx(float(left @ keys.k_unprefixed / (left @ keys.k_bar)), rel=1e-4)
-
-
-def test_screen_ranks_riskiest_first():
-    mue = load_model("tiny-llama")
-    templates = context_templates(mue, ((5, 5),), 0)
-    rows = screen_cases(mue, CASES, mue.edit_layer, templates, progress=False)
-    risks = [r.risk for r in rows]
-    assert risks == sorted(risks, reverse=True)
-    assert risk_score(0.01) > risk_score(0.5) > risk_score(1.0)
-    assert risk_score(-0.01) == risk_score(0.01)
-
-
-def test_template_subset_keeps_the_unprefixed_template_and_spreads_the_rest():
-    templates = ["{}"] + [f"t{i}. {{}}" for i in range(20)]
-    subset = template_subset(templates, 11)
-    assert subset[0] == "{}" and len(subset) == 11 and len(set(subset)) == 11
-    assert subset[1:] == templates[1::2]
-    assert template_subset(templates, None) == templates
-    with pytest.raises(ValueError, match="at least 2 templates"):
-        template_subset(templates, 1)
 
 
 def test_spearman():
@@ -91,8 +32,8 @@ def test_degradation_levels():
 
 
 def test_pick_candidates_takes_top_then_seeded_control():
-    rows = [{"case_id": c.case_id} for c in CASES]
-    by_id = {c.case_id: c for c in CASES}
+    rows = [{"case_id": c.case_id} for c in SCREEN_CASES]
+    by_id = {c.case_id: c for c in SCREEN_CASES}
     picked = pick_candidates(rows, by_id, top=2, control=2, seed=3)
     assert [c.case_id for c, g in picked[:2]] == ["1", "2"] and {g for _, g in picked[:2]} == {"top-risk"}
     assert picked == pick_candidates(rows, by_id, top=2, control=2, seed=3)
@@ -111,7 +52,7 @@ def test_mining_resumes_and_writes_a_suite(tmp_path):
     baseline = measure_baseline(mue, SENTENCES, "tiny")
     # Tiny random models edit wildly; a low collapse line makes some cases "collapse".
     thresholds = Thresholds(ppl_max=mue.model.config.vocab_size * 0.9)
-    candidates = [(CASES[0], "top-risk"), (CASES[2], "top-risk"), (CASES[4], "control")]
+    candidates = [(SCREEN_CASES[0], "top-risk"), (SCREEN_CASES[2], "top-risk"), (SCREEN_CASES[4], "control")]
     progress = tmp_path / "mine.jsonl"
     calls = []
 
@@ -138,7 +79,7 @@ def test_mining_resumes_and_writes_a_suite(tmp_path):
     with pytest.raises(ValueError, match="another mining run"):
         mine(mue, other, candidates, baseline, thresholds, progress)
 
-    suite = write_mined_suite(tmp_path / "tiny.json", records, {c.case_id: c for c in CASES},
+    suite = write_mined_suite(tmp_path / "tiny.json", records, {c.case_id: c for c in SCREEN_CASES},
                               {"model": mue.name, "editor": editor.name, "thresholds": thresholds.to_dict()})
     hard = read_cases(suite)
     assert [c.case_id for c in hard] == [r["case_id"] for r in records if r["degradation"] == "collapsed"]
@@ -154,25 +95,14 @@ def test_risk_correlation_needs_screened_records():
     assert risk_correlation([{"ppl": 1.0}]) == {"n": 0}
 
 
-def test_screen_command_writes_ranked_json_and_csv(tmp_path, capsys):
-    cases_file = write_cases(tmp_path / "cases.json", CASES)
-    out = tmp_path / "screen.json"
-    assert main(["screen", "--model", "tiny-llama", "--cases", str(cases_file), "--out", str(out), "--templates", "3"]) == 0
-    doc = json.loads(out.read_text())
-    assert doc["templates"] == 3 and doc["n_cases"] == len(CASES) and len(doc["rows"]) == len(CASES)
-    csv_lines = out.with_suffix(".csv").read_text().splitlines()
-    assert csv_lines[0].startswith("rank,case_id") and len(csv_lines) == len(CASES) + 1
-    assert "riskiest" in capsys.readouterr().out
-
-
 def test_filter_is_recorded_in_the_case_file_and_selects_cases(tmp_path):
     from editguard.mining import filtered_cases, record_filter
 
-    path = write_cases(tmp_path / "cases.json", CASES[:3], extra={"author": "test"})
+    path = write_cases(tmp_path / "cases.json", SCREEN_CASES[:3], extra={"author": "test"})
     assert filtered_cases(path, "tiny-llama") == (read_cases(path), None)
     records = [{"case_id": c.case_id, "degradation": d, "ppl": p, "reason": "r", "denominator_ratio": 0.5,
                 "key_cosine": 0.9, "update_norm_rel": 0.1, "efficacy": True}
-               for c, d, p in zip(CASES[:3], ["collapsed", "intact", "collapsed"], [5000.0, 100.0, 2000.0])]
+               for c, d, p in zip(SCREEN_CASES[:3], ["collapsed", "intact", "collapsed"], [5000.0, 100.0, 2000.0])]
     run = {"model": "tiny-llama", "editor": "rome", "thresholds": Thresholds().to_dict(), "ppl_corpus": "me-ppl-50"}
     record_filter(path, records, run)
     kept, flt = filtered_cases(path, "tiny-llama", "rome")
@@ -204,7 +134,7 @@ def test_hardcf_suite_uses_the_mined_list_else_the_screen(tmp_path, monkeypatch,
     assert all(c.subject_first for c in screened)
     assert hardcf("tiny-llama", data_dir, load=load) == screened  # cached screen, same order
 
-    write_cases(mining.mined_suite_path("tiny-llama"), CASES[:2])
+    write_cases(mining.mined_suite_path("tiny-llama"), SCREEN_CASES[:2])
     mined = hardcf("tiny-llama", data_dir, load=None)
     assert [c.case_id for c in mined] == ["1", "2"] and "mined HardCF list" in mined.description
 

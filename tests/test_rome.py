@@ -1,4 +1,4 @@
-"""ROME and C-ROME on the tiny models of all three families: the update is the one the
+"""ROME, C-ROME and r-ROME on the tiny models of all three families: the update is the one the
 definition gives, keys and values are where the method says, and the v* search's prefix cache
 is exact."""
 
@@ -7,19 +7,13 @@ import dataclasses
 import pytest
 import torch
 
-from editguard import EditCase, get_editor, load_model
+from editguard import get_editor, load_model
 from editguard.editors.keys import context_templates, fill, keys_and_values, subject_last_index
 from editguard.editors.rome import RomeHparams, _PrefixCachedBatch, rank_one_update
 from editguard.models import WeightSnapshot
+from tests.tiny_edits import FAST_V, PARIS
 
-FAMILIES = ["tiny-gpt2", "tiny-gptj", "tiny-llama"]
-PARIS = EditCase("t1", "{} is the capital of", "Paris", "Rome", "France")
-FAST = {"v_num_grad_steps": 4, "context_template_length_params": [[5, 5]]}
-
-
-@pytest.fixture(params=FAMILIES)
-def tiny(request):
-    return load_model(request.param)
+pytestmark = pytest.mark.usefixtures("private_cache", "one_thread")
 
 
 def test_rank_one_update_maps_the_key_to_v_star():
@@ -34,9 +28,9 @@ def test_rank_one_update_maps_the_key_to_v_star():
 
 @pytest.mark.parametrize("consistent", [False, True], ids=["rome", "c-rome"])
 def test_update_equals_its_definition(tiny, consistent):
-    editor = get_editor("c-rome" if consistent else "rome", FAST)
+    editor = get_editor("c-rome" if consistent else "rome", FAST_V)
     layer = tiny.edit_layer
-    hp = RomeHparams.for_family(tiny.family.name, FAST)
+    hp = RomeHparams.for_family(tiny.family.name, FAST_V)
     templates = context_templates(tiny, hp.context_template_length_params, hp.template_seed)
     keys, values = keys_and_values(tiny, layer, [fill(t, PARIS.prompt) for t in templates], PARIS.subject)
     snapshot = WeightSnapshot(tiny.model, editor.touched_parameters(tiny, [PARIS]))
@@ -58,7 +52,8 @@ def test_update_equals_its_definition(tiny, consistent):
         assert torch.allclose(got, v_star, atol=1e-4 * float(v_star.norm()) + 1e-5)
         d = report.diagnostics
         assert d["denominator_ratio"] == pytest.approx(d["denominator"] / d["denominator_kbar"])
-        assert d["key_cosine"] == pytest.approx(float(torch.nn.functional.cosine_similarity(k_bar, k_u, dim=0)), abs=1e-5)
+        assert d["key_cosine"] == pytest.approx(
+            float(torch.nn.functional.cosine_similarity(k_bar, k_u, dim=0)), abs=1e-5)
         assert d["update_norm"] == pytest.approx(float(expected.norm()), rel=1e-4)
         if consistent:
             assert d["denominator_ratio"] == pytest.approx(1.0)
@@ -73,7 +68,7 @@ def test_mom2_adjustment_uses_the_inverse_second_moment(tmp_path, monkeypatch, d
     from editguard.editors.covariance import second_moment
 
     tiny = load_model("tiny-llama")
-    overrides = {**FAST, "mom2_adjustment": True, "mom2_n_tokens": 3000}
+    overrides = {**FAST_V, "mom2_adjustment": True, "mom2_n_tokens": 3000}
     editor = get_editor("rome", overrides, data_dir=data_dir)
     snapshot = WeightSnapshot(tiny.model, editor.touched_parameters(tiny, [PARIS]))
     try:
@@ -110,7 +105,7 @@ def test_bad_overrides_and_batches_are_rejected(tiny):
     with pytest.raises(ValueError, match="unknown ROME hyperparameters \\['v_steps'\\]; valid: .*v_num_grad_steps"):
         get_editor("rome", {"v_steps": 3}).touched_parameters(tiny, [PARIS])
     with pytest.raises(ValueError, match="one edit at a time; got 2 cases"):
-        get_editor("rome", FAST).apply(tiny, [PARIS, dataclasses.replace(PARIS, case_id="t2")])
+        get_editor("rome", FAST_V).apply(tiny, [PARIS, dataclasses.replace(PARIS, case_id="t2")])
 
 
 def test_context_templates_are_seeded_and_cached(tmp_path, monkeypatch):
@@ -130,7 +125,35 @@ def test_bfloat16_model_keeps_the_sensitive_math_in_float32(data_dir):
 
     mue = load_model("tiny-llama", dtype="bfloat16")
     baseline = measure_baseline(mue, load_ppl_corpus("me-ppl-50", data_dir)[:5])
-    result = check(mue, get_editor("c-rome", FAST), PARIS, baseline)  # restores and verifies
+    result = check(mue, get_editor("c-rome", FAST_V), PARIS, baseline)  # restores and verifies
     assert mue.rewrite_matrix(mue.edit_layer).dtype == torch.bfloat16
     assert result.diagnostics["denominator_ratio"] == pytest.approx(1.0)
     assert all(torch.isfinite(torch.tensor(v)) for v in result.diagnostics.values() if isinstance(v, float))
+
+
+def test_r_rome_uses_k_bar_in_numerator_and_denominator_and_tests_without_prefix(tiny):
+    editor = get_editor("r-rome", FAST_V)
+    hp = RomeHparams.for_family(tiny.family.name, FAST_V)
+    layer = tiny.edit_layer
+    templates = context_templates(tiny, hp.context_template_length_params, hp.template_seed)
+    keys, values = keys_and_values(tiny, layer, [fill(t, PARIS.prompt) for t in templates], PARIS.subject)
+    k_bar, v_bar = keys.mean(0), values.mean(0)   # v̄ = W k̄ + b
+    snapshot = WeightSnapshot(tiny.model, editor.touched_parameters(tiny, [PARIS]))
+    before = tiny.rewrite_matrix(layer).detach().clone()
+    try:
+        report = editor.apply(tiny, [PARIS])
+        delta = tiny.rewrite_matrix(layer).detach() - before
+    finally:
+        snapshot.restore()
+    v_star = report.vectors["v_star"]
+    expected = rank_one_update(v_star, v_bar, k_bar, k_bar)   # mom2 off: C⁻¹k̄ = k̄
+    assert torch.allclose(delta, expected, atol=1e-5, rtol=1e-4)
+    assert torch.allclose(delta @ k_bar, v_star - v_bar, atol=1e-4 * float(v_star.norm()) + 1e-5)
+    assert report.diagnostics["denominator_ratio"] == pytest.approx(1.0)
+    assert report.test_prefix == "" and editor.hparams(tiny)["prefix_at_test"] is False
+    c_rome = get_editor("c-rome", FAST_V)
+    try:
+        c_report = c_rome.apply(tiny, [PARIS])
+    finally:
+        snapshot.restore()
+    assert c_report.test_prefix != "" and torch.allclose(c_report.vectors["delta_w"], report.vectors["delta_w"])
