@@ -352,8 +352,6 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_train_mend(args) -> int:
-    import time
-
     import torch
 
     from editguard.editors.hparams import load_hparams_file
@@ -377,7 +375,6 @@ def cmd_train_mend(args) -> int:
           f"({', '.join(m.label for m in matrices)}); {args.steps} steps of {hp.batch_size} edits, "
           f"{torch.get_num_threads()} CPU thread(s)")
     every = max(1, args.steps // 10)
-    started = time.perf_counter()
     with progress_bar(f"train-mend {mue.name}", args.steps) as bar:
         def show(step, r):
             bar.advance(1)
@@ -391,7 +388,8 @@ def cmd_train_mend(args) -> int:
     print("loss curve (means over stretches of training): steps, edit NLL before -> after the edit, locality KL "
           "(all tokens; at the neighbourhood answers), α")
     for row in trained.summary(windows=5):
-        print(f"  {row['from_step']:5d}-{row['to_step']:<5d}  {row['edit_nll_before']:6.3f} -> {row['edit_nll_after']:6.3f}"
+        print(f"  {row['from_step']:5d}-{row['to_step']:<5d}  "
+              f"{row['edit_nll_before']:6.3f} -> {row['edit_nll_after']:6.3f}"
               f"  KL {row['loc_kl']:.4f}  nbr KL {row.get('neighbour_kl', 0.0):.3f}  α {row['edit_lr_mean']:.2e}"
               f"  {row['seconds']:.2f} s/step")
     print(f"trained {trained.steps} steps in {trained.seconds:.0f} s ({trained.seconds / trained.steps:.2f} s/step); "

@@ -16,7 +16,6 @@ from editguard.stats import Z_TWO_SIDED_95
 from editguard.tasks import get_task
 
 
-
 def score_tasks(mue, tasks: list[str], n: int | None, data_dir=None, seed: int = 0,
                 progress: bool = True, on_task=None, precision: str = "auto") -> dict[str, TaskScore]:
     """Each task's seeded subset of n items (all with n=None), scored on the model as it is now."""

@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 
 from editguard.catalog import registered_names
-from editguard.options import DOWNSTREAM_PRECISIONS, OPTIONS, OPTIONS_BY_NAME, SEQUENCE_PPL_CORPUS, SINGLE_EDIT_PPL_CORPUS, data_dir
+from editguard.options import (
+    DOWNSTREAM_PRECISIONS,
+    OPTIONS,
+    OPTIONS_BY_NAME,
+    SEQUENCE_PPL_CORPUS,
+    SINGLE_EDIT_PPL_CORPUS,
+    data_dir,
+)
 
 
 def _dest(name: str) -> str:

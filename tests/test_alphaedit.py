@@ -6,7 +6,7 @@ import torch
 
 from editguard import get_editor, load_model
 from editguard.editors.alphaedit import alphaedit_solve, nullspace_projection
-from editguard.editors.memit import layer_second_moment
+from editguard.editors.covariance import layer_second_moment
 from editguard.models import WeightSnapshot
 from tests.tiny_edits import CASES, FAST, N_TOKENS
 

@@ -28,7 +28,8 @@ LAYERS: list[tuple[str, float]] = [
     # 4 editors; the registry above them all (no editor imports it)
     ("editguard.editors.registry", 4.9), ("editguard.editors", 4), ("editguard.editors.*", 4),
     # 5 guard, run info, reports
-    ("editguard.guard", 5), ("editguard.runinfo", 5), ("editguard.catalog", 5), ("editguard.report", 5), ("editguard.report.*", 5),
+    ("editguard.guard", 5), ("editguard.runinfo", 5), ("editguard.catalog", 5), ("editguard.report", 5),
+    ("editguard.report.*", 5),
     # 6 curation
     ("editguard.screen", 6), ("editguard.mining", 6), ("editguard.suites", 6), ("editguard.strategies", 6),
     ("editguard.analysis", 6), ("editguard.evaluation", 6), ("editguard.mend_data", 6),

@@ -173,7 +173,8 @@ def test_edit_case_without_target_true():
 # --- the project's case files -------------------------------------------------------------------
 
 def test_write_read_round_trip(tmp_path, counterfact):
-    cases = counterfact[:3] + [EditCase("own-1", "{} was born in", "Ünïcödé Person", "Oslo", None, (), ("x",), "hardedit")]
+    cases = counterfact[:3] + [EditCase("own-1", "{} was born in", "Ünïcödé Person", "Oslo", None, (), ("x",),
+                                        "hardedit")]
     path = write_cases(tmp_path / "sub" / "cases.json", cases, extra={"model": "smollm2-135m"})
     assert read_cases(path) == cases
     data = json.loads(path.read_text(encoding="utf-8"))

@@ -55,7 +55,8 @@ def test_plot_writes_scatter_sequence_and_risk_plots(tmp_path, capsys):
     seq_report = write_report(tmp_path / "seq.json", {**RUN, "editor": "c-rome"}, steps)
     mined = tmp_path / "mined.json"
     measurements = [{**_case(str(i), 10.0 ** i, True), "group": "top-risk" if i > 2 else "control",
-                     "screen": {"denominator_ratio": 10.0 ** -i, "risk": float(i), "key_cosine": 0.5}} for i in range(1, 6)]
+                     "screen": {"denominator_ratio": 10.0 ** -i, "risk": float(i), "key_cosine": 0.5}}
+                    for i in range(1, 6)]
     mined.write_text(json.dumps({"cases": [], "run": RUN, "measurements": measurements}))
     out = tmp_path / "plots"
     assert main(["plot", str(report), str(seq_report), str(mined), "--plots", str(out)]) == 0

@@ -9,8 +9,14 @@ import pytest
 from editguard import data
 from editguard.cache import file_sha256
 from editguard.data import (
-    PPL_CORPORA, PUBLIC_FILES, DataError, PublicFile, data_file, load_ppl_corpus,
-    load_text_corpus, resolve_data_dir,
+    PPL_CORPORA,
+    PUBLIC_FILES,
+    DataError,
+    PublicFile,
+    data_file,
+    load_ppl_corpus,
+    load_text_corpus,
+    resolve_data_dir,
 )
 
 

@@ -37,7 +37,8 @@ def write_tasks(root: Path) -> Path:
     (root / "piqa").mkdir(parents=True)
     (root / "piqa" / "valid.jsonl").write_text(
         json.dumps({"goal": "Keep bread fresh", "sol1": "Store it in a bag.", "sol2": "Store it in water."}) + "\n"
-        + json.dumps({"goal": "Dry wet shoes", "sol1": "Bake them at 300 degrees.", "sol2": "Stuff them with paper."}) + "\n")
+        + json.dumps({"goal": "Dry wet shoes", "sol1": "Bake them at 300 degrees.",
+                      "sol2": "Stuff them with paper."}) + "\n")
     (root / "piqa" / "valid-labels.lst").write_text("0\n1\n")
     (root / "hellaswag").mkdir()
     (root / "hellaswag" / "hellaswag_val_full.txt").write_text(
@@ -50,8 +51,10 @@ def write_tasks(root: Path) -> Path:
     for split in ("test", "dev"):
         (root / "mmlu" / split).mkdir(parents=True)
     (root / "mmlu" / "test" / "astronomy_test.csv").write_text(
-        MMLU_HEADER + 'What is closest to the Sun?,Mercury,Venus,Earth,Mars,0\n"Which, with commas, is a gas giant?",Mars,Jupiter,Venus,Earth,1\n')
-    (root / "mmlu" / "test" / "high_school_physics_test.csv").write_text(MMLU_HEADER + "What is the unit of force?,joule,watt,newton,volt,2\n")
+        MMLU_HEADER + 'What is closest to the Sun?,Mercury,Venus,Earth,Mars,0\n'
+        '"Which, with commas, is a gas giant?",Mars,Jupiter,Venus,Earth,1\n')
+    (root / "mmlu" / "test" / "high_school_physics_test.csv").write_text(
+        MMLU_HEADER + "What is the unit of force?,joule,watt,newton,volt,2\n")
     (root / "mmlu" / "dev" / "astronomy_dev.csv").write_text(
         MMLU_HEADER + "".join(f"Dev question {i}?,a{i},b{i},c{i},d{i},{i % 4}\n" for i in range(5)))
     (root / "mmlu" / "dev" / "high_school_physics_dev.csv").write_text(
@@ -81,7 +84,8 @@ def test_piqa_and_hellaswag_prompts_choices_and_gold(tasks_dir):
     assert hs[0].choices[2] == " kneads the dough on the table." and hs[0].gold == 2
     assert hs[1].context == "Swimming: A girl stands on the board"   # no sentence end: left as it is
     # acc_norm divides by the ending's characters, without the space that joins it to the context
-    assert hs[0].norm_lengths == (len("flies away."), len("sings."), len("kneads the dough on the table."), len("is a cat."))
+    assert hs[0].norm_lengths == (len("flies away."), len("sings."), len("kneads the dough on the table."),
+                                  len("is a cat."))
 
 
 def test_lambada_splits_off_the_last_word(tasks_dir):
@@ -97,7 +101,8 @@ def test_mmlu_zero_and_five_shot_prompts(tasks_dir):
     assert zero[0].choices == (" A", " B", " C", " D")
     five = load_task("mmlu-5shot", tasks_dir)
     physics = five[2].context
-    assert physics.startswith("The following are multiple choice questions (with answers) about high school physics.\n\n"
+    assert physics.startswith("The following are multiple choice questions (with answers) about high school "
+                              "physics.\n\n"
                               "Physics 0?\nA. w0\nB. x0\nC. y0\nD. z0\nAnswer: B\n\nPhysics 1?\n")
     assert physics.count("\n\n") == 6 and "Physics 4?\nA. w4\nB. x4\nC. y4\nD. z4\nAnswer: B\n\n" in physics
     assert physics.endswith("What is the unit of force?\nA. joule\nB. watt\nC. newton\nD. volt\nAnswer:")
@@ -120,18 +125,25 @@ def _rewrite(path: Path, old: str, new: str) -> None:
 
 
 @pytest.mark.parametrize("task, file, old, new, message", [
-    ("piqa", "piqa/valid.jsonl", '"sol2": "Stuff', '"solution2": "Stuff', "valid.jsonl: line 2, field 'sol2': expected a non-empty string, got no such field"),
+    ("piqa", "piqa/valid.jsonl", '"sol2": "Stuff', '"solution2": "Stuff',
+     "valid.jsonl: line 2, field 'sol2': expected a non-empty string, got no such field"),
     ("piqa", "piqa/valid-labels.lst", "1\n", "", "valid-labels.lst: 1 labels for 2 questions"),
     ("piqa", "piqa/valid-labels.lst", "1\n", "2\n", "valid-labels.lst: line 2: expected label 0 or 1, got '2'"),
-    ("hellaswag", "hellaswag/hellaswag_val_full.txt", "\n0\n", "\nzero\n", "line 8 (item 1), field 'label': expected 0-3"),
+    ("hellaswag", "hellaswag/hellaswag_val_full.txt", "\n0\n", "\nzero\n",
+     "line 8 (item 1), field 'label': expected 0-3"),
     ("hellaswag", "hellaswag/hellaswag_val_full.txt", "is a cat.\n", "", "11 lines, not a multiple of 6"),
     ("lambada", "lambada/lambada_test.jsonl", '"text"', '"txt"', "lambada_test.jsonl: line 1, field 'text'"),
-    ("mmlu", "mmlu/test/astronomy_test.csv", "Mars,0", "Mars,E", "astronomy_test.csv: record 1 (line 2), field 'answer': expected 0-3, got 'E'"),
+    ("mmlu", "mmlu/test/astronomy_test.csv", "Mars,0", "Mars,E",
+     "astronomy_test.csv: record 1 (line 2), field 'answer': expected 0-3, got 'E'"),
     ("mmlu", "mmlu/test/astronomy_test.csv", "choice3,", "choice_3,", "astronomy_test.csv: expected the header"),
-    ("mmlu-5shot", "mmlu/dev/astronomy_dev.csv", "Dev question 4?,a4,b4,c4,d4,0\n", "", "astronomy_dev.csv: 4 rows, 5-shot MMLU needs 5"),
-    ("nq-open", "nq-open/NQ-open.dev.jsonl", '["William Shakespeare", "Shakespeare"]', '"Shakespeare"', "line 1, field 'answer': expected a non-empty list of strings"),
-    ("squad2", "squad2/dev-v2.0.json", '"answers": [],\n       "plausible', '"answers": [{"text": "x", "answer_start": 0}],\n       "plausible',
-     "data[0].paragraphs[0].qas[2] (id eg-0003), field 'answers': an unanswerable question (is_impossible) must have no answers"),
+    ("mmlu-5shot", "mmlu/dev/astronomy_dev.csv", "Dev question 4?,a4,b4,c4,d4,0\n", "",
+     "astronomy_dev.csv: 4 rows, 5-shot MMLU needs 5"),
+    ("nq-open", "nq-open/NQ-open.dev.jsonl", '["William Shakespeare", "Shakespeare"]', '"Shakespeare"',
+     "line 1, field 'answer': expected a non-empty list of strings"),
+    ("squad2", "squad2/dev-v2.0.json", '"answers": [],\n       "plausible',
+     '"answers": [{"text": "x", "answer_start": 0}],\n       "plausible',
+     "data[0].paragraphs[0].qas[2] (id eg-0003), field 'answers': an unanswerable question (is_impossible) "
+     "must have no answers"),
 ])
 def test_bad_records_raise_errors_naming_file_record_and_field(tasks_dir, task, file, old, new, message):
     _rewrite(tasks_dir / file, old, new)
@@ -387,8 +399,8 @@ def test_mmlu_letters_are_single_tokens_and_the_fast_path_matches_on_smollm2(dat
 # --- the plugin ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, message", [
-    (["--downstream=piqa,wikitext"], "--downstream: unknown downstream task(s) wikitext; valid: piqa, hellaswag, lambada, "
-                                     "mmlu, mmlu-5shot, nq-open, squad2"),
+    (["--downstream=piqa,wikitext"], "--downstream: unknown downstream task(s) wikitext; valid: piqa, hellaswag, "
+                                     "lambada, mmlu, mmlu-5shot, nq-open, squad2"),
     (["--downstream=piqa", "--downstream-n=0"], "--downstream-n must be at least 1, got 0"),
     (["--downstream-min-retention=1.5"], "--downstream-min-retention must be in (0, 1], got 1.5"),
     (["--downstream-precision=fp8"], "--downstream-precision must be one of auto, float32, bfloat16, got 'fp8'"),
@@ -435,8 +447,8 @@ def test_eval_command_scores_edits_and_restores_the_weights(tasks_dir, data_dir,
 
     (tasks_dir / "me-ppl").symlink_to(data_dir / "me-ppl")
     monkeypatch.setenv("EDITGUARD_CACHE", str(tmp_path / "cache"))
-    cases = write_cases(tmp_path / "cases.json", [PARIS,
-                                                   EditCase("t2", "{} is produced by", "Windows", "Apple", "Microsoft")])
+    cases = write_cases(tmp_path / "cases.json",
+                        [PARIS, EditCase("t2", "{} is produced by", "Windows", "Apple", "Microsoft")])
     before = parameter_checksums(load_model("tiny-llama").model)
     out = tmp_path / "eval.json"
     assert main(["eval", "--model", "tiny-llama", "--tasks", "piqa,lambada", "--n", "2", "--data", str(tasks_dir),

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from editguard import get_editor, load_model
+from editguard.editors.covariance import layer_second_moment
 from editguard.editors.keys import context_templates, fill, keys_and_values
-from editguard.editors.memit import block_outputs, default_layers, layer_second_moment, memit_solve
+from editguard.editors.memit import block_outputs, default_layers, memit_solve
 from editguard.models import WeightSnapshot
 from tests.tiny_edits import CASES, FAST, PARIS, changed_parameters, copy_parameters
 

@@ -106,7 +106,8 @@ def test_unsafe_user_editor_fails_with_named_gates_and_report(suite):
 
 
 def test_ini_keys_and_command_line_precedence(suite):
-    suite.makeini("[pytest]\neditguard_model = tiny-gpt2\neditguard_editor = c-rome\neditguard_ppl_max_ratio = 3.5\neditguard_update_norm_max = 5\n")
+    suite.makeini("[pytest]\neditguard_model = tiny-gpt2\neditguard_editor = c-rome\neditguard_ppl_max_ratio = 3.5\n"
+                  "editguard_update_norm_max = 5\n")
     result = suite.runpytest_subprocess("--hparams=hparams.json", "--max-cases=1", "--editguard-json=r.json",
                                        "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
@@ -127,7 +128,8 @@ def test_strict_gate_fails_rome_with_readable_reason(suite):
 @pytest.mark.parametrize("args, message", [
     (["--max-cases", "0"], "--max-cases must be at least 1"),
     (["--ppl-threshold", "high"], "--ppl-threshold: expected float, got 'high'"),
-    (["--editor", "no-such-editor"], "unknown editor 'no-such-editor'; available: alphaedit, c-rome, ft, memit, mend, r-rome, rome"),
+    (["--editor", "no-such-editor"],
+     "unknown editor 'no-such-editor'; available: alphaedit, c-rome, ft, memit, mend, r-rome, rome"),
     (["--hparams", "missing.json"], "--hparams missing.json:"),
     (["--editor", "unsafe_editor:ScaleRow"], "takes no hyperparameters"),
     (["--editor", "unsafe_editor:Nope"], "cannot import 'Nope' from 'unsafe_editor'"),
@@ -209,14 +211,16 @@ def test_fuzzing_an_unsafe_editor_shrinks_to_no_prefix_subject_first(suite):
     result.stdout.fnmatch_lines(["Paris|- ('Paris is the capital of' -> 'Japan'): ‖ΔW‖/‖W‖ * > 0.35"])
     # The report holds the shrunk example, the last one run.
     (case,) = json.loads((suite.path / "out" / "fuzz.json").read_text())["cases"]
-    assert case["case_id"] == "Paris|-" and case["prompt"] == "{} is the capital of" and "update_norm" in case["failed_gates"]
+    assert (case["case_id"] == "Paris|-" and case["prompt"] == "{} is the capital of"
+            and "update_norm" in case["failed_gates"])
 
 
 def test_fuzzing_a_safe_editor_holds_and_is_derandomized(suite):
     suite.makepyfile(test_suite=FUZZ_SUITE)
     runs = []
     for _ in range(2):
-        result = suite.runpytest_subprocess(*base_args("--editor=c-rome", "--fuzz-examples=3", "--hypothesis-show-statistics"))
+        result = suite.runpytest_subprocess(*base_args("--editor=c-rome", "--fuzz-examples=3",
+                                                       "--hypothesis-show-statistics"))
         result.assert_outcomes(passed=1)
         runs.append([line for line in result.stdout.lines if "passing examples" in line])
     assert runs[0] and runs[0] == runs[1]
@@ -248,13 +252,15 @@ def test_shards_merge_into_the_unsharded_report(suite):
     assert len(first["cases"]) + len(second["cases"]) == len(whole["cases"]) == 5
     from editguard.cli import main
 
-    assert main(["merge", str(suite.path / "s1.json"), str(suite.path / "s2.json"), "--json", str(suite.path / "all.json")]) == 0
+    assert main(["merge", str(suite.path / "s1.json"), str(suite.path / "s2.json"),
+                 "--json", str(suite.path / "all.json")]) == 0
     merged = json.loads((suite.path / "all.json").read_text())
     assert compare_reports(whole, merged) == []
     assert [m["shard"] for m in merged["run"]["merged_from"]] == ["1/2", "2/2"]
     assert main(["compare", str(suite.path / "whole.json"), str(suite.path / "all.json")]) == 0
     # Overlapping shards are refused.
-    assert main(["merge", str(suite.path / "s1.json"), str(suite.path / "s1.json"), "--json", str(suite.path / "x.json")]) == 2
+    assert main(["merge", str(suite.path / "s1.json"), str(suite.path / "s1.json"),
+                 "--json", str(suite.path / "x.json")]) == 2
 
 
 def test_xdist_run_equals_the_serial_run(suite):

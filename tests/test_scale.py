@@ -1,7 +1,6 @@
 """Sharding, merging and comparing reports, worker devices, the shared baseline cache, plots."""
 
 import copy
-import json
 
 import pytest
 import torch
@@ -131,12 +130,15 @@ def test_anatomy_plot_is_written_for_rome_reports(tmp_path):
 def test_run_header_does_not_depend_on_which_suite_ran_first():
     from editguard.report.json_report import combine_runs
 
-    single = {**_report()["run"], "suites": {"suites/hardcf/test_hardcf.py": {"sequential": False, "ppl_corpus": "me-ppl-50"}}}
-    seq = {**_report()["run"], "suites": {"suites/sequential/test_seq.py": {"sequential": True, "ppl_corpus": "me-ppl-1k"}}}
+    single = {**_report()["run"],
+              "suites": {"suites/hardcf/test_hardcf.py": {"sequential": False, "ppl_corpus": "me-ppl-50"}}}
+    seq = {**_report()["run"],
+           "suites": {"suites/sequential/test_seq.py": {"sequential": True, "ppl_corpus": "me-ppl-1k"}}}
     one, other = combine_runs([single, seq]), combine_runs([seq, single])
     assert one["suites"] == other["suites"] and list(one["suites"]) == sorted(one["suites"])
     assert one["sequential"] is other["sequential"] is False     # from the first module by name
-    clash = {**_report()["run"], "suites": {"suites/hardcf/test_hardcf.py": {"sequential": True, "ppl_corpus": "me-ppl-50"}}}
+    clash = {**_report()["run"],
+             "suites": {"suites/hardcf/test_hardcf.py": {"sequential": True, "ppl_corpus": "me-ppl-50"}}}
     with pytest.raises(MergeError, match="suites/hardcf/test_hardcf.py ran with sequential=False in one and True"):
         merge_reports([("a.json", {**_report(), "run": single}),
                        ("b.json", {**_report(cases=[{"case_id": "9", "ppl": 1.0, "passed": True}]), "run": clash})])
