@@ -25,7 +25,7 @@ import os
 import sys
 
 from editguard.catalog import registered_names
-from editguard.options import OPTIONS_BY_NAME, SINGLE_EDIT_PPL_CORPUS, add_cli_options, data_dir
+from editguard.options import SINGLE_EDIT_PPL_CORPUS, add_cli_options, data_dir
 
 # The screen's default, without importing torch for `editguard --help`.
 DEFAULT_SCREEN_TEMPLATES = 11
@@ -43,14 +43,6 @@ def _add_options(parser: argparse.ArgumentParser, *names: str, **kwargs) -> None
 
 def _common(parser: argparse.ArgumentParser) -> None:
     _add_options(parser, "model", "device", "dtype", "data")
-
-
-def _old_spellings(parser: argparse.ArgumentParser, **renamed: str | tuple[str, ...]) -> None:
-    """Still accept the options' names from before the plugin and the CLI shared them (dest=old
-    names), hidden from --help, so that existing scripts keep working."""
-    for dest, old in renamed.items():
-        parser.add_argument(*([old] if isinstance(old, str) else old), dest=dest, default=argparse.SUPPRESS,
-                            help=argparse.SUPPRESS, type=OPTIONS_BY_NAME[dest.replace("_", "-")].type)
 
 
 def cmd_ppl(args) -> int:
@@ -458,13 +450,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("ppl", help="ME-PPL perplexity of an unedited model")
     _common(p)
     _add_options(p, "ppl-corpus", "download", ppl_corpus=SINGLE_EDIT_PPL_CORPUS)
-    _old_spellings(p, ppl_corpus="--corpus")
     p.set_defaults(run=cmd_ppl)
 
     p = sub.add_parser("stats", help="compute and cache the MLP key covariance of a layer")
     _common(p)
     _add_options(p, "edit-layer", "download")
-    _old_spellings(p, edit_layer="--layer")
     p.add_argument("--corpus", default="wikitext-2-raw", help="text corpus the keys are taken from")
     p.add_argument("--tokens", type=int, default=100_000)
     p.set_defaults(run=cmd_stats)
@@ -473,7 +463,6 @@ def main(argv: list[str] | None = None) -> int:
     _common(p)
     p.add_argument("--cases", default="counterfact", help="counterfact, counterfact-<split>, or a case file")
     _add_options(p, "edit-layer", "download")
-    _old_spellings(p, edit_layer="--layer", json="--out")
     p.add_argument("--templates", default=str(DEFAULT_SCREEN_TEMPLATES),
                    help=f"context templates averaged into k̄: a number (default {DEFAULT_SCREEN_TEMPLATES}) "
                         "or 'all' (ROME's 21)")
@@ -496,7 +485,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--progress", default=None, help="resumable JSONL log (default out/mine-MODEL-EDITOR.jsonl)")
     p.add_argument("--json", default=None, help="suite file (default suites/hardcf/MODEL.json)")
-    _old_spellings(p, json="--out")
     p.set_defaults(run=cmd_mine)
 
     p = sub.add_parser("filter",
@@ -510,7 +498,6 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("plot", help="PNG plots from JSON reports and mined suite files")
     p.add_argument("files", nargs="+", help="JSON reports (--editguard-json) and/or mined suite files")
     _add_options(p, "plots", plots="out/plots")
-    _old_spellings(p, plots=("-o", "--out"))
     p.set_defaults(run=cmd_plot)
 
     p = sub.add_parser("report", help="render the collapse report (and optionally the plots) of a JSON report")
@@ -539,7 +526,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cases", default="hardcf", help="hardcf (the model's mined list) or a case file")
     _add_options(p, "editor", editor=None, shown_defaults={"editor": "rome for positions, c-rome for prefix"})
     _add_options(p, "max-cases", "ppl-corpus", "ppl-threshold", max_cases=10, ppl_corpus=SINGLE_EDIT_PPL_CORPUS)
-    _old_spellings(p, max_cases="--n")
     p.add_argument("--json", default=None, help="default out/analyze-WHAT-MODEL-EDITOR.json")
     p.set_defaults(run=cmd_analyze)
 
@@ -573,7 +559,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sequential", action="store_true", help="apply the edits one after another (else one batch)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--json", default=None, help="JSON path (default out/eval-MODEL[-EDITOR].json)")
-    _old_spellings(p, max_cases="--n-cases", downstream_precision="--precision", json=("-o", "--out"))
     p.set_defaults(run=cmd_eval)
 
     args = parser.parse_args(argv)

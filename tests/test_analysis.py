@@ -81,7 +81,7 @@ def test_analyze_command_writes_the_table_json(tmp_path, data_dir, capsys):
     cases = tmp_path / "cases.json"
     write_cases(cases, [FIRST])
     out = tmp_path / "positions.json"
-    assert main(["analyze", "positions", "--model", "tiny-llama", "--cases", str(cases), "--n", "1",
+    assert main(["analyze", "positions", "--model", "tiny-llama", "--cases", str(cases), "--max-cases", "1",
                  "--data", str(data_dir), "--json", str(out)]) == 0
     doc = json.loads(out.read_text())
     assert doc["run"]["editor"] == "rome" and len(doc["rows"]) == 3 and len(doc["summary"]) == 3

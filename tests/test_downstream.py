@@ -453,7 +453,7 @@ def test_eval_command_scores_edits_and_restores_the_weights(tasks_dir, data_dir,
     out = tmp_path / "eval.json"
     assert main(["eval", "--model", "tiny-llama", "--tasks", "piqa,lambada", "--n", "2", "--data", str(tasks_dir),
                  "--editor", "tests.toy_editors:ScaleRowEditor", "--cases", str(cases), "--sequential",
-                 "-o", str(out)]) == 0
+                 "--json", str(out)]) == 0
     assert parameter_checksums(load_model("tiny-llama").model) == before
     doc = json.loads(out.read_text())
     assert doc["run"]["editor"] == "scale-row" and doc["run"]["cases"] == ["t1", "t2"] and doc["run"]["sequential"]

@@ -68,7 +68,7 @@ def test_template_subset_keeps_the_unprefixed_template_and_spreads_the_rest():
 def test_screen_command_writes_ranked_json_and_csv(tmp_path, capsys):
     cases_file = write_cases(tmp_path / "cases.json", SCREEN_CASES)
     out = tmp_path / "screen.json"
-    assert main(["screen", "--model", "tiny-llama", "--cases", str(cases_file), "--out", str(out),
+    assert main(["screen", "--model", "tiny-llama", "--cases", str(cases_file), "--json", str(out),
                  "--templates", "3"]) == 0
     doc = json.loads(out.read_text())
     assert doc["templates"] == 3 and doc["n_cases"] == len(SCREEN_CASES) and len(doc["rows"]) == len(SCREEN_CASES)
