@@ -3,8 +3,8 @@
 its two-sided 95% Wilson interval, the task's random baseline, and ME-PPL after the last edit.
 
     editguard eval --tasks piqa,hellaswag,lambada,mmlu --n 100 --json unedited.json
-    editguard eval --tasks piqa,hellaswag,lambada,mmlu --n 100 --editor rome --cases hardcf --max-cases 10 --sequential \\
-        --json rome.json
+    editguard eval --tasks piqa,hellaswag,lambada,mmlu --n 100 --editor rome --cases hardcf --max-cases 10 \\
+        --sequential --json rome.json
     editguard eval ... --editor c-rome ... --json c-rome.json
     python bench/downstream_table.py unedited.json rome.json c-rome.json -o bench/results/downstream-validation.json
 """
