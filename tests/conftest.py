@@ -5,11 +5,9 @@ import pytest
 import torch
 
 from editguard import load_model
+from tests.tiny_edits import TINY_MODELS
 
 pytest_plugins = ["pytester"]
-
-# The tiny random models, one per family (seeded, built in memory, no download).
-TINY_MODELS = ["tiny-gpt2", "tiny-gptj", "tiny-llama"]
 
 # Tests read the data from EDITGUARD_DATA, or the shared/data directory beside the checkout.
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

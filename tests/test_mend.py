@@ -21,8 +21,7 @@ from editguard.editors.registry import available_editors
 from editguard.mend_data import training_cases
 from editguard.models import WeightSnapshot
 from editguard.tokens import edit_batch
-
-FAMILIES = ["tiny-gpt2", "tiny-gptj", "tiny-llama"]
+from tests.tiny_edits import TINY_MODELS, copy_parameters
 
 
 def _case(i, prompt, subject, new, true, paraphrase, neighbour):
@@ -56,21 +55,13 @@ pytestmark = pytest.mark.usefixtures("private_cache", "one_thread")
 def trained():
     """A small editor per family, trained on the synthetic cases and saved in the module's cache."""
     out = {}
-    for name in FAMILIES:
+    for name in TINY_MODELS:
         mue = load_model(name)
         editor = train_mend(mue, CASES, TRAIN, steps=STEPS)
         save_trained(editor)
         out[name] = editor
     return out
 
-
-@pytest.fixture(params=FAMILIES)
-def tiny(request):
-    return load_model(request.param)
-
-
-def state(mue):
-    return {name: p.detach().clone() for name, p in mue.model.named_parameters()}
 
 
 def changed(mue, before):
@@ -139,7 +130,7 @@ def test_update_touches_only_the_chosen_matrices_and_is_a_sum_of_rank_one_terms(
     editor = get_editor("mend", chosen)
     touched = editor.touched_parameters(mue, CASES[:1])
     assert touched == [f"model.layers.{layer}.mlp.{m}.weight" for layer in (1, 3) for m in ("up_proj", "down_proj")]
-    before = state(mue)
+    before = copy_parameters(mue)
     snapshot = WeightSnapshot(mue.model, touched)
     try:
         report = editor.apply(mue, CASES[:1])
@@ -173,7 +164,7 @@ def test_training_lowers_the_edit_loss_and_is_deterministic(trained):
 
 def test_training_leaves_the_model_unchanged():
     mue = load_model("tiny-gpt2")
-    before = state(mue)
+    before = copy_parameters(mue)
     flags = {n: p.requires_grad for n, p in mue.model.named_parameters()}
     train_mend(mue, CASES, TRAIN, steps=2)
     assert changed(mue, before) == []
@@ -224,7 +215,7 @@ def test_the_editor_refuses_a_tampered_network():
     path = save_trained(train_mend(mue, CASES, TRAIN, steps=2))
     assert cached_editors(mue, resolve_hparams(mue, {}))
     path.write_bytes(path.read_bytes()[:-1] + b"\x00")
-    before = state(mue)
+    before = copy_parameters(mue)
     with pytest.warns(CacheWarning, match=path.name), pytest.raises(MendNotTrained, match="train one with"):
         get_editor("mend").apply(mue, CASES[:1])
     assert changed(mue, before) == []
@@ -262,7 +253,7 @@ def test_check_restores_exactly_and_reports_the_anatomy(tiny, trained):
 
     editor = get_editor("mend")
     baseline = measure_baseline(tiny, SENTENCES)
-    before = state(tiny)
+    before = copy_parameters(tiny)
     result = check(tiny, editor, CASES[0], baseline)
     assert changed(tiny, before) == []
     d = result.diagnostics

@@ -6,6 +6,9 @@ import torch
 
 from editguard import EditCase
 
+# The tiny random models, one per family (seeded, built in memory, no download).
+TINY_MODELS = ["tiny-gpt2", "tiny-gptj", "tiny-llama"]
+
 PARIS = EditCase("t1", "{} is the capital of", "Paris", "Rome", "France")
 CASES = [
     PARIS,
