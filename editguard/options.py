@@ -1,11 +1,13 @@
 """The options of editguard, defined once for the pytest plugin and the `editguard` command.
 
 Naming scheme: an option's canonical `name` is what the CLI accepts (`--NAME`) and what its ini
-key is derived from (`editguard_NAME`, dashes as underscores). In a pytest run, where options of
-every plugin share one namespace, an option marked `namespaced` is registered as
-`--editguard-NAME` (data, download, shard, json, plots: generic words pytest or another plugin
-might claim); the others keep their bare `--NAME`. So `--editguard-data` on pytest is `--data` on
-the CLI and `editguard_data` in an ini file, and every existing plugin option string stays valid.
+key is derived from (`editguard_NAME`, dashes as underscores). In a pytest run, where the options
+of every plugin and conftest share one namespace, every option is `--editguard-NAME`; options not
+marked `namespaced` also get the design card's short form `--NAME` (`pytest --editor=rome
+--model=llama2-7b suites/hardcf`), but only where nobody else has registered it: the plugin adds
+the short forms after the project's own conftests (pytest_editguard.settings.add_short_forms), so
+installing editguard never breaks another project's options. `namespaced` options (data,
+download, shard, json, plots: generic words) have no short form.
 
 This module is pure data (a leaf): it imports nothing of editguard and nothing heavy, so the
 plugin can read it at start-up and `editguard --help` builds without torch.
@@ -33,7 +35,7 @@ class Option:
     type: type          # str, int, float, or bool for a flag
     default: Any
     help: str
-    namespaced: bool = False   # registered as --editguard-NAME in pytest (see the module docstring)
+    namespaced: bool = False   # no short --NAME form in pytest (see the module docstring)
     default_help: str = ""     # how help shows a default that is not a plain value
 
     @property
@@ -46,7 +48,12 @@ class Option:
 
     @property
     def pytest_flag(self) -> str:
-        return f"--editguard-{self.name}" if self.namespaced else self.cli_flag
+        return f"--editguard-{self.name}"
+
+    @property
+    def short_flag(self) -> str | None:
+        """The pytest short form, registered where it is free; None for namespaced options."""
+        return None if self.namespaced else self.cli_flag
 
     @property
     def ini_key(self) -> str:

@@ -6,10 +6,10 @@ subject later: none, a natural phrase, a single word, or a string of common toke
 strategy shrinks toward the simplest shape, the empty prefix with the first fact, so a failure
 shrinks to "subject first, no prefix" when that is what breaks the editor.
 
-    from hypothesis import given, settings
-    from editguard.strategies import Fact, CI_PROFILE, edit_cases
+    from hypothesis import given
+    from editguard.strategies import Fact, edit_cases, fuzz_settings
 
-    @settings(settings.get_profile(CI_PROFILE))
+    @fuzz_settings()
     @given(case=edit_cases([Fact("Paris", "{} is the capital of", "France", "Japan")]))
     def test_edit(case, edit_guard):
         edit_guard.assert_safe(case)
@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from editguard.cases import EditCase
 
-__all__ = ["CI_PROFILE", "Fact", "NATURAL_PREFIXES", "SINGLE_WORD_PREFIXES", "edit_cases", "prefixes",
+__all__ = ["CI_PROFILE", "Fact", "fuzz_settings", "NATURAL_PREFIXES", "SINGLE_WORD_PREFIXES", "edit_cases", "prefixes",
            "register_ci_profile"]
 
 CI_PROFILE = "editguard-ci"
@@ -69,6 +69,16 @@ def edit_cases(facts: list[Fact], prefix: st.SearchStrategy[str] | None = None) 
     if not facts:
         raise ValueError("edit_cases needs at least one Fact")
     return st.builds(lambda fact, p: fact.case(p), st.sampled_from(facts), prefix if prefix is not None else prefixes())
+
+
+def fuzz_settings() -> settings:
+    """What a fuzz suite decorates its test with: the CI profile, unless the user chose a Hypothesis
+    profile (`--hypothesis-profile`, HYPOTHESIS_PROFILE, `settings.load_profile`), which then wins.
+    Either way function-scoped fixtures are allowed: the models they hand out are session-scoped."""
+    if settings.default is settings.get_profile("default"):
+        return settings.get_profile(CI_PROFILE)
+    suppressed = set(settings.default.suppress_health_check) | {HealthCheck.function_scoped_fixture}
+    return settings(settings.default, suppress_health_check=sorted(suppressed, key=lambda check: check.value))
 
 
 def register_ci_profile(max_examples: int = 12) -> None:

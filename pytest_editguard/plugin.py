@@ -29,11 +29,14 @@ from pytest_editguard.fixtures import (  # noqa: F401
     model_under_edit,
 )
 from pytest_editguard.results import ResultCollector
+from pytest_editguard.scheduling import step_id
 from pytest_editguard.settings import (
     SETTINGS_KEY,
+    SHORT_FORMS_LEFT,
     SOURCES_KEY,
     EditguardSettings,
     add_options,
+    add_short_forms,
     is_sequential,
     option_value,
     user_errors,
@@ -46,14 +49,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add_options(parser)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]):
+    """After the project's own conftests have registered their options, add editguard's short
+    forms (--model, --editor, ...) where they are still free; `--editguard-NAME` always works."""
+    result = yield
+    early_config.stash[SHORT_FORMS_LEFT] = add_short_forms(parser)
+    return result
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    # A sequence's steps must run on one xdist worker, in order: they carry an xdist_group mark,
-    # which only --dist loadgroup honours (for unmarked tests it distributes like load).
-    if getattr(config.option, "dist", "no") in ("load", "worksteal"):
-        config.option.dist = "loadgroup"
-    if hasattr(config, "workerinput") and config.workerinput.get("editguard_loadgroup"):
-        config.option.loadgroup = True  # workers re-parse the command line; tell them too
     config.stash[SETTINGS_KEY] = EditguardSettings.from_config(config)
     fuzz_examples = option_value(config, "fuzz-examples")
     if fuzz_examples < 1:
@@ -91,10 +97,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # A suite may say where its cases came from (editguard.suites.CaseList); the report shows it.
     metafunc.config.stash[SOURCES_KEY][metafunc.module.__name__] = getattr(loaded, "description", "") or ""
     if is_sequential(metafunc.config, metafunc.module):
-        # One sequence per module: keep it on one xdist worker, in this order.
-        marks = [pytest.mark.xdist_group(f"editguard-sequence-{metafunc.module.__name__}")]
-        params = [pytest.param(c, marks=marks, id=f"step{i:02d}-{_case_id(c)}") for i, c in enumerate(cases, 1)]
-        metafunc.parametrize("edit_case", params)
+        # One sequence per module: its step ids keep it on one xdist worker, in order (scheduling.py).
+        metafunc.parametrize("edit_case", cases, ids=[step_id(i, _case_id(c)) for i, c in enumerate(cases, 1)])
     else:
         metafunc.parametrize("edit_case", cases, ids=[_case_id(c) for c in cases])
 
@@ -119,9 +123,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         config.hook.pytest_deselected(items=deselected)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """An edit that fails a gate is reported without a traceback (the reasons say it all), which
+    drops the notes Hypothesis attaches to the exception: its "Falsifying example" and how to
+    reproduce it. Keep them, as a section of the failure."""
+    report = yield
+    exc = call.excinfo.value if call.excinfo is not None else None
+    notes = getattr(exc, "__notes__", None)
+    if (report.failed and notes and "edit_guard" in getattr(item, "fixturenames", ())
+            and isinstance(exc, pytest.fail.Exception) and not exc.pytrace):
+        report.sections.append(("Hypothesis", "\n".join(notes)))
+    return report
+
+
 @pytest.hookimpl(optionalhook=True)
-def pytest_configure_node(node) -> None:
-    node.workerinput["editguard_loadgroup"] = node.config.getoption("dist", "no") == "loadgroup"
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Under -n N with --dist load/loadgroup/worksteal (xdist's default is load), schedule so that
+    a sequence is never split across workers; loadscope, loadfile and each keep modules whole
+    already and are left to xdist."""
+    if config.getvalue("dist") in ("load", "loadgroup", "worksteal"):
+        from pytest_editguard.scheduling import sequence_aware_scheduler
+
+        return sequence_aware_scheduler(config, log)
+    return None
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -131,7 +156,12 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     extra = (f" devices={','.join(s.devices)}" if s.devices else "") + (f" shard={s.shard_label}" if s.shard else "")
     if s.downstream:
         extra += f" downstream={','.join(s.downstream)} (n={s.downstream_n})"
-    return [
+    lines = [
         f"editguard: editor={s.editor} model={s.model} device={s.device} dtype={s.dtype}{mode} "
         f"ppl-corpus={corpus} data={s.data_dir or '(unset)'}{extra}"
     ]
+    left = config.stash.get(SHORT_FORMS_LEFT, [])
+    if left:
+        lines.append(f"editguard: {', '.join(left)} belong to another plugin or conftest here; use "
+                     f"{', '.join('--editguard-' + flag.removeprefix('--') for flag in left)}")
+    return lines

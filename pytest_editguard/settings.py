@@ -37,6 +37,32 @@ def add_options(parser: pytest.Parser) -> None:
             parser.addini(option.ini_key, help_text, default=None)
 
 
+def registered_flags(parser: pytest.Parser) -> set[str]:
+    """Every option string registered on pytest's parser so far, by any plugin or conftest."""
+    groups = [getattr(parser, "_anonymous", None), *getattr(parser, "_groups", [])]
+    return {flag for group in groups if group is not None for argument in group.options for flag in argument.names()}
+
+
+def add_short_forms(parser: pytest.Parser) -> list[str]:
+    """Register the short forms (`--model` for `--editguard-model` ...) that nobody else registered;
+    called once the project's initial conftests have added their options. Returns the short forms
+    left to their owners."""
+    taken = registered_flags(parser)
+    group = parser.getgroup("editguard")
+    left = []
+    for option in OPTIONS:
+        short = option.short_flag
+        if short is None:
+            continue
+        if short in taken:
+            left.append(short)
+            continue
+        action = "store_true" if option.is_flag else "store"
+        group.addoption(short, action=action, default=None, dest=_dest(option.name),
+                        help=f"short for {option.pytest_flag}")
+    return left
+
+
 def option_value(config: pytest.Config, name: str) -> Any:
     """Command line, else ini key, else the default; converted to the option's type."""
     option = OPTIONS_BY_NAME[name]
@@ -162,6 +188,7 @@ class EditguardSettings:
         return load_model(self.model, self.device, self.dtype, self.edit_layer)
 
 
+SHORT_FORMS_LEFT = pytest.StashKey[list]()  # short forms another plugin or conftest owns
 SETTINGS_KEY = pytest.StashKey[EditguardSettings]()
 SOURCES_KEY = pytest.StashKey[dict]()  # suite module -> where its cases came from (for the report)
 

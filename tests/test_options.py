@@ -26,11 +26,13 @@ PLUGIN_FLAGS = {
 }
 
 
-def test_plugin_option_strings_and_ini_keys_are_unchanged():
-    assert {o.pytest_flag for o in OPTIONS} == PLUGIN_FLAGS
+def test_every_option_has_an_editguard_name_and_the_old_strings_stay_valid():
+    """`--editguard-NAME` for every option; the strings the plugin accepted before (short forms where
+    free, and the namespaced ones) all still exist; ini keys unchanged."""
+    assert all(o.pytest_flag == f"--editguard-{o.name}" for o in OPTIONS)
+    assert {o.short_flag or o.pytest_flag for o in OPTIONS} == PLUGIN_FLAGS
     for option in OPTIONS:
-        assert option.ini_key == "editguard_" + option.pytest_flag.removeprefix("--editguard-").lstrip("-").replace(
-            "-", "_")
+        assert option.ini_key == "editguard_" + option.name.replace("-", "_")
 
 
 def test_every_table_option_is_registered_by_the_plugin(pytester):
@@ -39,6 +41,8 @@ def test_every_table_option_is_registered_by_the_plugin(pytester):
     for option in OPTIONS:
         assert option.pytest_flag in help_text, option.name
         assert option.ini_key in help_text, option.name
+        if option.short_flag:   # nobody else defines it here, so the short form is registered too
+            assert f"  {option.short_flag}" in help_text, option.name
 
 
 def test_defaults_are_the_library_ones():

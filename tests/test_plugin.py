@@ -190,15 +190,17 @@ def test_sequential_with_xdist_keeps_a_sequence_on_one_worker_in_order(suite):
 
 
 FUZZ_SUITE = '''
-from hypothesis import given, settings
-from editguard.strategies import CI_PROFILE, Fact, edit_cases
+from hypothesis import given
+from editguard.strategies import Fact, edit_cases, fuzz_settings
 
 FACTS = [Fact("Paris", "{} is the capital of", "France", "Japan"),
          Fact("Danielle Darrieux", "The mother tongue of {} is", "French", "English")]
 
-@settings(settings.get_profile(CI_PROFILE))
+@fuzz_settings()
 @given(case=edit_cases(FACTS))
 def test_fuzz(case, edit_guard):
+    with open("examples.log", "a") as log:
+        log.write(case.case_id + "\\n")
     edit_guard.assert_safe(case)
 '''
 
@@ -209,6 +211,8 @@ def test_fuzzing_an_unsafe_editor_shrinks_to_no_prefix_subject_first(suite):
                                        "--editguard-json=out/fuzz.json", "-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["Paris|- ('Paris is the capital of' -> 'Japan'): ‖ΔW‖/‖W‖ * > 0.35"])
+    # Hypothesis's own report of the shrunk example stays beside editguard's explanation.
+    result.stdout.fnmatch_lines(["*Falsifying example*", "*case=*Paris*"])
     # The report holds the shrunk example, the last one run.
     (case,) = json.loads((suite.path / "out" / "fuzz.json").read_text())["cases"]
     assert (case["case_id"] == "Paris|-" and case["prompt"] == "{} is the capital of"
@@ -219,11 +223,22 @@ def test_fuzzing_a_safe_editor_holds_and_is_derandomized(suite):
     suite.makepyfile(test_suite=FUZZ_SUITE)
     runs = []
     for _ in range(2):
-        result = suite.runpytest_subprocess(*base_args("--editor=c-rome", "--fuzz-examples=3",
-                                                       "--hypothesis-show-statistics"))
+        log = suite.path / "examples.log"
+        log.unlink(missing_ok=True)
+        result = suite.runpytest_subprocess(*base_args("--editor=c-rome", "--fuzz-examples=3"))
         result.assert_outcomes(passed=1)
-        runs.append([line for line in result.stdout.lines if "passing examples" in line])
-    assert runs[0] and runs[0] == runs[1]
+        runs.append(log.read_text().splitlines())
+    # The same examples in the same order, as many as --fuzz-examples asks for (none was shrunk).
+    assert len(runs[0]) == 3 and runs[0] == runs[1]
+
+
+def test_a_hypothesis_profile_of_the_user_replaces_the_ci_profile(suite):
+    suite.makepyfile(test_suite=FUZZ_SUITE)
+    suite.makeconftest("from hypothesis import settings\nsettings.register_profile('tiny', max_examples=2)\n")
+    result = suite.runpytest_subprocess(*base_args("--editor=c-rome", "--fuzz-examples=5",
+                                                   "--hypothesis-profile=tiny", "--hypothesis-seed=0"))
+    result.assert_outcomes(passed=1)
+    assert len((suite.path / "examples.log").read_text().splitlines()) == 2
 
 
 # --- scale: sharding + merge, xdist equality, junit properties ------------------------------
@@ -290,3 +305,52 @@ def test_junit_xml_carries_each_case_numbers(suite):
 def test_bad_shard_is_a_usage_error(suite, shard, message):
     result = suite.runpytest_subprocess(*base_args(f"--editguard-shard={shard}", "--collect-only"))
     assert result.ret != 0 and message in result.stderr.str() + result.stdout.str()
+
+
+# --- options in somebody else's project ----------------------------------------------------
+
+FOREIGN_CONFTEST = '''
+def pytest_addoption(parser):
+    for flag in ("--device", "--model", "--dtype", "--editor", "--hparams", "--max-cases"):
+        parser.addoption(flag, action="store", default=None, help="the project's own " + flag)
+'''
+
+FOREIGN_TEST = '''
+def test_the_projects_own_options(request):
+    assert request.config.getoption("--model") == "their-model"
+    assert request.config.getoption("--device") == "their-device"
+'''
+
+
+def test_a_foreign_project_defining_the_short_options_passes_with_editguard_installed(pytester):
+    pytester.makeconftest(FOREIGN_CONFTEST)
+    pytester.makepyfile(test_foreign=FOREIGN_TEST)
+    result = pytester.runpytest_subprocess("--model=their-model", "--device=their-device", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    assert "conflicting option" not in result.stderr.str()
+    (note,) = [line for line in result.stdout.lines if "belong to another plugin or conftest" in line]
+    for flag in ("device", "model", "dtype", "editor", "hparams", "max-cases"):
+        assert f"--{flag}" in note and f"--editguard-{flag}" in note
+
+
+def test_editguard_runs_by_its_long_options_beside_the_projects_short_ones(suite):
+    suite.makeconftest(FOREIGN_CONFTEST)
+    result = suite.runpytest_subprocess("--editguard-model=tiny-llama", "--editguard-hparams=hparams.json",
+                                        "--update-norm-max=5", "--editguard-max-cases=1", "--model=their-model",
+                                        "--ppl-corpus=me-ppl-50", "--editguard-json=out.json", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    run = json.loads((suite.path / "out.json").read_text())["run"]
+    assert run["model"] == "tiny-llama"
+
+
+def test_short_and_long_forms_are_the_same_option(suite):
+    short = suite.runpytest_subprocess(*base_args("--max-cases=1", "--ppl-corpus=me-ppl-50", "--editguard-json=a.json"))
+    long = suite.runpytest_subprocess("--editguard-model=tiny-llama", "--editguard-hparams=hparams.json",
+                                      "--editguard-update-norm-max=5", "--editguard-max-cases=1",
+                                      "--editguard-ppl-corpus=me-ppl-50", "--editguard-json=b.json",
+                                      "-p", "no:cacheprovider")
+    short.assert_outcomes(passed=1)
+    long.assert_outcomes(passed=1)
+    a, b = (json.loads((suite.path / name).read_text()) for name in ("a.json", "b.json"))
+    assert [c["case_id"] for c in a["cases"]] == [c["case_id"] for c in b["cases"]] == ["t1"]
+    assert a["run"]["model"] == b["run"]["model"] == "tiny-llama"

@@ -2,11 +2,12 @@
 passes the gates. Against ROME on the embedded model Hypothesis finds a failure and shrinks it
 to the simplest shape (no prefix, subject first); C-ROME should hold everywhere.
 
-Examples per run: --fuzz-examples (default 12, derandomized CI profile `editguard-ci`)."""
+Examples per run: --fuzz-examples (default 12, derandomized CI profile `editguard-ci`); a Hypothesis
+profile of your own (`--hypothesis-profile NAME`) replaces the CI profile."""
 
-from hypothesis import given, settings
+from hypothesis import given
 
-from editguard.strategies import CI_PROFILE, Fact, edit_cases
+from editguard.strategies import Fact, edit_cases, fuzz_settings
 
 # The first fact is what failures shrink to: a one-token subject that starts the prompt.
 FACTS = [
@@ -20,7 +21,7 @@ FACTS = [
 ]
 
 
-@settings(settings.get_profile(CI_PROFILE))
+@fuzz_settings()
 @given(case=edit_cases(FACTS))
 def test_edit_passes_the_gates_wherever_the_subject_sits(case, edit_guard):
     edit_guard.assert_safe(case)
