@@ -112,7 +112,14 @@ def cmd_mine(args) -> int:
     from editguard.editors.rome import RomeHparams
     from editguard.gates import Thresholds
     from editguard.guard import measure_baseline
-    from editguard.mining import mine, mined_suite_path, pick_candidates, risk_correlation, write_mined_suite
+    from editguard.mining import (
+        mine,
+        pick_candidates,
+        project_mined_suite_path,
+        refuse_installed_path,
+        risk_correlation,
+        write_mined_suite,
+    )
     from editguard.models import load_model
     from editguard.progress import progress_bar
     from editguard.runinfo import edit_run_info
@@ -120,6 +127,8 @@ def cmd_mine(args) -> int:
     from editguard.suites import load_case_source
 
     mue = load_model(args.model, args.device, args.dtype)
+    out = Path(args.json) if args.json else project_mined_suite_path(mue.name)
+    refuse_installed_path(out)  # before hours of edits, not after
     cases = load_case_source(args.cases, args.data, download=args.download)
     by_id = {c.case_id: c for c in cases}
     screen_path = Path(args.screen or f"out/screen-{mue.name}.json")
@@ -152,7 +161,6 @@ def cmd_mine(args) -> int:
     run = edit_run_info(mue, editor, baseline, thresholds, seed=args.seed, suite=args.cases).to_json()
     run.pop("versions")
     run["screen"] = {k: v for k, v in screen.items() if k != "rows"}
-    out = Path(args.json) if args.json else mined_suite_path(mue.name)
     write_mined_suite(out, records, by_id, json.loads(json.dumps(run, default=str)))
     corr = risk_correlation(records)
     hard = sum(r["degradation"] == "collapsed" for r in records)
@@ -192,11 +200,12 @@ def cmd_filter(args) -> int:
     from editguard.editors.registry import get_editor
     from editguard.gates import Thresholds
     from editguard.guard import measure_baseline
-    from editguard.mining import degradation, mine, record_filter
+    from editguard.mining import degradation, mine, record_filter, refuse_installed_path
     from editguard.models import load_model
     from editguard.progress import progress_bar
     from editguard.runinfo import edit_run_info
 
+    refuse_installed_path(args.case_file)  # the outcome is written into the case file
     mue = load_model(args.model, args.device, args.dtype)
     cases = read_cases(args.case_file)
     editor = get_editor(args.editor, data_dir=args.data)
@@ -484,7 +493,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--control", type=int, default=30, help="randomly drawn other cases to edit (seeded)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--progress", default=None, help="resumable JSONL log (default out/mine-MODEL-EDITOR.jsonl)")
-    p.add_argument("--json", default=None, help="suite file (default suites/hardcf/MODEL.json)")
+    p.add_argument("--json", default=None,
+                   help="suite file (default editguard-suites/hardcf/MODEL.json in the current directory, or under "
+                        "$EDITGUARD_SUITES; the suites read it before the shipped list)")
     p.set_defaults(run=cmd_mine)
 
     p = sub.add_parser("filter",

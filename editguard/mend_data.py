@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from editguard.cases import EditCase, read_cases
 from editguard.data import load_ppl_corpus
-from editguard.mining import mined_suite_path
+from editguard.mining import find_mined_suite
 from editguard.suites import SCREEN_POOL, counterfact_hard, load_case_source, normal_sample
 
 
@@ -14,8 +14,8 @@ def suite_case_ids(model_name: str, data_dir=None, tokenizer=None) -> set[str]:
     list, the 1,000-case screening pool), and every seeded normal sample of up to 100 cases or
     the hard list's size (suites/counterfact, suites/sequential with any --max-cases)."""
     ids: set[str] = set()
-    path = mined_suite_path(model_name)
-    if path.exists():
+    path = find_mined_suite(model_name)
+    if path is not None:
         hard = read_cases(path)
     elif tokenizer is not None:
         hard = counterfact_hard(data_dir, tokenizer)[:SCREEN_POOL]

@@ -1,6 +1,7 @@
 """Case selections that the shipped suites parametrize over.
 
-HardCF for a model is its mined list (suites/hardcf/<model>.json, written by `editguard mine`).
+HardCF for a model is its mined list (hardcf/<model>.json, written by `editguard mine`): the
+project's (./editguard-suites or $EDITGUARD_SUITES) before the one shipped in editguard_suites.
 A model without one gets the top-risk candidates: the collapse-risk screen run over the
 structural pool (CounterFact cases whose subject starts the prompt, one-token subjects first).
 The normal suite (the papers' control group) is a seeded sample of cases whose subject does
@@ -81,12 +82,12 @@ def screened_candidates(mue, cases: list[EditCase], top: int = SCREEN_TOP) -> li
 def hardcf(model_name: str, data_dir=None, download: bool = False, load=None) -> CaseList:
     """The model's mined HardCF list, or (none mined) its top-risk screened candidates.
     `load()` gives the ModelUnderEdit; it is called only when a screen is needed."""
-    from editguard.mining import mined_suite_path
+    from editguard.mining import find_mined_suite, suite_file_label
 
-    path = mined_suite_path(model_name)
-    if path.exists():
+    path = find_mined_suite(model_name)
+    if path is not None:
         cases = read_cases(path)
-        return CaseList(cases, f"mined HardCF list {path.parent.name}/{path.name}: {len(cases)} cases whose single "
+        return CaseList(cases, f"mined HardCF list {suite_file_label(path)}: {len(cases)} cases whose single "
                                f"ROME edit collapsed {model_name} (editguard mine)")
     mue = load()
     pool = counterfact_hard(data_dir, mue.tokenizer, download=download)[:SCREEN_POOL]

@@ -275,12 +275,12 @@ def test_check_restores_exactly_and_reports_the_anatomy(tiny, trained):
 
 def test_training_cases_leave_out_every_case_the_suites_edit(data_dir):
     from editguard.cases import read_cases
-    from editguard.mining import mined_suite_path
+    from editguard.mining import find_mined_suite
     from editguard.suites import normal_sample
 
     cases, excluded = training_cases("smollm2-135m", "counterfact", data_dir)
     ids = {c.case_id for c in cases}
-    hard = {c.case_id for c in read_cases(mined_suite_path("smollm2-135m"))}
+    hard = {c.case_id for c in read_cases(find_mined_suite("smollm2-135m"))}
     assert excluded > 0 and len(cases) + excluded == 10_000
     assert not ids & hard
     assert not ids & {c.case_id for c in normal_sample(len(hard), data_dir)}

@@ -121,7 +121,8 @@ def test_hardcf_suite_uses_the_mined_list_else_the_screen(tmp_path, monkeypatch,
     import editguard.mining as mining
     from editguard.suites import SCREEN_TOP, hardcf, normal_sample
 
-    monkeypatch.setattr(mining, "SUITES_DIR", tmp_path)
+    monkeypatch.chdir(tmp_path)  # the project: mined lists go to ./editguard-suites
+    monkeypatch.delenv("EDITGUARD_SUITES", raising=False)
     monkeypatch.setenv("EDITGUARD_CACHE", str(tmp_path / "cache"))
     loads = []
 
@@ -134,9 +135,10 @@ def test_hardcf_suite_uses_the_mined_list_else_the_screen(tmp_path, monkeypatch,
     assert all(c.subject_first for c in screened)
     assert hardcf("tiny-llama", data_dir, load=load) == screened  # cached screen, same order
 
-    write_cases(mining.mined_suite_path("tiny-llama"), SCREEN_CASES[:2])
+    write_cases(mining.project_mined_suite_path("tiny-llama"), SCREEN_CASES[:2])
     mined = hardcf("tiny-llama", data_dir, load=None)
-    assert [c.case_id for c in mined] == ["1", "2"] and "mined HardCF list" in mined.description
+    assert [c.case_id for c in mined] == ["1", "2"]
+    assert "mined HardCF list editguard-suites/hardcf/tiny-llama.json" in mined.description
 
     normal = normal_sample(7, data_dir)
     assert len(normal) == 7 and not any(c.subject_first for c in normal)

@@ -1,0 +1,1 @@
+"""Normal CounterFact cases, the control group."""

@@ -1,0 +1,1 @@
+"""Hypothesis fuzzing of where the subject sits in the prompt."""

@@ -1,0 +1,1 @@
+"""HardCF: the mined lists (<model>.json) and the suite that runs them."""

@@ -1,0 +1,1 @@
+"""HardEdit-style cases (cases.json) and their suite."""

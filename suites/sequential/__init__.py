@@ -1,0 +1,1 @@
+"""Sequential editing over the hard list and over normal cases."""
