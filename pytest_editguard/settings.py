@@ -67,7 +67,7 @@ def option_value(config: pytest.Config, name: str) -> Any:
     """Command line, else ini key, else the default; converted to the option's type."""
     option = OPTIONS_BY_NAME[name]
     value = config.getoption(_dest(name))
-    source = option.pytest_flag
+    source = option.pytest_flag + (f" ({option.short_flag})" if option.short_flag else "")
     if value is None:
         value, source = config.getini(option.ini_key), f"ini key {option.ini_key}"
     if value in (None, ""):

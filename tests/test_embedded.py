@@ -72,3 +72,24 @@ def test_every_locate_then_edit_editor_lands_a_normal_edit_safely(smollm2, basel
     assert result.efficacy, f"{name} did not make {case.target_new!r} beat {case.target_true!r}"
     assert result.passed, result.explanation
     assert result.ppl <= 1.1 * baseline.ppl.ppl, result.explanation
+
+
+def test_the_design_cards_command_runs_in_the_checkout_and_fails_a_hard_case(data_dir, tmp_path):
+    """`pytest suites/hardcf --editor=rome --model=smollm2-135m --max-cases 1` (the short forms)
+    runs the mined list in the checkout and exits 1 on its collapsing first case."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    checkout = Path(__file__).resolve().parents[1]
+    report = tmp_path / "card.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "suites/hardcf", "--editor=rome", "--model=smollm2-135m", "--max-cases", "1",
+         f"--editguard-data={data_dir}", f"--editguard-json={report}", "-p", "no:cacheprovider", "-q"],
+        cwd=checkout, capture_output=True, text=True)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    doc = json.loads(report.read_text())
+    assert doc["run"]["editor"] == "rome" and doc["run"]["model"] == "smollm2-135m"
+    assert len(doc["cases"]) == 1 and not doc["cases"][0]["passed"]
+    assert "mined HardCF list" in result.stdout

@@ -127,7 +127,7 @@ def test_strict_gate_fails_rome_with_readable_reason(suite):
 
 @pytest.mark.parametrize("args, message", [
     (["--max-cases", "0"], "--max-cases must be at least 1"),
-    (["--ppl-threshold", "high"], "--ppl-threshold: expected float, got 'high'"),
+    (["--ppl-threshold", "high"], "--editguard-ppl-threshold (--ppl-threshold): expected float, got 'high'"),
     (["--editor", "no-such-editor"],
      "unknown editor 'no-such-editor'; available: alphaedit, c-rome, ft, memit, mend, r-rome, rome"),
     (["--hparams", "missing.json"], "--hparams missing.json:"),
