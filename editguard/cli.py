@@ -25,10 +25,24 @@ import os
 import sys
 
 from editguard.catalog import registered_names
-from editguard.options import SINGLE_EDIT_PPL_CORPUS, add_cli_options, data_dir
+from editguard.options import SINGLE_EDIT_PPL_CORPUS, add_cli_options, checked_type, data_dir
 
 # The screen's default, without importing torch for `editguard --help`.
 DEFAULT_SCREEN_TEMPLATES = 11
+POSITIVE = checked_type(int, minimum=1)
+NON_NEGATIVE = checked_type(int, minimum=0)
+
+
+def _number_or(word: str):
+    """An argparse `type=`: `word` (e.g. 'all', 'full') or an integer ≥ 1."""
+    def parse(raw: str):
+        if raw == word:
+            return raw
+        try:
+            return POSITIVE(raw)
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"expected an integer ≥ 1 or '{word}', got {raw!r}") from None
+    return parse
 
 
 @functools.cache
@@ -465,21 +479,21 @@ def main(argv: list[str] | None = None) -> int:
     _common(p)
     _add_options(p, "edit-layer", "download")
     p.add_argument("--corpus", default="wikitext-2-raw", help="text corpus the keys are taken from")
-    p.add_argument("--tokens", type=int, default=100_000)
+    p.add_argument("--tokens", type=POSITIVE, default=100_000, help="tokens the covariance is estimated from")
     p.set_defaults(run=cmd_stats)
 
     p = sub.add_parser("screen", help="rank cases by ROME collapse risk from forward passes alone (no edits)")
     _common(p)
     p.add_argument("--cases", default="counterfact", help="counterfact, counterfact-<split>, or a case file")
     _add_options(p, "edit-layer", "download")
-    p.add_argument("--templates", default=str(DEFAULT_SCREEN_TEMPLATES),
+    p.add_argument("--templates", type=_number_or("all"), default=str(DEFAULT_SCREEN_TEMPLATES),
                    help=f"context templates averaged into k̄: a number (default {DEFAULT_SCREEN_TEMPLATES}) "
                         "or 'all' (ROME's 21)")
     p.add_argument("--mom2-adjustment", action="store_true",
                    help="use C⁻¹k̄ as ROME's original paper (default: off, as the papers ran)")
-    p.add_argument("--batch-size", type=int, default=96)
+    p.add_argument("--batch-size", type=POSITIVE, default=96)
     p.add_argument("--json", default=None, help="JSON path (a CSV is written beside it); default out/screen-MODEL.json")
-    p.add_argument("--show", type=int, default=10, help="print this many riskiest cases")
+    p.add_argument("--show", type=NON_NEGATIVE, default=10, help="print this many riskiest cases")
     p.set_defaults(run=cmd_screen)
 
     p = sub.add_parser("mine",
@@ -489,8 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cases", default="counterfact", help="counterfact, counterfact-<split>, or a case file")
     p.add_argument("--screen", default=None,
                    help="screen JSON from `editguard screen` (default out/screen-MODEL.json; run if absent)")
-    p.add_argument("--top", type=int, default=80, help="riskiest screened cases to edit")
-    p.add_argument("--control", type=int, default=30, help="randomly drawn other cases to edit (seeded)")
+    p.add_argument("--top", type=NON_NEGATIVE, default=80, help="riskiest screened cases to edit")
+    p.add_argument("--control", type=NON_NEGATIVE, default=30, help="randomly drawn other cases to edit (seeded)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--progress", default=None, help="resumable JSONL log (default out/mine-MODEL-EDITOR.jsonl)")
     p.add_argument("--json", default=None,
@@ -513,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("report", help="render the collapse report (and optionally the plots) of a JSON report")
     p.add_argument("json")
-    p.add_argument("--max-rows", type=int, default=50)
+    p.add_argument("--max-rows", type=POSITIVE, default=50)
     _add_options(p, "plots")
     p.set_defaults(run=cmd_report)
 
@@ -525,8 +539,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("compare", help="check that two JSON reports hold the same cases, verdicts and numbers")
     p.add_argument("first")
     p.add_argument("second")
-    p.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance for numbers (default 1e-4)")
-    p.add_argument("--max-lines", type=int, default=30)
+    p.add_argument("--rtol", type=checked_type(float, minimum=0), default=1e-4,
+                   help="relative tolerance for numbers (default 1e-4)")
+    p.add_argument("--max-lines", type=NON_NEGATIVE, default=30)
     p.set_defaults(run=cmd_compare)
 
     p = sub.add_parser("analyze", help="the Fall of ROME analyses: subject position, test-time prefix cure")
@@ -543,11 +558,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("train-mend",
                        help="train MEND's editor network for a model and cache it (needed by --editor=mend)")
     _common(p)
-    p.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
+    p.add_argument("--steps", type=POSITIVE, default=300, help="training steps (default 300)")
     p.add_argument("--cases", default="counterfact",
                    help="counterfact (its train split, without the cases the suites edit) or a case file")
     _add_options(p, "hparams")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=NON_NEGATIVE, default=1,
                    help="torch CPU threads (default 1: on a shared 2-core machine 2 threads run ~10x slower); "
                         "0 keeps torch's")
     p.add_argument("--no-ppl-locality", action="store_true",
@@ -559,7 +574,8 @@ def main(argv: list[str] | None = None) -> int:
     _common(p)
     p.add_argument("--tasks", default="piqa,hellaswag,lambada,mmlu,nq-open",
                    help="comma-separated: piqa, hellaswag, lambada, mmlu, mmlu-5shot, nq-open, squad2")
-    p.add_argument("--n", default="full", help="items per task: a number (seeded subset) or 'full' (default)")
+    p.add_argument("--n", type=_number_or("full"), default="full",
+                   help="items per task: a number (seeded subset) or 'full' (default)")
     p.add_argument("--seed", type=int, default=0)
     _add_options(p, "editor", editor=None,
                     shown_defaults={"editor": "none: the unedited model; with one, its edits are applied before "
@@ -568,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_options(p, "max-cases", "ppl-corpus", "downstream-precision", max_cases=10,
                     ppl_corpus=SINGLE_EDIT_PPL_CORPUS)
     p.add_argument("--sequential", action="store_true", help="apply the edits one after another (else one batch)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=NON_NEGATIVE, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--json", default=None, help="JSON path (default out/eval-MODEL[-EDITOR].json)")
     p.set_defaults(run=cmd_eval)
 

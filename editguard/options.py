@@ -15,6 +15,8 @@ plugin can read it at start-up and `editguard --help` builds without torch.
 
 from __future__ import annotations
 
+import argparse
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +39,36 @@ class Option:
     help: str
     namespaced: bool = False   # no short --NAME form in pytest (see the module docstring)
     default_help: str = ""     # how help shows a default that is not a plain value
+    # The valid values, checked by `parse` in both front ends (a NaN or negative bound would
+    # silently turn a gate off or fail everything).
+    minimum: float | None = None        # inclusive
+    above: float | None = None          # exclusive lower bound
+    maximum: float | None = None        # inclusive
+    choices: tuple[str, ...] = ()
+    finite: bool = True                 # floats: refuse nan and inf
+
+    def parse(self, raw: Any) -> Any:
+        """`raw` (a command-line or ini string, or a value) converted to the option's type and
+        checked against its range; ValueError saying what was expected."""
+        try:
+            value = self.type(raw)
+        except (TypeError, ValueError):
+            value = None
+        expected = expected_value(value, self.type, minimum=self.minimum, above=self.above, maximum=self.maximum,
+                                  finite=self.finite, choices=self.choices)
+        if expected:
+            raise ValueError(f"expected {expected}, got {raw!r}")
+        return value
+
+    def cli_type(self):
+        """An argparse `type=` callable: `parse`, its message shown by argparse (exit 2)."""
+        def parse(raw: str) -> Any:
+            try:
+                return self.parse(raw)
+            except ValueError as err:
+                raise argparse.ArgumentTypeError(str(err)) from None
+        parse.__name__ = self.type.__name__
+        return parse
 
     @property
     def is_flag(self) -> bool:
@@ -79,6 +111,26 @@ class Option:
         return self.help.format_map({**fill, **(names or {})})
 
 
+def expected_value(value: Any, kind: type, *, minimum: float | None = None, above: float | None = None,
+                   maximum: float | None = None, finite: bool = True, choices: tuple = ()) -> str:
+    """The one range check of options and editor hyperparameters: "" when `value` (already of
+    type `kind`, or None where it could not be converted) is valid, else the valid values in
+    words (e.g. "a finite number > 0", "an integer ≥ 1", "one of a, b")."""
+    if choices:
+        return "" if value in choices else "one of " + ", ".join(map(str, choices))
+    numeric = kind in (int, float)
+    words = {int: "an integer", float: "a finite number" if finite else "a number"}.get(kind, kind.__name__)
+    bounds = [f"≥ {minimum:g}" if minimum is not None else "", f"> {above:g}" if above is not None else "",
+              f"≤ {maximum:g}" if maximum is not None else ""]
+    expected = " ".join([words, " and ".join(b for b in bounds if b)]).strip()
+    valid = value is not None and not (numeric and (
+        (kind is float and finite and not math.isfinite(value))
+        or (minimum is not None and not value >= minimum)
+        or (above is not None and not value > above)
+        or (maximum is not None and not value <= maximum)))
+    return "" if valid else expected
+
+
 OPTIONS: tuple[Option, ...] = (
     Option("editor", str, DEFAULT_EDITOR,
            "editing algorithm under test: a built-in or installed name ({editors}), or package.module:Class"),
@@ -91,8 +143,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("devices", str, None,
            "comma-separated devices for pytest-xdist workers, worker i takes the i-th (mod their number), "
            "e.g. cuda:0,cuda:1 or cpu,cpu"),
-    Option("dtype", str, "float32", "float32, bfloat16 or float16"),
-    Option("edit-layer", int, None, "layer to edit (default: the model's registered layer)"),
+    Option("dtype", str, "float32", "float32, bfloat16 or float16", choices=("float32", "bfloat16", "float16")),
+    Option("edit-layer", int, None, "layer to edit (default: the model's registered layer)", minimum=0),
     Option("hparams", str, None, "editor hyperparameter overrides: a .json, .yaml or .yml file"),
     Option("data", str, None, "data directory laid out like shared/data", namespaced=True,
            default_help=f"env {DATA_ENV}"),
@@ -104,34 +156,42 @@ OPTIONS: tuple[Option, ...] = (
     Option("sequential", bool, False,
            "apply each suite module's cases as one sequence without restoring in between (the model is "
            "restored and verified after the module); suites/sequential is always sequential"),
-    Option("ppl-threshold", float, COLLAPSE_PPL, "collapse line for perplexity"),
-    Option("ppl-max-ratio", float, 2.0, "largest allowed edited/unedited perplexity ratio"),
-    Option("denominator-ratio-min", float, 0.1, "smallest allowed ROME denominator ratio (key used vs k̄)"),
+    Option("ppl-threshold", float, COLLAPSE_PPL, "collapse line for perplexity", above=0),
+    Option("ppl-max-ratio", float, 2.0, "largest allowed edited/unedited perplexity ratio", above=0),
+    Option("denominator-ratio-min", float, 0.1, "smallest allowed ROME denominator ratio (key used vs k̄)",
+           minimum=0),
     Option("update-norm-max", float, None,
-           "largest allowed ‖ΔW‖_F/‖W‖_F of a touched matrix (default: calibrated bound, see README)"),
-    Option("max-cases", int, None, "use only the first N cases (in pytest: of each suite module; deterministic)"),
+           "largest allowed ‖ΔW‖_F/‖W‖_F of a touched matrix (default: calibrated bound, see README)", above=0),
+    Option("max-cases", int, None, "use only the first N cases (in pytest: of each suite module; deterministic)",
+           minimum=1),
     Option("shard", str, None,
            "run only shard i of n (e.g. 2/4) of the collected cases, split deterministically (a sequence stays "
            "whole); merge the shards' JSON reports with `editguard merge`", namespaced=True),
     Option("json", str, None, "write the JSON report to this path", namespaced=True),
     Option("fuzz-examples", int, 12,
-           "examples per Hypothesis fuzz test in the derandomized CI profile 'editguard-ci' (suites/fuzz)"),
+           "examples per Hypothesis fuzz test in the derandomized CI profile 'editguard-ci' (suites/fuzz)", minimum=1),
     Option("plots", str, None,
            "write PNG plots (perplexity per case, perplexity evolution of sequences) into this directory",
            namespaced=True),
     Option("downstream", str, None,
            "probe every edited model on these downstream tasks and gate on them, comma-separated: {tasks} "
            "(default: off)"),
-    Option("downstream-n", int, 200, "items per downstream task (a seeded, fixed subset)"),
+    Option("downstream-n", int, 200, "items per downstream task (a seeded, fixed subset)", minimum=1),
     Option("downstream-min-retention", float, None,
            "also require edited accuracy ≥ this × the unedited model's on each downstream task, e.g. 0.9 "
-           "(default: off)"),
+           "(default: off)", above=0, maximum=1),
     Option("downstream-precision", str, "auto",
            f"precision of the downstream probes: {', '.join(DOWNSTREAM_PRECISIONS)} (auto: bfloat16 autocast where "
-           "the CPU/GPU multiplies it fast, else float32)"),
+           "the CPU/GPU multiplies it fast, else float32)", choices=DOWNSTREAM_PRECISIONS),
 )
 
 OPTIONS_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
+
+
+def checked_type(kind: type, **valid: Any):
+    """An argparse `type=` for a command's own argument (not in the table), checked like a table
+    option: checked_type(int, minimum=1)."""
+    return Option("value", kind, None, "", **valid).cli_type()
 
 
 def data_dir(value: str | None) -> str | None:
@@ -151,7 +211,7 @@ def add_cli_options(parser, *names: str, shown_defaults: dict[str, str] | None =
         if option.is_flag:
             parser.add_argument(option.cli_flag, action="store_true", help=option.help_text(registered))
         else:
-            parser.add_argument(option.cli_flag, type=option.type, default=default,
+            parser.add_argument(option.cli_flag, type=option.cli_type(), default=default,
                                 help=option.help_with_default(default, shown_defaults.get(option.dest, ""),
                                                               registered))
     if defaults:

@@ -9,7 +9,6 @@ import pytest
 
 from editguard.catalog import registered_names
 from editguard.options import (
-    DOWNSTREAM_PRECISIONS,
     OPTIONS,
     OPTIONS_BY_NAME,
     SEQUENCE_PPL_CORPUS,
@@ -75,9 +74,9 @@ def option_value(config: pytest.Config, name: str) -> Any:
     if option.is_flag:
         return bool(value)
     try:
-        return option.type(value)
-    except (TypeError, ValueError):
-        raise pytest.UsageError(f"{source}: expected {option.type.__name__}, got {value!r}") from None
+        return option.parse(value)
+    except ValueError as err:
+        raise pytest.UsageError(f"{source}: {err}") from None
 
 
 @dataclass
@@ -134,8 +133,6 @@ class EditguardSettings:
             **({"update_norm_rel_max": update_max} if update_max is not None else {}),
         )
         max_cases = option_value(config, "max-cases")
-        if max_cases is not None and max_cases < 1:
-            raise pytest.UsageError(f"--max-cases must be at least 1, got {max_cases}")
         shard = option_value(config, "shard")
         try:
             shard = parse_shard(shard) if shard else None
@@ -150,15 +147,8 @@ class EditguardSettings:
                 downstream = parse_task_list(downstream)
             except ValueError as err:
                 raise pytest.UsageError(f"--downstream: {err}") from None
-        if downstream_n < 1:
-            raise pytest.UsageError(f"--downstream-n must be at least 1, got {downstream_n}")
         retention = option_value(config, "downstream-min-retention")
-        if retention is not None and not 0 < retention <= 1:
-            raise pytest.UsageError(f"--downstream-min-retention must be in (0, 1], got {retention}")
         precision = option_value(config, "downstream-precision")
-        if precision not in DOWNSTREAM_PRECISIONS:
-            raise pytest.UsageError(f"--downstream-precision must be one of {', '.join(DOWNSTREAM_PRECISIONS)}, "
-                                    f"got {precision!r}")
         worker = config.workerinput["workerid"] if hasattr(config, "workerinput") else None
         worker_index = int(worker.removeprefix("gw")) if worker else None
         device = option_value(config, "device")

@@ -78,3 +78,24 @@ def test_model_defaults_apply_on_top_of_the_family_and_under_overrides():
     assert AlphaEditHparams.for_family("llama", model="smollm2-135m").layers == SMOLLM2_LAYERS
     assert MemitHparams.for_family("llama", model="llama2-7b").layers is None   # the family's range
     assert MemitHparams.for_family("llama", {"layers": [3, 4]}, "smollm2-135m").layers == (3, 4)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"v_lr": -0.1}, r"ROME hyperparameter 'v_lr' must be a finite number > 0, got -0\.1"),
+    ({"v_lr": float("nan")}, r"ROME hyperparameter 'v_lr' must be a finite number > 0, got nan"),
+    ({"kl_factor": float("inf")}, r"'kl_factor' must be a finite number ≥ 0, got inf"),
+    ({"v_num_grad_steps": 0}, r"'v_num_grad_steps' must be an integer ≥ 1, got 0"),
+    ({"layer": -1}, r"'layer' must be an integer ≥ 0, got -1"),
+])
+def test_out_of_range_hparams_fail_when_the_editor_is_made(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        get_editor("rome", overrides)
+
+
+def test_a_layer_outside_the_model_fails_when_hparams_are_resolved(tiny):
+    from editguard.editors.api import editor_hparams
+
+    for name, overrides in (("rome", {"layer": 99}), ("memit", {"layers": [1, 99]}), ("ft", {"layer": 99})):
+        with pytest.raises(ValueError, match=rf"hyperparameter '{'layers' if name == 'memit' else 'layer'}' must "
+                                             rf"be within the model's layers 0\.\.{tiny.n_layers - 1}, got"):
+            editor_hparams(get_editor(name, overrides), tiny)

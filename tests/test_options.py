@@ -1,6 +1,7 @@
 """The option table (editguard.options) is what the plugin and the CLI register."""
 
 import argparse
+import re
 import subprocess
 import sys
 
@@ -143,3 +144,32 @@ def test_help_texts_list_the_registered_names():
     assert "mend" in names["editors"] and "smollm2-135m" in names["models"] and "piqa" in names["tasks"]
     assert "mend" in OPTIONS_BY_NAME["editor"].help_text(names)
     assert "{" not in OPTIONS_BY_NAME["downstream"].help_text()
+
+
+@pytest.mark.parametrize("name, raw, message", [
+    ("ppl-max-ratio", "nan", "expected a finite number > 0, got 'nan'"),
+    ("ppl-threshold", "-5", "expected a finite number > 0, got '-5'"),
+    ("max-cases", "0", "expected an integer ≥ 1, got '0'"),
+    ("downstream-min-retention", "1.5", "expected a finite number > 0 and ≤ 1, got '1.5'"),
+    ("downstream-precision", "fp8", "expected one of auto, float32, bfloat16, got 'fp8'"),
+])
+def test_option_values_are_checked_against_their_range(name, raw, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        OPTIONS_BY_NAME[name].parse(raw)
+    assert OPTIONS_BY_NAME["ppl-threshold"].parse("5") == 5.0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["mine", "--top", "-1"], "--top: expected an integer ≥ 0, got '-1'"),
+    (["stats", "--tokens", "0"], "--tokens: expected an integer ≥ 1, got '0'"),
+    (["eval", "--n", "0"], "--n: expected an integer ≥ 1 or 'full', got '0'"),
+    (["ppl", "--dtype", "float8"], "--dtype: expected one of float32, bfloat16, float16, got 'float8'"),
+    (["mine", "--ppl-threshold", "nan"], "--ppl-threshold: expected a finite number > 0, got 'nan'"),
+])
+def test_cli_refuses_out_of_range_numbers_before_running(argv, message, capsys):
+    from editguard.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

@@ -126,8 +126,11 @@ def test_strict_gate_fails_rome_with_readable_reason(suite):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--max-cases", "0"], "--max-cases must be at least 1"),
-    (["--ppl-threshold", "high"], "--editguard-ppl-threshold (--ppl-threshold): expected float, got 'high'"),
+    (["--max-cases", "0"], "--editguard-max-cases (--max-cases): expected an integer ≥ 1, got '0'"),
+    (["--ppl-threshold", "high"], "--editguard-ppl-threshold (--ppl-threshold): expected a finite number > 0, got"),
+    (["--ppl-max-ratio", "nan"], "--editguard-ppl-max-ratio (--ppl-max-ratio): expected a finite number > 0, got"),
+    (["--ppl-threshold", "-5"], "(--ppl-threshold): expected a finite number > 0, got '-5'"),
+    (["--dtype", "float8"], "--editguard-dtype (--dtype): expected one of float32, bfloat16, float16, got"),
     (["--editor", "no-such-editor"],
      "unknown editor 'no-such-editor'; available: alphaedit, c-rome, ft, memit, mend, r-rome, rome"),
     (["--hparams", "missing.json"], "--hparams missing.json:"),

@@ -18,7 +18,7 @@ import torch
 
 from editguard.cases import EditCase
 from editguard.editors.api import EditReport
-from editguard.editors.hparams import Hparams
+from editguard.editors.hparams import Hparams, ranged
 from editguard.models.loading import ModelUnderEdit
 from editguard.tokens import edit_batch
 
@@ -42,11 +42,11 @@ class FtHparams(Hparams):
     # sequence), 2e-3 lands 2/5, 5e-3 lands 5/5 at unchanged perplexity (‖ΔW‖/‖W‖ 0.024).
     MODEL_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {"smollm2-135m": {"norm_constraint": 5e-3}}
 
-    layer: int | None = None        # None: the model's registered edit layer
-    steps: int = 25
-    lr: float = 5e-4
-    norm_constraint: float = 5e-4   # ε of the L∞ box around the unedited matrix
-    early_stop_loss: float = 1e-2   # stop once the mean NLL is below this (as ROME's FT)
+    layer: int | None = ranged(None, minimum=0)        # None: the model's registered edit layer
+    steps: int = ranged(25, minimum=1)
+    lr: float = ranged(5e-4, above=0)
+    norm_constraint: float = ranged(5e-4, above=0)   # ε of the L∞ box around the unedited matrix
+    early_stop_loss: float = ranged(1e-2, minimum=0)   # stop once the mean NLL is below this (as ROME's FT)
 
 
 def linf_box(w0: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,7 +78,7 @@ class FineTuneLInf:
         FtHparams.check_overrides(self.overrides)  # fail at construction, not at the first edit
 
     def _resolve(self, mue: ModelUnderEdit) -> FtHparams:
-        hp = FtHparams.for_family(mue.family.name, self.overrides, mue.name)
+        hp = FtHparams.for_family(mue.family.name, self.overrides, mue.name, n_layers=mue.n_layers)
         if hp.layer is None:
             return replace(hp, layer=mue.edit_layer)
         if not 0 <= hp.layer < mue.n_layers:

@@ -8,9 +8,20 @@ import json
 import re
 import types
 import typing
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
+
+from editguard.options import expected_value
+
+LAYER_FIELDS = ("layer", "layers")  # checked against the model's layer count where it is known
+
+
+def ranged(default: Any, *, minimum: float | None = None, above: float | None = None,
+           maximum: float | None = None) -> Any:
+    """A hyperparameter field with its valid range, declared next to it: `v_lr: float = ranged(0.5, above=0)`.
+    Every float field must be finite, ranged or not."""
+    return field(default=default, metadata={"range": {"minimum": minimum, "above": above, "maximum": maximum}})
 
 
 @dataclass(frozen=True)
@@ -47,13 +58,33 @@ class Hparams:
             hints = typing.get_type_hints(cls)
         except Exception:  # annotations naming types that cannot be resolved: check keys only
             hints = {}
-        return {key: _coerce(f"{cls.EDITOR} hyperparameter '{key}'", value, hints.get(key, Any))
-                for key, value in overrides.items()}
+        checked = {key: _coerce(f"{cls.EDITOR} hyperparameter '{key}'", value, hints.get(key, Any))
+                   for key, value in overrides.items()}
+        ranges = {f.name: f.metadata.get("range", {}) for f in fields(cls)}
+        for key, value in checked.items():
+            for item in (value if isinstance(value, tuple) else (value,)):
+                kind = type(item) if isinstance(item, (int, float)) and not isinstance(item, bool) else None
+                expected = kind and expected_value(item, kind, **ranges[key])
+                if expected:
+                    raise ValueError(f"{cls.EDITOR} hyperparameter '{key}' must be {expected}, got {value!r}")
+        return checked
 
     @classmethod
-    def for_family(cls, family: str, overrides: dict[str, Any] | None = None, model: str | None = None):
+    def for_family(cls, family: str, overrides: dict[str, Any] | None = None, model: str | None = None,
+                   n_layers: int | None = None):
+        """The values an edit runs with; with `n_layers` (the model's), layer fields are checked
+        against it, so `layer: 99` fails when the editor is set up, not at the first edit."""
         base = replace(cls(), **{**cls.FAMILY_DEFAULTS.get(family, {}), **cls.MODEL_DEFAULTS.get(model, {})})
-        return base.with_overrides(overrides or {})
+        hp = base.with_overrides(overrides or {})
+        if n_layers is not None:
+            for name in LAYER_FIELDS:
+                value = getattr(hp, name, None)
+                layers = value if isinstance(value, tuple) else () if value is None else (value,)
+                outside = [layer for layer in layers if not 0 <= layer < n_layers]
+                if outside:
+                    raise ValueError(f"{cls.EDITOR} hyperparameter '{name}' must be within the model's layers "
+                                     f"0..{n_layers - 1}, got {value!r}")
+        return hp
 
     def with_overrides(self, overrides: dict[str, Any]):
         return replace(self, **self.check_overrides(overrides))

@@ -30,7 +30,7 @@ import torch
 from editguard.cases import EditCase
 from editguard.editors.api import EditReport
 from editguard.editors.covariance import layer_second_moment
-from editguard.editors.hparams import Hparams
+from editguard.editors.hparams import Hparams, ranged
 from editguard.editors.keys import (
     capture_io,
     context_templates,
@@ -75,15 +75,15 @@ class LayerRangeHparams(Hparams):
 
     MODEL_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {"smollm2-135m": {"layers": SMOLLM2_LAYERS}}
 
-    layers: tuple[int, ...] | None = None   # None: the family's critical layers (see default_layers)
-    v_num_grad_steps: int = 25
-    v_lr: float = 0.5
-    v_weight_decay: float = 1e-3
-    clamp_norm_factor: float = 4.0          # ‖δ‖ ≤ clamp · ‖h‖ (h: block output at l_L)
-    kl_factor: float = 0.0625
-    early_stop_loss: float = 5e-2
+    layers: tuple[int, ...] | None = ranged(None, minimum=0)   # None: the family's critical layers (see default_layers)
+    v_num_grad_steps: int = ranged(25, minimum=1)
+    v_lr: float = ranged(0.5, above=0)
+    v_weight_decay: float = ranged(1e-3, minimum=0)
+    clamp_norm_factor: float = ranged(4.0, above=0)          # ‖δ‖ ≤ clamp · ‖h‖ (h: block output at l_L)
+    kl_factor: float = ranged(0.0625, minimum=0)
+    early_stop_loss: float = ranged(5e-2, minimum=0)
     mom2_corpus: str = "wikitext-2-raw"
-    mom2_n_tokens: int = 100_000
+    mom2_n_tokens: int = ranged(100_000, minimum=1)
     # MEMIT's context templates: "{}" plus 5 generated prefixes of 10 tokens (memit_main.py).
     context_template_length_params: tuple[tuple[int, int], ...] = ((10, 5),)
     template_seed: int = 0
@@ -155,7 +155,7 @@ class MEMIT:
         self.HPARAMS.check_overrides(self.overrides)  # fail at construction, not at the first edit
 
     def _resolve(self, mue: ModelUnderEdit):
-        hp = self.HPARAMS.for_family(mue.family.name, self.overrides, mue.name)
+        hp = self.HPARAMS.for_family(mue.family.name, self.overrides, mue.name, n_layers=mue.n_layers)
         if hp.layers is None:
             return replace(hp, layers=default_layers(mue))
         bad = [layer for layer in hp.layers if not 0 <= layer < mue.n_layers]

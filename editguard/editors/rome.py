@@ -28,7 +28,7 @@ import torch
 from editguard.cases import EditCase
 from editguard.editors.api import EditReport
 from editguard.editors.covariance import inverse_layer_second_moment
-from editguard.editors.hparams import Hparams
+from editguard.editors.hparams import Hparams, ranged
 from editguard.editors.keys import cache_kwargs, context_templates, fill, keys_and_values, subject_last_index
 from editguard.models.loading import ModelUnderEdit
 
@@ -45,16 +45,16 @@ class RomeHparams(Hparams):
     EDITOR: ClassVar[str] = "ROME"
     FAMILY_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = FAMILY_DEFAULTS
 
-    layer: int | None = None          # None: the model's registered edit layer
-    v_num_grad_steps: int = 25
-    v_lr: float = 0.5
-    v_weight_decay: float = 1e-3
-    clamp_norm_factor: float = 4.0    # ‖v* − v‖ ≤ clamp · ‖v‖
-    kl_factor: float = 0.0625
-    early_stop_loss: float = 5e-2
+    layer: int | None = ranged(None, minimum=0)          # None: the model's registered edit layer
+    v_num_grad_steps: int = ranged(25, minimum=1)
+    v_lr: float = ranged(0.5, above=0)
+    v_weight_decay: float = ranged(1e-3, minimum=0)
+    clamp_norm_factor: float = ranged(4.0, above=0)    # ‖v* − v‖ ≤ clamp · ‖v‖
+    kl_factor: float = ranged(0.0625, minimum=0)
+    early_stop_loss: float = ranged(5e-2, minimum=0)
     mom2_adjustment: bool = False     # the papers ran EasyEdit's default (off); ROME's paper: on
     mom2_corpus: str = "wikitext-2-raw"
-    mom2_n_tokens: int = 100_000
+    mom2_n_tokens: int = ranged(100_000, minimum=1)
     context_template_length_params: tuple[tuple[int, int], ...] = ((5, 10), (10, 10))
     template_seed: int = 0
 
@@ -252,7 +252,7 @@ class ROME:
                 "prefix_at_test": self.consistent and self.prefix_at_test}
 
     def _resolve(self, mue: ModelUnderEdit) -> RomeHparams:
-        hp = RomeHparams.for_family(mue.family.name, self.overrides, mue.name)
+        hp = RomeHparams.for_family(mue.family.name, self.overrides, mue.name, n_layers=mue.n_layers)
         return hp if hp.layer is not None else replace(hp, layer=mue.edit_layer)
 
     def touched_parameters(self, mue: ModelUnderEdit, cases: Sequence[EditCase]) -> list[str]:

@@ -56,7 +56,8 @@ ARCHITECTURE_FIELDS = ("layers", "n_last_layers", "modules", "rank", "n_hidden")
 
 
 def resolve_hparams(mue: ModelUnderEdit, overrides: dict[str, Any] | None) -> MendHparams:
-    return complete_hparams(mue, MendHparams.for_family(mue.family.name, overrides or {}, mue.name))
+    hp = MendHparams.for_family(mue.family.name, overrides or {}, mue.name, n_layers=mue.n_layers)
+    return complete_hparams(mue, hp)
 
 
 def complete_hparams(mue: ModelUnderEdit, hp: MendHparams) -> MendHparams:
