@@ -243,13 +243,16 @@ def record_filter(case_file: str | Path, records: list[dict], run: dict) -> Path
     single edit collapses the model, as HardEdit was filtered) and why, per model and editor.
     Called after every case, so an interrupted filter leaves its partial outcome: the cases
     not yet edited are listed under `pending` (a rerun resumes and completes it)."""
+    from editguard.cases import read_cases
+
     path = Path(case_file)
     refuse_installed_path(path)
-    doc = json.loads(path.read_text())
+    doc = _case_file_doc(path)
     key = f"{run['model']}/{run['editor']}"
     line = run["thresholds"]["ppl_max"]
-    done = {r["case_id"] for r in records}
-    pending = [c["case_id"] for c in doc["cases"] if c["case_id"] not in done]
+    done = {str(r["case_id"]) for r in records}
+    # read_cases normalises the ids (CounterFact-style integers become strings), as the records hold them.
+    pending = [c.case_id for c in read_cases(path) if c.case_id not in done]
     doc.setdefault("filters", {})[key] = {
         "rule": f"kept when the single {run['editor']} edit pushes {run['ppl_corpus']} perplexity above {line:g}",
         "run": {**run, "versions": versions()},
@@ -267,6 +270,13 @@ def record_filter(case_file: str | Path, records: list[dict], run: dict) -> Path
     return path
 
 
+def _case_file_doc(path: Path) -> dict:
+    """A case file as a dict: a top-level list of cases becomes {"cases": [...]} (so that a filter
+    can be recorded beside them; read_cases reads both)."""
+    doc = json.loads(path.read_text())
+    return doc if isinstance(doc, dict) else {"cases": doc}
+
+
 def filtered_cases(case_file: str | Path, model: str, editor: str = "rome") -> tuple[list[EditCase], dict | None]:
     """The cases of a case file that passed its filter for (model, editor), and the filter;
     all cases and None when the file has no such filter. While a filter is incomplete, its
@@ -274,8 +284,8 @@ def filtered_cases(case_file: str | Path, model: str, editor: str = "rome") -> t
     from editguard.cases import read_cases
 
     cases = read_cases(case_file)
-    flt = json.loads(Path(case_file).read_text()).get("filters", {}).get(f"{model}/{editor}")
+    flt = _case_file_doc(Path(case_file)).get("filters", {}).get(f"{model}/{editor}")
     if flt is None:
         return cases, None
-    kept = set(flt["kept"]) | set(flt.get("pending", ()))
+    kept = {str(case_id) for case_id in (*flt["kept"], *flt.get("pending", ()))}
     return [c for c in cases if c.case_id in kept], flt

@@ -143,3 +143,25 @@ def test_hardcf_suite_uses_the_mined_list_else_the_screen(tmp_path, monkeypatch,
     normal = normal_sample(7, data_dir)
     assert len(normal) == 7 and not any(c.subject_first for c in normal)
     assert normal == normal_sample(7, data_dir)
+
+
+def test_filter_of_a_list_format_case_file_with_integer_ids_completes(tmp_path):
+    """A valid case file as a top-level JSON list with CounterFact-style integer ids: the filter is
+    recorded (the file becomes {"cases": [...], "filters": ...}), and no case stays pending."""
+    from editguard.mining import filtered_cases, record_filter
+
+    path = tmp_path / "cases.json"
+    raw = [{"case_id": int(c.case_id), "prompt": c.prompt, "subject": c.subject, "target_new": c.target_new}
+           for c in SCREEN_CASES[:2]]
+    path.write_text(json.dumps(raw))
+    assert [c.case_id for c in read_cases(path)] == ["1", "2"]   # normalised once, at read time
+    run = {"model": "tiny-llama", "editor": "rome", "thresholds": Thresholds().to_dict(), "ppl_corpus": "me-ppl-50"}
+    records = [{"case_id": "1", "degradation": "collapsed", "ppl": 5000.0, "reason": "r", "denominator_ratio": 0.5,
+                "key_cosine": 0.9, "update_norm_rel": 0.1, "efficacy": True}]
+    record_filter(path, records, run)   # after the first edit
+    kept, flt = filtered_cases(path, "tiny-llama", "rome")
+    assert flt["pending"] == ["2"] and [c.case_id for c in kept] == ["1", "2"]
+    record_filter(path, [*records, {**records[0], "case_id": "2", "degradation": "intact", "ppl": 90.0}], run)
+    kept, flt = filtered_cases(path, "tiny-llama", "rome")
+    assert flt["complete"] is True and flt["pending"] == [] and [c.case_id for c in kept] == ["1"]
+    assert json.loads(path.read_text())["cases"] == raw   # the cases themselves untouched
