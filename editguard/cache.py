@@ -44,6 +44,22 @@ def safe_name(text: str) -> str:
     return text.replace("/", "_")
 
 
+def unwritable_reason(path: str | os.PathLike, *, directory: bool = False) -> str:
+    """Why `path` (a file, or with directory=True a folder) could not be written, or "" if it can:
+    checked before a long run, so that its report is not lost at the end."""
+    path = Path(path).expanduser().absolute()
+    if path.exists():
+        if directory != path.is_dir():
+            return f"{path} exists and is {'not ' if directory else ''}a directory"
+        return "" if os.access(path, os.W_OK | (os.X_OK if directory else 0)) else f"{path} is not writable"
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is not a directory"
+    return "" if os.access(parent, os.W_OK | os.X_OK) else f"cannot create {path}: {parent} is not writable"
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """Hex sha256 of a file's bytes."""
     h = hashlib.sha256()

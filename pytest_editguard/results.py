@@ -41,14 +41,32 @@ class ResultCollector:
         self.config = config
         self.results: list[dict[str, Any]] = []
         self.runs: dict[str, dict[str, Any]] = {}  # one run header per suite module
+        # Edit tests collected (None under xdist, where the controller collects nothing) and those
+        # that ran to an outcome: the difference is what an interrupted run did not get to.
+        self.collected: list[str] | None = None
+        self.finished: set[str] = set()
 
     @property
     def run(self) -> dict[str, Any]:
         from editguard.report.json_report import combine_runs
 
-        return combine_runs([self.runs[k] for k in sorted(self.runs)])
+        return combine_runs([self.runs[k] for k in sorted(self.runs)]) if self.runs else {}
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        if not is_xdist_worker(self.config) and session.items:
+            self.collected = [item.nodeid for item in session.items
+                              if "edit_guard" in getattr(item, "fixturenames", ())]
+
+    def completion(self, exitstatus: int) -> dict[str, Any]:
+        """Whether every collected edit test ran: {"complete", "cases_done", "cases_not_run"}."""
+        not_run = [nodeid for nodeid in (self.collected or []) if nodeid not in self.finished]
+        interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
+        return {"complete": not (interrupted or not_run), "cases_done": len(self.results),
+                "cases_not_run": not_run}
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "call" or (report.when == "setup" and not report.passed):
+            self.finished.add(report.nodeid)
         if report.when != "call":
             return
         props = dict(report.user_properties)
@@ -58,8 +76,17 @@ class ResultCollector:
             if record["suite_module"] not in self.runs:
                 self.runs[record["suite_module"]] = json.loads(props["editguard_run"])
 
-    def pytest_terminal_summary(self, terminalreporter) -> None:
-        if not self.results or is_xdist_worker(self.config):
+    def pytest_terminal_summary(self, terminalreporter, exitstatus: int) -> None:
+        if is_xdist_worker(self.config):
+            return
+        completion = self.completion(exitstatus)
+        if not completion["complete"] and (self.results or completion["cases_not_run"]):
+            json_path = self.config.stash[SETTINGS_KEY].json_path
+            terminalreporter.write_line(
+                f"editguard: INCOMPLETE run: {completion['cases_done']} cases reported, "
+                f"{len(completion['cases_not_run'])} collected edit tests did not run"
+                + (f"; {json_path} says \"complete\": false" if json_path else ""), red=True, bold=True)
+        if not self.results:
             return
         from rich.console import Console
 
@@ -73,15 +100,17 @@ class ResultCollector:
         terminalreporter.write_sep("=", "editguard collapse report")
         terminalreporter.write(buffer.getvalue())
 
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         settings = self.config.stash[SETTINGS_KEY]
-        if is_xdist_worker(self.config) or not self.results:
+        if is_xdist_worker(self.config):
             return
-        if settings.json_path:
+        completion = self.completion(exitstatus)
+        # Also written when interrupted (Ctrl-C) or when nothing ran, so that it says so.
+        if settings.json_path and (self.results or not completion["complete"]):
             from editguard.report import write_report
 
-            write_report(settings.json_path, self.run, self.results)
-        if settings.plots_dir:
+            write_report(settings.json_path, self.run, self.results, completion)
+        if settings.plots_dir and self.results:
             from editguard.report.plots import write_report_plots
 
             write_report_plots([{"run": self.run, "cases": self.results}], settings.plots_dir)

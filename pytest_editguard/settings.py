@@ -79,6 +79,17 @@ def option_value(config: pytest.Config, name: str) -> Any:
         raise pytest.UsageError(f"{source}: {err}") from None
 
 
+def _check_output_paths(json_path: str | None, plots_dir: str | None) -> None:
+    """Before the first edit, not after the last: an unwritable report path would lose the run."""
+    from editguard.cache import unwritable_reason
+
+    for name, path, directory in (("json", json_path, False), ("plots", plots_dir, True)):
+        problem = path and unwritable_reason(path, directory=directory)
+        if problem:
+            raise pytest.UsageError(f"{OPTIONS_BY_NAME[name].pytest_flag} {path}: {problem}; give a path "
+                                    f"you can write to")
+
+
 @dataclass
 class EditguardSettings:
     editor: str
@@ -149,6 +160,8 @@ class EditguardSettings:
                 raise pytest.UsageError(f"--downstream: {err}") from None
         retention = option_value(config, "downstream-min-retention")
         precision = option_value(config, "downstream-precision")
+        json_path, plots_dir = option_value(config, "json"), option_value(config, "plots")
+        _check_output_paths(json_path, plots_dir)
         worker = config.workerinput["workerid"] if hasattr(config, "workerinput") else None
         worker_index = int(worker.removeprefix("gw")) if worker else None
         device = option_value(config, "device")
@@ -165,8 +178,8 @@ class EditguardSettings:
             edit_layer=option_value(config, "edit-layer"), hparams=hparams,
             data_dir=data_dir(option_value(config, "data")),
             download=option_value(config, "download"), ppl_corpus=option_value(config, "ppl-corpus"),
-            thresholds=thresholds, max_cases=max_cases, json_path=option_value(config, "json"),
-            sequential=option_value(config, "sequential"), plots_dir=option_value(config, "plots"),
+            thresholds=thresholds, max_cases=max_cases, json_path=json_path,
+            sequential=option_value(config, "sequential"), plots_dir=plots_dir,
             downstream=downstream or None, downstream_n=downstream_n, downstream_min_retention=retention,
             downstream_precision=precision,
         )

@@ -357,3 +357,41 @@ def test_short_and_long_forms_are_the_same_option(suite):
     a, b = (json.loads((suite.path / name).read_text()) for name in ("a.json", "b.json"))
     assert [c["case_id"] for c in a["cases"]] == [c["case_id"] for c in b["cases"]] == ["t1"]
     assert a["run"]["model"] == b["run"]["model"] == "tiny-llama"
+
+
+INTERRUPTING_EDITOR = UNSAFE_EDITOR + '''
+
+class InterruptSecond(ScaleRow):
+    """Ctrl-C during the second edit."""
+    calls = 0
+
+    def apply(self, model, cases):
+        InterruptSecond.calls += 1
+        if InterruptSecond.calls == 2:
+            raise KeyboardInterrupt
+        return super().apply(model, cases)
+'''
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--editguard-json=blocker/r.json"], "--editguard-json blocker/r.json: *blocker is not a directory"),
+    (["--editguard-plots=blocker"], "--editguard-plots blocker: *blocker exists and is not a directory"),
+])
+def test_unwritable_output_paths_are_usage_errors_before_any_edit(suite, args, message):
+    suite.makefile("", blocker="a file, not a folder")
+    result = suite.runpytest_subprocess(*base_args(*args))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{message}*give a path you can write to*"])
+
+
+def test_an_interrupted_run_writes_its_report_marked_incomplete(suite):
+    suite.makepyfile(unsafe_editor=INTERRUPTING_EDITOR)
+    result = suite.runpytest_subprocess("--model=tiny-llama", "--editor=unsafe_editor:InterruptSecond",
+                                        "--editguard-json=out/r.json", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(['*editguard: INCOMPLETE run: 1 cases reported, 2 collected edit tests did not run; '
+                                 'out/r.json says "complete": false*'])
+    doc = json.loads((suite.path / "out" / "r.json").read_text())
+    assert doc["complete"] is False and doc["cases_done"] == 1 and [c["case_id"] for c in doc["cases"]] == ["t1"]
+    assert doc["cases_not_run"] == ["test_suite.py::test_edit[t2-Danielle_Darrieux]",
+                                    "test_suite.py::test_edit[t3-Windows]"]

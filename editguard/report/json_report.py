@@ -71,10 +71,13 @@ def sort_cases(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(cases, key=lambda c: (str(c["case_id"]), c.get("sequence") or "", c.get("step") or 0))
 
 
-def write_report(path: str | Path, run: dict[str, Any], cases: list[dict[str, Any]]) -> Path:
+def write_report(path: str | Path, run: dict[str, Any], cases: list[dict[str, Any]],
+                 completion: dict[str, Any] | None = None) -> Path:
+    """Write the report; `completion` (top-level keys such as "complete": False, "cases_not_run")
+    says when a run stopped early or had nothing to run."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"schema": SCHEMA_VERSION, "run": run, "cases": sort_cases(cases)}
+    doc = {"schema": SCHEMA_VERSION, "run": run, "cases": sort_cases(cases), **(completion or {})}
     path.write_text(json.dumps(doc, indent=1, ensure_ascii=False))
     return path
 
