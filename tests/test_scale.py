@@ -142,3 +142,36 @@ def test_run_header_does_not_depend_on_which_suite_ran_first():
     with pytest.raises(MergeError, match="suites/hardcf/test_hardcf.py ran with sequential=False in one and True"):
         merge_reports([("a.json", {**_report(), "run": single}),
                        ("b.json", {**_report(cases=[{"case_id": "9", "ppl": 1.0, "passed": True}]), "run": clash})])
+
+
+def test_merge_refuses_a_missing_shard_and_mixed_splits_naming_the_files():
+    one = _report(cases=[{"case_id": "1", "ppl": 1.0, "passed": True}], shard="1/2")
+    with pytest.raises(MergeError, match=r"shard 2/2 missing: got a\.json \(1/2\)"):
+        merge_reports([("a.json", one)])
+    three = _report(cases=[{"case_id": "2", "ppl": 1.0, "passed": True}], shard="2/3")
+    with pytest.raises(MergeError, match=r"different splits: a\.json \(1/2\), b\.json \(2/3\)"):
+        merge_reports([("a.json", one), ("b.json", three)])
+    whole = _report(cases=[{"case_id": "2", "ppl": 1.0, "passed": True}])
+    with pytest.raises(MergeError, match=r"different splits: a\.json \(1/2\), b\.json \(not a shard\)"):
+        merge_reports([("a.json", one), ("b.json", whole)])
+
+
+def test_merge_names_the_file_of_a_duplicate_case_within_one_report():
+    doubled = _report(cases=[{"case_id": "1", "ppl": 1.0, "passed": True}] * 2)
+    with pytest.raises(MergeError, match=r"a\.json: case '1' occurs twice in this one report"):
+        merge_reports([("a.json", doubled)])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{not json", r"bad\.json: not valid JSON \(line 1, column 2\)"),
+    ('{"run": {}}', r"bad\.json: not an editguard JSON report \(expected keys 'run' and 'cases'\)"),
+    ('{"run": {}, "cases": [{"ppl": 1}]}', r"bad\.json: case 0 is not a case record"),
+])
+def test_merge_command_names_the_file_of_a_malformed_report(tmp_path, capsys, text, message):
+    import re
+
+    from editguard.cli import main
+
+    (tmp_path / "bad.json").write_text(text)
+    assert main(["merge", str(tmp_path / "bad.json"), "--json", str(tmp_path / "all.json")]) == 2
+    assert re.search(message, capsys.readouterr().err)

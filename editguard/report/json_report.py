@@ -83,7 +83,16 @@ def write_report(path: str | Path, run: dict[str, Any], cases: list[dict[str, An
 
 
 def load_report(path: str | Path) -> dict[str, Any]:
-    doc = json.loads(Path(path).read_text())
+    try:
+        doc = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}): {err.msg}") from None
     if not isinstance(doc, dict) or "run" not in doc or "cases" not in doc:
         raise ValueError(f"{path}: not an editguard JSON report (expected keys 'run' and 'cases')")
+    if not isinstance(doc["run"], dict) or not isinstance(doc["cases"], list):
+        raise ValueError(f"{path}: not an editguard JSON report ('run' must be an object, 'cases' a list)")
+    for index, case in enumerate(doc["cases"]):
+        if not isinstance(case, dict) or "case_id" not in case or "passed" not in case:
+            raise ValueError(f"{path}: case {index} is not a case record (expected an object with 'case_id' "
+                             f"and 'passed')")
     return doc

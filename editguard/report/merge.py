@@ -57,15 +57,45 @@ def merge_reports(docs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
                                          f"{field}={fields.get(field)!r} in one and {theirs.get(field)!r} in the other")
         for case in doc["cases"]:
             key = case_key(case)
+            if seen.get(key) == name:
+                raise MergeError(f"{name}: case {key[2]!r}{_where(key)} occurs twice in this one report")
             if key in seen:
                 raise MergeError(f"case {key[2]!r}{_where(key)} is in both {seen[key]} and {name}: "
                                  f"the reports overlap (were they run with different --editguard-shard splits?)")
             seen[key] = name
             cases.append(case)
+    _check_shards_complete(docs)
     run = {k: v for k, v in combine_runs([doc["run"] for _, doc in docs]).items() if k != "shard"}
     run["merged_from"] = [{"file": name, "shard": doc["run"].get("shard", ""), "cases": len(doc["cases"]),
                            "device": doc["run"].get("device")} for name, doc in docs]
     return {"schema": schema, "run": run, "cases": sort_cases(cases)}
+
+
+def _check_shards_complete(docs: list[tuple[str, dict[str, Any]]]) -> None:
+    """Shards of one split (the same n) and all of them: 1/2 without 2/2 is not the whole run."""
+    labels: dict[str, tuple[int, int]] = {}
+    for name, doc in docs:
+        label = doc["run"].get("shard") or ""
+        try:
+            index, count = (int(part) for part in label.split("/"))
+        except ValueError:
+            if label:
+                raise MergeError(f"{name}: run.shard is {label!r}, expected i/n") from None
+            continue
+        labels[name] = (index, count)
+    if not labels:
+        return
+    counts = {count for _, count in labels.values()}
+    if len(counts) > 1 or len(labels) < len(docs):
+        described = ", ".join(f"{name} ({'/'.join(map(str, labels[name])) if name in labels else 'not a shard'})"
+                              for name, _ in docs)
+        raise MergeError(f"cannot merge shards of different splits: {described}; merge the shards of one "
+                         f"--editguard-shard i/n split")
+    count = counts.pop()
+    missing = sorted(set(range(1, count + 1)) - {index for index, _ in labels.values()})
+    if missing:
+        raise MergeError(f"shard{'s' if len(missing) > 1 else ''} {', '.join(f'{i}/{count}' for i in missing)} "
+                         f"missing: got {', '.join(f'{name} ({i}/{count})' for name, (i, _) in labels.items())}")
 
 
 def _where(key: tuple) -> str:
