@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from editguard.cache import cache_dir
+from editguard.cache import cache_dir, file_sha256
 
 __all__ = [
     "DataError", "PPL_CORPORA", "PUBLIC_FILES", "PublicFile", "TEXT_CORPORA", "data_file",
@@ -99,6 +99,16 @@ def _cache_path(relpath: str) -> Path:
     return cache_dir() / "data" / relpath
 
 
+def _verified(public: PublicFile, cached: Path) -> Path:
+    """A cached download, checked against its sha256 on every use (a disk error or an edit since
+    the download would otherwise go unnoticed)."""
+    actual = file_sha256(cached)
+    if actual != public.sha256:
+        raise DataError(f"cached download {cached} is damaged: sha256 {actual}, expected {public.sha256}; "
+                        f"delete it and rerun with --editguard-download (CLI: --download) to fetch it again")
+    return cached
+
+
 def _download(public: PublicFile, dest: Path) -> Path:
     """Fetch `public.url` to `dest`; the file appears only once its checksum matches."""
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -141,7 +151,7 @@ def data_file(relpath: str, data_dir: str | os.PathLike | None = None, *, downlo
     if download and public is not None:
         cached = _cache_path(relpath)
         if cached.is_file():
-            return cached
+            return _verified(public, cached)
         return _download(public, cached)
 
     if download:

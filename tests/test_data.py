@@ -210,3 +210,16 @@ def test_file_sha256(tmp_path):
 def test_library_does_not_import_pytest():
     source = Path(data.__file__).read_text()
     assert "import pytest" not in source
+
+
+def test_a_damaged_cached_download_is_refused_on_use(tmp_path, monkeypatch, cache):
+    content = json.dumps(["A sentence."]).encode()
+    relpath = _fake_public_file(tmp_path, monkeypatch, content, hashlib.sha256(content).hexdigest())
+    monkeypatch.delenv("EDITGUARD_DATA", raising=False)
+    path = data_file(relpath, download=True)
+    path.write_bytes(content[:-3])   # truncated on disk after the download
+    with pytest.raises(DataError) as err:
+        data_file(relpath, download=True)
+    message = str(err.value)
+    assert f"cached download {path} is damaged" in message
+    assert "delete it and rerun with --editguard-download" in message
