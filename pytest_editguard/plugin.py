@@ -90,6 +90,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     except user_errors() as err:
         raise pytest.UsageError(f"{metafunc.definition.nodeid}: cannot load its cases: {err}") from None
     cases = list(loaded)
+    if not cases:
+        # Zero tests would pass silently and write no report.
+        source = getattr(loaded, "description", "") or f"{metafunc.module.__name__}.edit_cases(settings)"
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: its case source ({source}) gave no cases; "
+                                f"point the suite at a non-empty case file or source")
     if settings.max_cases is not None:
         cases = cases[: settings.max_cases]
     # A suite may say where its cases came from (editguard.suites.CaseList); the report shows it.

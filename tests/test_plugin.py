@@ -395,3 +395,11 @@ def test_an_interrupted_run_writes_its_report_marked_incomplete(suite):
     assert doc["complete"] is False and doc["cases_done"] == 1 and [c["case_id"] for c in doc["cases"]] == ["t1"]
     assert doc["cases_not_run"] == ["test_suite.py::test_edit[t2-Danielle_Darrieux]",
                                     "test_suite.py::test_edit[t3-Windows]"]
+
+
+def test_a_suite_with_no_cases_is_a_usage_error_naming_its_source(suite):
+    suite.makepyfile(test_suite=SUITE.replace("CaseList(CASES,", "CaseList([],"))
+    result = suite.runpytest_subprocess(*base_args())
+    assert result.ret != 0 and "passed" not in result.stdout.str()   # a collection error, as a missing source
+    result.stdout.fnmatch_lines(["*test_suite.py::test_edit: its case source (three hand-written cases) gave no "
+                                 "cases; point the suite at a non-empty case file or source*"])
