@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import struct
 import warnings
 from collections.abc import Callable
@@ -40,8 +41,9 @@ def cache_key(*parts: Any, length: int = 20) -> str:
 
 
 def safe_name(text: str) -> str:
-    """`text` usable as one file-name component (hub ids hold slashes)."""
-    return text.replace("/", "_")
+    """`text` usable as one file-name component: path separators (hub ids hold slashes) and
+    leading dots become "_", so a name such as `../../x` stays inside its folder."""
+    return re.sub(r"[/\\\x00]", "_", str(text)).lstrip(".").replace("..", "__") or "_"
 
 
 def unwritable_reason(path: str | os.PathLike, *, directory: bool = False) -> str:

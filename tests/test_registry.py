@@ -18,3 +18,26 @@ def test_user_editor_resolves_by_module_path(toy_importable):
     assert get_editor("tests.toy_editors:ScaleRowEditor", {"factor": 3}).hp.factor == 3.0
     with pytest.raises(ValueError, match=r"unknown scale-row hyperparameters \['scale'\]; valid: \['factor', 'row'\]"):
         get_editor("tests.toy_editors:ScaleRowEditor", {"scale": 3})
+
+
+def test_safe_name_keeps_a_file_inside_its_folder(tmp_path):
+    from editguard.cache import safe_name
+
+    assert safe_name("../../x") == "____x" and safe_name("org/model") == "org_model"
+    assert (tmp_path / safe_name("../../x.png")).resolve().parent == tmp_path.resolve()
+
+
+def test_checked_report_refuses_what_is_not_an_edit_report():
+    import pytest
+
+    from editguard.editors.api import EditReport, checked_report
+
+    class Editor:
+        name = "mine"
+
+    with pytest.raises(ValueError, match=r"editor 'mine': apply\(\) returned NoneType, expected an editguard"):
+        checked_report(Editor(), None)
+    with pytest.raises(ValueError, match=r"editor 'mine': EditReport.diagnostics must be JSON-able"):
+        checked_report(Editor(), EditReport(touched=["w"], diagnostics={"x": object()}))
+    report = EditReport(touched=["w"], diagnostics={"x": 1.0})
+    assert checked_report(Editor(), report) is report

@@ -93,3 +93,23 @@ def reset_editor(editor: Editor) -> None:
 
 class EditorNotFound(LookupError):
     """An --editor that names no built-in, entry point or importable class."""
+
+
+def checked_report(editor: Editor, report: Any) -> EditReport:
+    """What `editor.apply` returned, checked: an EditReport whose `touched` is a list of names and
+    whose diagnostics are JSON-able; else ValueError naming the editor and what to return."""
+    import json
+
+    name = getattr(editor, "name", type(editor).__name__)
+    if not isinstance(report, EditReport):
+        raise ValueError(f"editor {name!r}: apply() returned {type(report).__name__}, expected an "
+                         f"editguard.EditReport(touched=[...], diagnostics={{...}})")
+    if not isinstance(report.touched, list) or not all(isinstance(t, str) for t in report.touched):
+        raise ValueError(f"editor {name!r}: EditReport.touched must be a list of parameter names, "
+                         f"got {report.touched!r:.80}")
+    try:
+        json.dumps(report.diagnostics, allow_nan=True)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"editor {name!r}: EditReport.diagnostics must be JSON-able numbers and strings "
+                         f"(tensors as float(...)): {err}") from None
+    return report

@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from editguard.cache import safe_name
+
 
 def _pyplot():
     try:
@@ -123,10 +125,10 @@ def write_report_plots(reports: list[dict[str, Any]], out_dir: str | Path) -> li
         run, cases = doc["run"], doc["cases"]
         singles = [c for c in cases if not c.get("sequence")]
         if singles:
-            name = f"ppl-{run['editor']}-{run['model']}-{run.get('suite') or 'cases'}.png"
+            name = safe_name(f"ppl-{run['editor']}-{run['model']}-{run.get('suite') or 'cases'}.png")
             written.append(plot_ppl_scatter(run, singles, out_dir / name))
         if any(c.get("key_cosine") is not None for c in cases):
-            name = f"anatomy-{run['editor']}-{run['model']}-{run.get('suite') or 'cases'}.png"
+            name = safe_name(f"anatomy-{run['editor']}-{run['model']}-{run.get('suite') or 'cases'}.png")
             written.append(plot_anatomy(run, cases, out_dir / name))
         for seq in sorted({c["sequence"] for c in cases if c.get("sequence")}):
             series.append((f"{run['editor']} · {seq}", [c for c in cases if c.get("sequence") == seq]))
