@@ -218,7 +218,16 @@ def _texts_from_json(path: Path, data: Any) -> list[str]:
 def load_ppl_corpus(name_or_path: str, data_dir: str | os.PathLike | None = None,
                     download: bool = False) -> list[str]:
     """Sentences for perplexity: a registered name (PPL_CORPORA) or a file, either JSON
-    ([{"Corpus", "Text"}] or [str]) or .txt with one sentence per line."""
+    ([{"Corpus", "Text"}] or [str]) or .txt with one sentence per line. An empty corpus is an
+    error: a perplexity over no text would be NaN."""
+    sentences = _read_ppl_corpus(name_or_path, data_dir, download)
+    if not any(s.strip() for s in sentences):
+        raise DataError(f"perplexity corpus '{name_or_path}' holds no sentences; give a corpus with text "
+                        f"({', '.join(PPL_CORPORA)} or a .json/.txt file)")
+    return sentences
+
+
+def _read_ppl_corpus(name_or_path: str, data_dir, download: bool) -> list[str]:
     if name_or_path in PPL_CORPORA:
         path = data_file(PPL_CORPORA[name_or_path], data_dir, download=download)
         return _texts_from_json(path, read_json(path))

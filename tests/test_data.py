@@ -223,3 +223,10 @@ def test_a_damaged_cached_download_is_refused_on_use(tmp_path, monkeypatch, cach
     message = str(err.value)
     assert f"cached download {path} is damaged" in message
     assert "delete it and rerun with --editguard-download" in message
+
+
+def test_an_empty_perplexity_corpus_is_an_error_naming_it(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(DataError, match=r"perplexity corpus '.*empty.txt' holds no sentences"):
+        load_ppl_corpus(str(empty))

@@ -48,3 +48,10 @@ def test_bad_device_dtype_and_layer_are_specific_errors():
         load_model("tiny-llama", dtype="fp8")
     with pytest.raises(ValueError, match="edit layer 9 is outside model tiny-llama's layers 0..3"):
         load_model("tiny-llama", edit_layer=9)
+
+
+def test_a_device_that_cannot_run_an_edit_is_refused():
+    from editguard.models.loading import resolve_device
+
+    with pytest.raises(ValueError, match=r"--device meta: editguard runs models on cpu or cuda"):
+        resolve_device("meta")

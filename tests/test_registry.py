@@ -41,3 +41,15 @@ def test_checked_report_refuses_what_is_not_an_edit_report():
         checked_report(Editor(), EditReport(touched=["w"], diagnostics={"x": object()}))
     report = EditReport(touched=["w"], diagnostics={"x": 1.0})
     assert checked_report(Editor(), report) is report
+
+
+def test_an_editor_spec_that_is_no_class_or_factory_is_refused(tmp_path, monkeypatch):
+    from editguard.editors.api import EditorNotFound
+
+    (tmp_path / "odd_editors.py").write_text(
+        "NOT_AN_EDITOR = 3\n\nclass NeedsArgs:\n    name = 'x'\n    def __init__(self, model_path):\n        pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(EditorNotFound, match=r"odd_editors:NOT_AN_EDITOR names 3 \(int\), not an editor class"):
+        get_editor("odd_editors:NOT_AN_EDITOR")
+    with pytest.raises(EditorNotFound, match=r"odd_editors:NeedsArgs: cannot build it with no arguments.*model_path"):
+        get_editor("odd_editors:NeedsArgs")

@@ -63,6 +63,9 @@ def get_editor(spec: str, overrides: dict[str, Any] | None = None, data_dir=None
             f"unknown editor '{spec}'; available: {', '.join(available_editors())}, "
             f"or give a user editor as package.module:ClassName"
         )
+    if not callable(factory):
+        raise EditorNotFound(f"--editor={spec} names {factory!r} ({type(factory).__name__}), not an editor class "
+                             f"or a factory function")
     if overrides:
         try:
             accepts = "overrides" in inspect.signature(factory).parameters
@@ -71,9 +74,13 @@ def get_editor(spec: str, overrides: dict[str, Any] | None = None, data_dir=None
         if not accepts:
             raise ValueError(f"--editor={spec} takes no hyperparameters (its factory has no `overrides` "
                              f"argument), but --hparams gave {sorted(overrides)}")
-        editor = factory(overrides=overrides)
-    else:
-        editor = factory()
+    try:
+        editor = factory(overrides=overrides) if overrides else factory()
+    except TypeError as err:
+        # Most likely a constructor with required arguments: an editor is built from options alone.
+        raise EditorNotFound(f"--editor={spec}: cannot build it with no arguments"
+                             f"{' but overrides=' if overrides else ''}: {err}; give a class whose constructor "
+                             f"needs none (hyperparameters come from --hparams) or a factory function") from None
     missing = [m for m in REQUIRED_EDITOR_PARTS if not hasattr(editor, m)]
     if missing:
         raise EditorNotFound(f"--editor={spec} gives {editor!r}, which lacks {', '.join(missing)} "

@@ -79,6 +79,9 @@ def resolve_device(device: str) -> torch.device:
         resolved = torch.device(device)
     except RuntimeError:
         raise ValueError(f"--device must be auto, cpu, cuda or cuda:N; got '{device}'") from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device}: editguard runs models on cpu or cuda (auto, cpu, cuda, cuda:N); "
+                         f"'{resolved.type}' cannot run an edit and its probes")
     if resolved.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
