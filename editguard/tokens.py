@@ -9,8 +9,35 @@ from typing import Sequence
 
 import torch
 
-from editguard.cases import EditCase
+from editguard.cases import CaseError, EditCase
 from editguard.models.loading import ModelUnderEdit
+
+# Longest prompt + target an edit accepts even where the model's context is longer: edit prompts are
+# a sentence (CounterFact's: ~10-20 tokens); a kilobyte-long one is a mistake that costs minutes per edit.
+MAX_EDIT_TOKENS = 512
+
+
+def model_context_length(mue: ModelUnderEdit) -> int | None:
+    """The model's context window from its config (None when the config does not say)."""
+    config = mue.model.config
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_case_fits(mue: ModelUnderEdit, case: EditCase) -> None:
+    """Refuse a case whose prompt + target exceeds MAX_EDIT_TOKENS or the model's context, naming
+    its length (an editor adds context templates in front, so the limit leaves room for them)."""
+    prompt_ids, target_ids = prompt_target_ids(mue.tokenizer, case.text, case.target_new)
+    length = len(prompt_ids) + len(target_ids)
+    context = model_context_length(mue)
+    limit = min(MAX_EDIT_TOKENS, context // 2) if context else MAX_EDIT_TOKENS
+    if length > limit:
+        raise CaseError(f"case {case.case_id}: prompt + target_new is {length} tokens on {mue.name}; an edit "
+                        f"accepts at most {limit} (model context {context or 'unknown'}, edit limit "
+                        f"{MAX_EDIT_TOKENS}): shorten the prompt")
 
 
 def prompt_target_ids(tokenizer, prompt: str, target: str) -> tuple[list[int], list[int]]:

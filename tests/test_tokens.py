@@ -110,3 +110,14 @@ def test_efficacy_and_ft_losses_are_bitwise_unchanged(tiny):
     batch = target_batch(tiny, PROMPTS, TARGETS)
     with torch.no_grad():
         assert torch.equal(batch.nll(tiny.model(**batch.inputs).logits), old_ft_mean_nll(tiny, batch))
+
+
+def test_a_prompt_beyond_the_edit_limit_is_refused_with_its_length(tiny):
+    from editguard.cases import CaseError, EditCase
+    from editguard.tokens import MAX_EDIT_TOKENS, check_case_fits
+
+    check_case_fits(tiny, EditCase("ok", "{} is the capital of", "Paris", "Rome"))
+    long_prompt = "word " * 3000 + "{} is the capital of"
+    with pytest.raises(CaseError, match=rf"case huge: prompt \+ target_new is \d+ tokens on {tiny.name}; an edit "
+                                        rf"accepts at most {MAX_EDIT_TOKENS}"):
+        check_case_fits(tiny, EditCase("huge", long_prompt, "Paris", "Rome"))
