@@ -121,7 +121,7 @@ def test_plots_mark_verdicts_label_ids_in_numeric_order_and_keep_sequences_apart
     assert [t.get_text() for t in ax.get_xticklabels()] == ["9", "10", "100"]
     assert "numeric order" in ax.get_xlabel()
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert {"passed: 1", "failed a gate (not collapsed): 1", "collapsed: 1"} <= set(labels)
+    assert {"passed: 1", "failed a gate (not collapsed) [update_norm]: 1", "collapsed: 1"} <= set(labels)
     steps = [{**_case(f"s{i}", 100.0, True), "step": i} for i in range(1, 4)]
     plots.plot_sequences([("rome · normal", steps), ("c-rome · hard", steps)], tmp_path / "s.png")
     lines = [line for line in figures[-1].axes[0].get_lines() if line.get_label().endswith(("normal", "hard"))]

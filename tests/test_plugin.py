@@ -379,4 +379,5 @@ def test_header_counts_max_cases_and_a_gate_failure_without_collapse(suite, monk
     monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
     plots.plot_ppl_scatter(doc["run"], doc["cases"], suite.path / "p.png")
     labels = [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()]
-    assert "failed a gate (not collapsed): 2" in labels and not any(t.startswith("passed") for t in labels)
+    assert "failed a gate (not collapsed) [update_norm]: 2" in labels
+    assert not any(t.startswith("passed") for t in labels)

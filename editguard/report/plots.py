@@ -82,6 +82,9 @@ def plot_ppl_scatter(run: dict[str, Any], cases: list[dict[str, Any]], path: str
         if pts:
             n_nan = sum(not _finite(p) for _, p in pts)
             label = style["label"] + (f" ({n_nan} NaN/Inf, drawn at the top)" if n_nan else "")
+            if v == FAILED_GATE:  # this axis shows only perplexity: say which gates these failed
+                gates = sorted({g for c in cases if verdict(c, line) == v for g in c.get("failed_gates", ())})
+                label += f" [{', '.join(gates)}]" if gates else ""
             ax.scatter([i for i, _ in pts], [p if _finite(p) else top for _, p in pts], s=22,
                        c=style["color"], marker=style["marker"], label=f"{label}: {len(pts)}", zorder=3)
     ax.axhline(line, color="tab:red", linestyle="--", linewidth=1, label=f"collapse line ({line:g})")
