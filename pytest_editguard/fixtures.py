@@ -47,9 +47,10 @@ def editor(editguard_settings: EditguardSettings, model_under_edit):
             editor.trained(model_under_edit)
         return editor
     except MendNotTrained as err:
-        _fail_cleanly(f"use --editor={s.editor}", err)
+        what, problem = f"use --editor={s.editor}", err
     except user_errors() as err:
-        _fail_cleanly(f"set up --editor={s.editor}", err)
+        what, problem = f"set up --editor={s.editor}", err
+    _fail_cleanly(what, problem)  # outside the except block: no "During handling ..." chain in the output
 
 
 class Baselines:

@@ -22,6 +22,8 @@ VERDICT_STYLE = {
 }
 # Line styles and markers that keep coinciding sequence lines apart (cycled per series).
 SERIES_STYLES = [("-", "o"), ("--", "s"), (":", "D"), ("-.", "v"), ((0, (5, 1, 1, 1)), "P"), ((0, (1, 1)), "*")]
+# Series colours outside the verdict palette (blue, orange, red), so a line never reads as a verdict.
+SERIES_COLORS = ["tab:green", "tab:purple", "tab:brown", "black", "tab:olive", "tab:cyan", "tab:pink", "tab:gray"]
 MAX_TICK_LABELS = 40
 
 
@@ -118,7 +120,7 @@ def plot_sequences(series: list[tuple[str, list[dict[str, Any]]]], path: str | P
         ys = [start] + [c["ppl"] if _finite(c["ppl"]) else top for c in steps]
         dash, marker = SERIES_STYLES[k % len(SERIES_STYLES)]
         ax.plot(xs, ys, linestyle=dash, marker=marker, markersize=5 + 1.5 * (k % 3), fillstyle="none",
-                linewidth=1.4, alpha=0.9, label=label, zorder=2 + k)
+                color=SERIES_COLORS[k % len(SERIES_COLORS)], linewidth=1.4, alpha=0.9, label=label, zorder=10 + k)
         for c, y in zip(steps, ys[1:]):
             v = verdict(c, ppl_max)
             if v in flagged:
@@ -126,8 +128,9 @@ def plot_sequences(series: list[tuple[str, list[dict[str, Any]]]], path: str | P
     for v, pts in flagged.items():
         if pts:
             style = VERDICT_STYLE[v]
-            ax.scatter([x for x, _ in pts], [y for _, y in pts], s=40, c=style["color"], marker=style["marker"],
-                       label=f"step {style['label']}", zorder=50)
+            # Large and beneath the series' hollow markers, so both stay visible where lines coincide.
+            ax.scatter([x for x, _ in pts], [y for _, y in pts], s=150, c=style["color"], marker=style["marker"],
+                       alpha=0.6, label=f"step {style['label']}", zorder=5)
     ax.axhline(ppl_max, color="tab:red", linestyle="--", linewidth=1, label=f"collapse line ({ppl_max:g})")
     ax.set_yscale("log")
     ax.set_xlabel("number of edits (0: unedited)")
@@ -210,7 +213,8 @@ def write_report_plots(reports: list[dict[str, Any]], out_dir: str | Path) -> li
             name = f"ppl-{run['editor']}-{run['model']}-{run.get('suite') or 'cases'}.png"
             written.append(plot_ppl_scatter(run, singles, out_dir / name))
         if any(c.get("key_cosine") is not None for c in cases):
-            name = f"anatomy-{run['editor']}-{run['model']}-{run.get('suite') or 'cases'}.png"
+            seq = "-sequential" if all(c.get("sequence") for c in cases) else ""   # not over a single-edit run's
+            name = f"anatomy-{run['editor']}-{run['model']}-{run.get('suite') or 'cases'}{seq}.png"
             written.append(plot_anatomy(run, cases, out_dir / name))
         for seq in sorted({c["sequence"] for c in cases if c.get("sequence")}):
             series.append((f"{run['editor']} · {seq}", [c for c in cases if c.get("sequence") == seq]))
