@@ -62,7 +62,7 @@ def test_plot_writes_scatter_sequence_and_risk_plots(tmp_path, capsys):
     assert main(["plot", str(report), str(seq_report), str(mined), "--plots", str(out)]) == 0
     names = sorted(p.name for p in out.iterdir())
     # The cases carry ROME's anatomy, so each report also gets its anatomy plot.
-    assert names == ["anatomy-c-rome-tiny-llama-hardcf.png", "anatomy-rome-tiny-llama-hardcf.png",
+    assert names == ["anatomy-c-rome-tiny-llama-hardcf-sequential.png", "anatomy-rome-tiny-llama-hardcf.png",
                      "anatomy-rome-tiny-llama-mined-mined.png",
                      "ppl-rome-tiny-llama-hardcf.png", "ppl-rome-tiny-llama-mined-mined.png",
                      "risk-vs-ppl-mined.png", "sequence-ppl.png"]
