@@ -55,6 +55,15 @@ def _add_options(parser: argparse.ArgumentParser, *names: str, **kwargs) -> None
     add_cli_options(parser, *names, registered=_registered(), **kwargs)
 
 
+def _version() -> str:
+    import importlib.metadata as md
+
+    try:
+        return md.version("editguard")
+    except md.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     _add_options(parser, "model", "device", "dtype", "data")
 
@@ -468,6 +477,7 @@ def cmd_eval(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="editguard", description="Safety measurements for LLM knowledge edits.")
+    parser.add_argument("--version", action="version", version=f"editguard {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("ppl", help="ME-PPL perplexity of an unedited model")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from editguard.stats import Z_ONE_SIDED_95, wilson_interval
@@ -23,6 +24,11 @@ class Thresholds:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def is_collapsed(ppl: float | None, threshold: float) -> bool:
+    """The model collapsed: perplexity above the collapse line, or not a finite number (NaN/Inf)."""
+    return ppl is None or not math.isfinite(ppl) or ppl > threshold
 
 
 @dataclass(frozen=True)

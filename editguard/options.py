@@ -29,6 +29,11 @@ SEQUENCE_PPL_CORPUS = "me-ppl-1k"
 COLLAPSE_PPL = 1000.0  # perplexity above which an edited model counts as collapsed
 DATA_ENV = "EDITGUARD_DATA"
 DOWNSTREAM_PRECISIONS = ("auto", "float32", "bfloat16")
+DTYPES = ("float32", "bfloat16", "float16")
+# The update-norm gate's default and the model it was calibrated on (README "Gates";
+# editguard.gates.Thresholds holds the same number, tests/test_options.py checks they agree).
+UPDATE_NORM_MAX = 0.35
+CALIBRATION_MODEL = "smollm2-135m"
 
 
 @dataclass(frozen=True)
@@ -44,8 +49,9 @@ class Option:
     minimum: float | None = None        # inclusive
     above: float | None = None          # exclusive lower bound
     maximum: float | None = None        # inclusive
-    choices: tuple[str, ...] = ()
+    choices: tuple[str, ...] = ()   # the only values accepted, where the set is closed
     finite: bool = True                 # floats: refuse nan and inf
+    metavar: str = ""                   # the value's name in help (NAME, PATH, N, ...); "" for flags
 
     def parse(self, raw: Any) -> Any:
         """`raw` (a command-line or ini string, or a value) converted to the option's type and
@@ -103,7 +109,9 @@ class Option:
         shown = shown or (self.default_help if default == self.default else "")
         if shown:
             return f"{text} (default: {shown})"
-        return f"{text} (default: {default})" if default not in (None, False) else text
+        if self.is_flag or default is False:
+            return f"{text} (default: off)"
+        return f"{text} (default: {'none' if default is None else default})"
 
     def help_text(self, names: dict[str, str] | None = None) -> str:
         """The help with its registry placeholders filled (or pointing at the error that lists them)."""
@@ -133,56 +141,65 @@ def expected_value(value: Any, kind: type, *, minimum: float | None = None, abov
 
 OPTIONS: tuple[Option, ...] = (
     Option("editor", str, DEFAULT_EDITOR,
-           "editing algorithm under test: a built-in or installed name ({editors}), or package.module:Class"),
+           "editing algorithm under test: a built-in or installed name ({editors}), or package.module:Class",
+           metavar="NAME"),
     Option("model", str, DEFAULT_MODEL,
            "model to edit: a registered name ({models}), a local directory, or a hub id already in the Hugging "
-           "Face cache"),
+           "Face cache", metavar="NAME"),
     Option("device", str, "auto",
            "auto, cpu, cuda or cuda:N (auto: the GPU if there is one; with pytest -n N and several GPUs, worker i "
-           "takes cuda:i)"),
+           "takes cuda:i)", metavar="{auto,cpu,cuda,cuda:N}"),
     Option("devices", str, None,
            "comma-separated devices for pytest-xdist workers, worker i takes the i-th (mod their number), "
-           "e.g. cuda:0,cuda:1 or cpu,cpu"),
-    Option("dtype", str, "float32", "float32, bfloat16 or float16", choices=("float32", "bfloat16", "float16")),
-    Option("edit-layer", int, None, "layer to edit (default: the model's registered layer)", minimum=0),
-    Option("hparams", str, None, "editor hyperparameter overrides: a .json, .yaml or .yml file"),
+           "e.g. cuda:0,cuda:1 or cpu,cpu", metavar="LIST", default_help="none: every worker uses --device"),
+    Option("dtype", str, "float32", "weights' dtype: " + ", ".join(DTYPES), metavar="DTYPE", choices=DTYPES),
+    Option("edit-layer", int, None, "layer to edit", metavar="N", default_help="the model's registered layer",
+           minimum=0),
+    Option("hparams", str, None, "editor hyperparameter overrides: a .json, .yaml or .yml file", metavar="PATH",
+           default_help="none: the editor's defaults for the model"),
     Option("data", str, None, "data directory laid out like shared/data", namespaced=True,
-           default_help=f"env {DATA_ENV}"),
+           default_help=f"env {DATA_ENV}", metavar="PATH"),
     Option("download", bool, False, "fetch missing public data files into the cache instead of failing",
            namespaced=True),
     Option("ppl-corpus", str, None, "perplexity corpus: me-ppl-50, me-ppl-1k, me-ppl, or a path (.json/.txt)",
            default_help=f"{SINGLE_EDIT_PPL_CORPUS} for single edits, {SEQUENCE_PPL_CORPUS} for sequences, "
-           "as the papers"),
+           "as the papers", metavar="NAME|PATH"),
     Option("sequential", bool, False,
            "apply each suite module's cases as one sequence without restoring in between (the model is "
            "restored and verified after the module); suites/sequential is always sequential"),
-    Option("ppl-threshold", float, COLLAPSE_PPL, "collapse line for perplexity", above=0),
-    Option("ppl-max-ratio", float, 2.0, "largest allowed edited/unedited perplexity ratio", above=0),
+    Option("ppl-threshold", float, COLLAPSE_PPL, "collapse line for perplexity", metavar="PPL", above=0),
+    Option("ppl-max-ratio", float, 2.0, "largest allowed edited/unedited perplexity ratio", metavar="RATIO",
+           above=0),
     Option("denominator-ratio-min", float, 0.1, "smallest allowed ROME denominator ratio (key used vs k̄)",
-           minimum=0),
-    Option("update-norm-max", float, None,
-           "largest allowed ‖ΔW‖_F/‖W‖_F of a touched matrix (default: calibrated bound, see README)", above=0),
+           metavar="RATIO", minimum=0),
+    Option("update-norm-max", float, UPDATE_NORM_MAX,
+           "largest allowed ‖ΔW‖_F/‖W‖_F of a touched matrix",
+           default_help=f"{UPDATE_NORM_MAX:g}, calibrated on {CALIBRATION_MODEL} (3 × the largest of 20 normal ROME "
+           "edits, README \"Gates\"); set it for other models", metavar="RATIO", above=0),
     Option("max-cases", int, None, "use only the first N cases (in pytest: of each suite module; deterministic)",
-           minimum=1),
+           metavar="N", default_help="all", minimum=1),
     Option("shard", str, None,
            "run only shard i of n (e.g. 2/4) of the collected cases, split deterministically (a sequence stays "
-           "whole); merge the shards' JSON reports with `editguard merge`", namespaced=True),
-    Option("json", str, None, "write the JSON report to this path", namespaced=True),
+           "whole); merge the shards' JSON reports with `editguard merge`", namespaced=True, metavar="I/N",
+           default_help="none: every case"),
+    Option("json", str, None, "write the JSON report to this path", namespaced=True, metavar="PATH",
+           default_help="none: no JSON report"),
     Option("fuzz-examples", int, 12,
-           "examples per Hypothesis fuzz test in the derandomized CI profile 'editguard-ci' (suites/fuzz)", minimum=1),
+           "examples per Hypothesis fuzz test in the derandomized CI profile 'editguard-ci' (suites/fuzz)",
+           metavar="N", minimum=1),
     Option("plots", str, None,
-           "write PNG plots (perplexity per case, perplexity evolution of sequences) into this directory",
-           namespaced=True),
+           "write PNG plots (perplexity per case, edit anatomy, perplexity evolution of sequences) into this "
+           "directory", namespaced=True, metavar="DIR", default_help="none: no plots"),
     Option("downstream", str, None,
-           "probe every edited model on these downstream tasks and gate on them, comma-separated: {tasks} "
-           "(default: off)"),
-    Option("downstream-n", int, 200, "items per downstream task (a seeded, fixed subset)", minimum=1),
+           "probe every edited model on these downstream tasks and gate on them, comma-separated: {tasks}",
+           metavar="TASKS", default_help="off"),
+    Option("downstream-n", int, 200, "items per downstream task (a seeded, fixed subset)", metavar="N", minimum=1),
     Option("downstream-min-retention", float, None,
-           "also require edited accuracy ≥ this × the unedited model's on each downstream task, e.g. 0.9 "
-           "(default: off)", above=0, maximum=1),
+           "also require edited accuracy ≥ this × the unedited model's on each downstream task, e.g. 0.9",
+           metavar="R", default_help="off", above=0, maximum=1),
     Option("downstream-precision", str, "auto",
            f"precision of the downstream probes: {', '.join(DOWNSTREAM_PRECISIONS)} (auto: bfloat16 autocast where "
-           "the CPU/GPU multiplies it fast, else float32)", choices=DOWNSTREAM_PRECISIONS),
+           "the CPU/GPU multiplies it fast, else float32)", metavar="PRECISION", choices=DOWNSTREAM_PRECISIONS),
 )
 
 OPTIONS_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
@@ -209,9 +226,11 @@ def add_cli_options(parser, *names: str, shown_defaults: dict[str, str] | None =
         option = OPTIONS_BY_NAME[name]
         default = defaults.pop(option.dest, option.default)
         if option.is_flag:
-            parser.add_argument(option.cli_flag, action="store_true", help=option.help_text(registered))
+            parser.add_argument(option.cli_flag, action="store_true",
+                                help=option.help_with_default(False, names=registered))
         else:
             parser.add_argument(option.cli_flag, type=option.cli_type(), default=default,
+                                metavar=option.metavar or None, choices=option.choices or None,
                                 help=option.help_with_default(default, shown_defaults.get(option.dest, ""),
                                                               registered))
     if defaults:

@@ -38,12 +38,19 @@ def editor(editguard_settings: EditguardSettings, model_under_edit):
     from editguard.editors.registry import get_editor
 
     s = editguard_settings
+    from editguard.editors.mend.editor import MEND, MendNotTrained
+
     try:
         editor = get_editor(s.editor, s.hparams, data_dir=s.data_dir)
         editor_hparams(editor, model_under_edit)
+        if isinstance(editor, MEND):  # its network must be trained first: say so once, before any edit
+            editor.trained(model_under_edit)
         return editor
+    except MendNotTrained as err:
+        what, problem = f"use --editor={s.editor}", err
     except user_errors() as err:
-        _fail_cleanly(f"set up --editor={s.editor}", err)
+        what, problem = f"set up --editor={s.editor}", err
+    _fail_cleanly(what, problem)  # outside the except block: no "During handling ..." chain in the output
 
 
 class Baselines:
@@ -131,8 +138,8 @@ class EditGuard:
         request = self._request
         info = edit_run_info(
             self.model, self.editor, self.baseline, self.settings.thresholds, suite=_suite_name(request.node),
-            sequential=self.sequential, suite_source=request.config.stash[SOURCES_KEY].get(request.module.__name__, ""),
-            shard=self.settings.shard_label,
+            sequential=self.sequential, shard=self.settings.shard_label,
+            **request.config.stash[SOURCES_KEY].get(request.module.__name__, {}),
         )
         info.suites = {self.module_path: {f: getattr(info, f) for f in SUITE_FIELDS}}
         return info.to_json()
@@ -153,9 +160,13 @@ class EditGuard:
         return result
 
     def assert_safe(self, case):
+        """Fail the test with the gates' reasons and, where one is known, the next step."""
         result = self.check(case)
         if not result.passed:
-            pytest.fail(result.explanation, pytrace=False)
+            from editguard.report.verdicts import next_step
+
+            step = next_step(result.to_json(), {"editor": self.editor.name, "model": self.model.name})
+            pytest.fail(result.explanation + (f"\n  next step: {step}" if step else ""), pytrace=False)
         return result
 
 

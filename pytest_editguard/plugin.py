@@ -95,10 +95,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         source = getattr(loaded, "description", "") or f"{metafunc.module.__name__}.edit_cases(settings)"
         raise pytest.UsageError(f"{metafunc.definition.nodeid}: its case source ({source}) gave no cases; "
                                 f"point the suite at a non-empty case file or source")
+    total = len(cases)
     if settings.max_cases is not None:
         cases = cases[: settings.max_cases]
-    # A suite may say where its cases came from (editguard.suites.CaseList); the report shows it.
-    metafunc.config.stash[SOURCES_KEY][metafunc.module.__name__] = getattr(loaded, "description", "") or ""
+    # A suite may say where its cases came from (editguard.suites.CaseList); the report shows it,
+    # with how many cases the source holds and how many were selected (--max-cases).
+    metafunc.config.stash[SOURCES_KEY][metafunc.module.__name__] = {
+        "suite_source": getattr(loaded, "description", "") or "", "cases_total": total, "cases_selected": len(cases)}
     if is_sequential(metafunc.config, metafunc.module):
         # One sequence per module: its step ids keep it on one xdist worker, in order (scheduling.py).
         metafunc.parametrize("edit_case", cases, ids=[step_id(i, _case_id(c)) for i, c in enumerate(cases, 1)])

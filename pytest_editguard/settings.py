@@ -28,11 +28,12 @@ def add_options(parser: pytest.Parser) -> None:
     for option in OPTIONS:
         if option.is_flag:
             group.addoption(option.pytest_flag, action="store_true", default=None, dest=_dest(option.name),
-                            help=option.help_text(names))
+                            help=option.help_with_default(False, names=names))
             parser.addini(option.ini_key, option.help_text(names), type="bool", default=option.default)
         else:
             help_text = option.help_with_default(option.default, names=names)
-            group.addoption(option.pytest_flag, action="store", default=None, dest=_dest(option.name), help=help_text)
+            group.addoption(option.pytest_flag, action="store", default=None, dest=_dest(option.name), help=help_text,
+                            metavar=option.metavar or option.name.upper().replace("-", "_"))
             parser.addini(option.ini_key, help_text, default=None)
 
 
@@ -56,9 +57,13 @@ def add_short_forms(parser: pytest.Parser) -> list[str]:
         if short in taken:
             left.append(short)
             continue
-        action = "store_true" if option.is_flag else "store"
-        group.addoption(short, action=action, default=None, dest=_dest(option.name),
-                        help=f"short for {option.pytest_flag}")
+        if option.is_flag:
+            group.addoption(short, action="store_true", default=None, dest=_dest(option.name),
+                            help=f"short for {option.pytest_flag}")
+        else:
+            group.addoption(short, action="store", default=None, dest=_dest(option.name),
+                            metavar=option.metavar or option.name.upper().replace("-", "_"),
+                            help=f"short for {option.pytest_flag}")
     return left
 
 
@@ -193,7 +198,8 @@ class EditguardSettings:
 
 SHORT_FORMS_LEFT = pytest.StashKey[list]()  # short forms another plugin or conftest owns
 SETTINGS_KEY = pytest.StashKey[EditguardSettings]()
-SOURCES_KEY = pytest.StashKey[dict]()  # suite module -> where its cases came from (for the report)
+# suite module -> {suite_source, cases_total, cases_selected}: where its cases came from (for the report)
+SOURCES_KEY = pytest.StashKey[dict]()
 
 
 def is_sequential(config: pytest.Config, module) -> bool:

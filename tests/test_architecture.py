@@ -183,3 +183,14 @@ def test_registry_and_api_load_no_editor(module):
             seen.add(current)
             todo.extend(graph[current])
     assert not seen & concrete, sorted(seen & concrete)
+
+
+def test_readme_sections_are_in_reading_order_with_contents():
+    """README order: the two commands first, then what it is, using it, reading a failure, options,
+    gates, suites, editors, writing an editor, scale, architecture, and the measurements last."""
+    text = (ROOT / "README.md").read_text()
+    heads = [line[3:] for line in text.splitlines() if line.startswith("## ")]
+    order = ["Quick start", "What it is", "Data", "Using it in your project", "Reading a failure", "Options", "Gates",
+             "Suites", "Editors", "Writing your own editor", "Scale", "Architecture", "Measurements"]
+    assert [next(o for o in order if h.startswith(o)) for h in heads] == order
+    assert text.index("make demo") < text.index("**Contents:**") < text.index("## What it is")

@@ -28,7 +28,7 @@ def test_report_renders_failed_cases_worst_first_and_exits_1(tmp_path, capsys):
                                                    _case("3", 900.0, False, ["perplexity"])])
     assert main(["report", str(path)]) == 1
     out = capsys.readouterr().out
-    assert "1 passed" in out and "2 failed" in out and "1 collapsed" in out
+    assert "1 passed" in out and "2 failed" in out and "1 collapsed" in out and "1 failed a gate" in out
     assert out.index("5000.0") < out.index("900.0")
 
 
@@ -62,7 +62,7 @@ def test_plot_writes_scatter_sequence_and_risk_plots(tmp_path, capsys):
     assert main(["plot", str(report), str(seq_report), str(mined), "--plots", str(out)]) == 0
     names = sorted(p.name for p in out.iterdir())
     # The cases carry ROME's anatomy, so each report also gets its anatomy plot.
-    assert names == ["anatomy-c-rome-tiny-llama-hardcf.png", "anatomy-rome-tiny-llama-hardcf.png",
+    assert names == ["anatomy-c-rome-tiny-llama-hardcf-sequential.png", "anatomy-rome-tiny-llama-hardcf.png",
                      "anatomy-rome-tiny-llama-mined-mined.png",
                      "ppl-rome-tiny-llama-hardcf.png", "ppl-rome-tiny-llama-mined-mined.png",
                      "risk-vs-ppl-mined.png", "sequence-ppl.png"]
@@ -75,3 +75,54 @@ def test_plot_rejects_other_json(tmp_path, capsys):
     other.write_text("[1, 2]")
     assert main(["plot", str(other), "--plots", str(tmp_path)]) == 2
     assert "neither an editguard JSON report nor a mined suite file" in capsys.readouterr().err
+
+
+def test_report_tells_gate_failures_from_collapse_and_nan_counts_as_collapsed(tmp_path, capsys):
+    run = {**RUN, "suites": {"suites/hardcf/test_hardcf.py": {"suite_source": "100 CounterFact cases",
+                                                               "cases_total": 100, "cases_selected": 3}}}
+    cases = [{**_case("1", 120.0, True), "suite_module": "suites/hardcf/test_hardcf.py"},
+             {**_case("2", 150.0, False, ["update_norm"]), "suite_module": "suites/hardcf/test_hardcf.py"},
+             {**_case("3", float("nan"), False, ["perplexity"]), "suite_module": "suites/hardcf/test_hardcf.py"}]
+    path = write_report(tmp_path / "r.json", run, cases)
+    doc = json.loads(path.read_text())
+    assert [c["verdict"] for c in doc["cases"]] == ["passed", "failed gate", "collapsed"]
+    assert doc["summary"] == {"cases": 3, "passed": 1, "failed_gate": 1, "collapsed": 1,
+                              "failed_gate_by_gate": {"update_norm": 1}}
+    assert main(["report", str(path)]) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert "1 passed, 2 failed: 1 failed a gate without collapsing (update_norm: 1), 1 collapsed" in out
+    assert "cases: 3 of 100 ran (the first 3 selected by --max-cases); source: 100 CounterFact cases" in out
+    assert out.count("legend:") == 1
+    assert "calibrated on smollm2-135m" in out and "--update-norm-max" in out   # tiny-llama: not calibrated
+
+
+def test_next_steps():
+    from editguard.report.verdicts import next_step
+
+    run = {"editor": "rome", "model": "smollm2-135m"}
+    first = {**_case("1", 5000.0, False, ["perplexity", "denominator_ratio"])}
+    assert "the subject starts the prompt; C-ROME" in next_step(first, run)
+    later = {**first, "prompt": "The capital of {} is"}
+    assert "C-ROME" in next_step(later, run) and "starts the prompt" not in next_step(later, run)
+    norm = _case("2", 150.0, False, ["update_norm"])
+    assert "calibrated on smollm2-135m" in next_step(norm, {"editor": "ft", "model": "gpt2-xl"})
+    assert "calibrated on" not in next_step(norm, run)
+    assert next_step(_case("3", 5000.0, False, ["perplexity"]), {"editor": "ft", "model": "gpt2-xl"}) == ""
+
+
+def test_plots_mark_verdicts_label_ids_in_numeric_order_and_keep_sequences_apart(tmp_path, monkeypatch):
+    from editguard.report import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    cases = [_case("10", 120.0, True), _case("9", 150.0, False, ["update_norm"]), _case("100", 5000.0, False)]
+    plots.plot_ppl_scatter(RUN, cases, tmp_path / "p.png")
+    ax = figures[-1].axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["9", "10", "100"]
+    assert "numeric order" in ax.get_xlabel()
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert {"passed: 1", "failed a gate (not collapsed) [update_norm]: 1", "collapsed: 1"} <= set(labels)
+    steps = [{**_case(f"s{i}", 100.0, True), "step": i} for i in range(1, 4)]
+    plots.plot_sequences([("rome · normal", steps), ("c-rome · hard", steps)], tmp_path / "s.png")
+    lines = [line for line in figures[-1].axes[0].get_lines() if line.get_label().endswith(("normal", "hard"))]
+    assert len({(line.get_linestyle(), line.get_marker()) for line in lines}) == 2

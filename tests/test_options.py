@@ -173,3 +173,29 @@ def test_cli_refuses_out_of_range_numbers_before_running(argv, message, capsys):
         main(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_help_shows_readable_metavars_and_every_default(pytester):
+    from editguard.gates import Thresholds
+    from editguard.models.registry import MODELS
+    from editguard.options import CALIBRATION_MODEL, UPDATE_NORM_MAX
+
+    help_text = pytester.runpytest_subprocess("--help").stdout.str()
+    assert "EDITGUARD_OPT_" not in help_text and "see README" not in help_text
+    assert "--editguard-editor=NAME" in help_text and "--editguard-hparams=PATH" in help_text
+    assert "--editguard-max-cases=N" in help_text and "--max-cases=N" in help_text
+    for option in OPTIONS:
+        assert "(default: " in option.help_with_default(option.default), option.name
+    assert UPDATE_NORM_MAX == Thresholds().update_norm_rel_max == OPTIONS_BY_NAME["update-norm-max"].default
+    assert CALIBRATION_MODEL in MODELS
+
+
+def test_cli_version_and_dtype_choices(capsys):
+    from editguard.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("editguard ")
+    actions = _cli_actions("ppl")
+    assert tuple(actions["--dtype"].choices) == ("float32", "bfloat16", "float16")
+    assert actions["--device"].help and actions["--dtype"].help

@@ -403,3 +403,30 @@ def test_a_suite_with_no_cases_is_a_usage_error_naming_its_source(suite):
     assert result.ret != 0 and "passed" not in result.stdout.str()   # a collection error, as a missing source
     result.stdout.fnmatch_lines(["*test_suite.py::test_edit: its case source (three hand-written cases) gave no "
                                  "cases; point the suite at a non-empty case file or source*"])
+
+
+def test_header_counts_max_cases_and_a_gate_failure_without_collapse(suite, monkeypatch):
+    """--max-cases 2 of 3: the header says what was selected and what ran; C-ROME under a strict
+    update-norm bound fails that gate without collapsing: counted, explained, stored and drawn as such."""
+    result = suite.runpytest_subprocess(*base_args("--editor=c-rome", "--max-cases=2", "--update-norm-max=1e-6",
+                                                   "--editguard-json=r.json"))
+    result.assert_outcomes(failed=2)
+    out = " ".join(result.stdout.str().split())
+    assert "cases: 2 of 3 ran (the first 2 selected by --max-cases); source: three hand-written cases" in out
+    assert ("0 passed, 2 failed: 2 failed a gate without collapsing (update_norm: 2), 0 collapsed "
+            "(ppl > 1000 or NaN)") in out
+    assert "next step: the update-norm bound was calibrated on smollm2-135m" in out
+    assert out.count("legend: ") == 1 and "blast: blast radius" in out
+    doc = json.loads((suite.path / "r.json").read_text())
+    assert doc["summary"]["failed_gate"] == 2 and doc["summary"]["collapsed"] == 0
+    assert {c["verdict"] for c in doc["cases"]} == {"failed gate"}
+    assert doc["run"]["cases_total"] == 3 and doc["run"]["cases_selected"] == 2
+
+    from editguard.report import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    plots.plot_ppl_scatter(doc["run"], doc["cases"], suite.path / "p.png")
+    labels = [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()]
+    assert "failed a gate (not collapsed) [update_norm]: 2" in labels
+    assert not any(t.startswith("passed") for t in labels)

@@ -38,6 +38,8 @@ class RunInfo:
     seed: int = 0
     suite: str = ""
     suite_source: str = ""     # where the suite's cases came from (mined list, screen, ...)
+    cases_total: int | None = None      # cases the suite module's source holds
+    cases_selected: int | None = None   # of those, selected to run (--max-cases keeps the first N)
     sequential: bool = False
     shard: str = ""            # "i/n" when this run is one shard of a larger one (--editguard-shard)
     # Per suite module: its own SUITE_FIELDS (a run may mix single-edit and sequential suites).
@@ -49,7 +51,8 @@ class RunInfo:
 
 
 # Fields that belong to one suite module rather than to the whole run.
-SUITE_FIELDS = ("suite", "suite_source", "sequential", "ppl_corpus", "baseline_ppl", "baseline_corpus_ppl")
+SUITE_FIELDS = ("suite", "suite_source", "cases_total", "cases_selected", "sequential", "ppl_corpus", "baseline_ppl",
+                "baseline_corpus_ppl")
 
 
 def combine_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -71,13 +74,23 @@ def sort_cases(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(cases, key=lambda c: (str(c["case_id"]), c.get("sequence") or "", c.get("step") or 0))
 
 
+def with_verdicts(run: dict[str, Any], cases: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report document: every case with its `verdict` (passed / failed gate / collapsed) and
+    `next_step`, and a `summary` of the counts (editguard.report.verdicts)."""
+    from editguard.report.verdicts import next_step, summarise, verdict
+
+    ppl_max = run["thresholds"]["ppl_max"]
+    cases = [{**c, "verdict": verdict(c, ppl_max), "next_step": next_step(c, run)} for c in sort_cases(cases)]
+    return {"schema": SCHEMA_VERSION, "run": run, "summary": summarise(run, cases), "cases": cases}
+
+
 def write_report(path: str | Path, run: dict[str, Any], cases: list[dict[str, Any]],
                  completion: dict[str, Any] | None = None) -> Path:
     """Write the report; `completion` (top-level keys such as "complete": False, "cases_not_run")
     says when a run stopped early or had nothing to run."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"schema": SCHEMA_VERSION, "run": run, "cases": sort_cases(cases), **(completion or {})}
+    doc = {**with_verdicts(run, cases), **(completion or {})}
     path.write_text(json.dumps(doc, indent=1, ensure_ascii=False))
     return path
 

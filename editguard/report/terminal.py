@@ -1,42 +1,75 @@
-"""The end-of-run collapse report: counts, the baseline and thresholds, and a table of the
-failed cases sorted by perplexity with their anatomy."""
+"""The end-of-run collapse report: counts by verdict (passed / failed a gate / collapsed), what was
+selected and what ran, the baseline and thresholds, a table of the failed cases sorted by
+perplexity with their anatomy and next step, and a legend of the table's abbreviations."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from editguard.report.verdicts import COLLAPSED, FAILED_GATE, PASSED, legend_text, next_step, summarise, verdict
+
 
 def _num(value: Any, fmt: str = ".3g") -> str:
     return "–" if value is None else format(value, fmt)
 
 
+def _cases_line(fields: dict[str, Any], ran: int, label: str) -> str:
+    """What a suite module selected and what ran: "3 of 100 ran (the first 3, --max-cases); source: ..."."""
+    source = fields.get("suite_source") or ""
+    total, selected = fields.get("cases_total"), fields.get("cases_selected")
+    if total is None:  # a report written before the counts were recorded
+        return f"\n{label}: {source}" if source else ""
+    text = f"\n{label}: {ran} of {total} ran"
+    if selected is not None and selected < total:
+        text += f" (the first {selected} selected by --max-cases)"
+    if selected is not None and ran < selected:
+        text += f"; {selected - ran} selected but not in this report (deselected, sharded or not run)"
+    return text + (f"; source: {source}" if source else "")
+
+
+def _verdict_counts(run: dict[str, Any], cases: list[dict[str, Any]]) -> list[Any]:
+    s = summarise(run, cases)
+    gates = s["failed_gate_by_gate"]
+    which = f" ({', '.join(f'{g}: {n}' for g, n in gates.items())})" if gates else ""
+    failed = s["failed_gate"] + s["collapsed"]
+    return [(f"{s['passed']} passed", "green"), ", ", (f"{failed} failed", "red" if failed else "green"), ": ",
+            (f"{s['failed_gate']} failed a gate without collapsing{which}", "yellow" if s["failed_gate"] else "green"),
+            ", ", (f"{s['collapsed']} collapsed", "red" if s["collapsed"] else "green"),
+            f" (ppl > {run['thresholds']['ppl_max']:g} or NaN)"]
+
+
 def render_report(run: dict[str, Any], cases: list[dict[str, Any]], max_rows: int = 50) -> Group:
-    failed = sorted((c for c in cases if not c["passed"]), key=lambda c: -c["ppl"])
-    n_collapsed = sum(1 for c in cases if c["ppl"] > run["thresholds"]["ppl_max"])
+    ppl_max = run["thresholds"]["ppl_max"]
+    failed = sorted((c for c in cases if verdict(c, ppl_max) != PASSED), key=lambda c: -_ppl_key(c["ppl"]))
+    suites = run.get("suites", {})
+    ran = {m: sum(1 for c in cases if c.get("suite_module") == m) for m in suites}
+    if len(suites) < 2:
+        cases_lines = _cases_line({**run, **next(iter(suites.values()), {})}, len(cases), "cases")
+    else:
+        cases_lines = "".join(
+            _cases_line(f, ran[module], module)
+            + f"; {'sequential, ' if f.get('sequential') else ''}baseline {f['ppl_corpus']} {f['baseline_ppl']:.2f}"
+            for module, f in suites.items())
     header = Text.assemble(
         ("editguard ", "bold"),
         f"{run['editor']} on {run['model']} ({run.get('suite') or 'cases'}): ",
-        (f"{len(cases) - len(failed)} passed", "green"), ", ",
-        (f"{len(failed)} failed", "red" if failed else "green"),
-        f", {n_collapsed} collapsed (ppl > {run['thresholds']['ppl_max']:g})\n",
+        *_verdict_counts(run, cases), "\n",
         f"baseline {run['ppl_corpus']} perplexity {run['baseline_ppl']:.2f} "
         f"(token-weighted {run['baseline_corpus_ppl']:.2f}); gates: "
         + ", ".join(f"{k}={v:g}" for k, v in run["thresholds"].items())
-        + (f"\ncases: {run['suite_source']}" if run.get("suite_source") and len(run.get("suites", {})) < 2 else "")
-        + "".join(f"\n{module}: {f.get('suite_source') or 'cases'}; {'sequential, ' if f.get('sequential') else ''}"
-                  f"baseline {f['ppl_corpus']} {f['baseline_ppl']:.2f}"
-                  for module, f in run.get("suites", {}).items() if len(run["suites"]) > 1),
+        + cases_lines,
     )
-    sequences = _sequence_tables(cases)
+    sequences = _sequence_tables(cases, ppl_max)
     if not failed:
         return Group(header, *sequences)
     table = Table(title="failed edits, worst perplexity first", title_justify="left", show_lines=False)
-    for col, justify in [("case", "left"), ("prompt", "left"), ("→ new", "left"), ("ppl", "right"),
-                         ("×base", "right"), ("denom ratio", "right"), ("cos(k̄,kᵘ)", "right"),
+    for col, justify in [("case", "left"), ("prompt", "left"), ("→ new", "left"), ("verdict", "left"),
+                         ("ppl", "right"), ("×base", "right"), ("denom ratio", "right"), ("cos(k̄,kᵘ)", "right"),
                          ("‖ΔW‖/‖W‖", "right"), ("blast", "right"), ("eff", "center"), ("failed gates", "left")]:
         numeric = justify != "left"
         table.add_column(col, justify=justify, overflow="fold", no_wrap=numeric,
@@ -44,8 +77,9 @@ def render_report(run: dict[str, Any], cases: list[dict[str, Any]], max_rows: in
     for c in failed[:max_rows]:
         prompt = c["prompt"].replace("{}", c["subject"])
         eff = {True: "✓", False: "✗", None: "–"}[c.get("efficacy")]
+        v = verdict(c, ppl_max)
         table.add_row(
-            str(c["case_id"]), prompt, c.get("target_new", ""), _num(c["ppl"], ".1f"),
+            str(c["case_id"]), prompt, c.get("target_new", ""), Text(v, style=VERDICT_STYLE[v]), _num(c["ppl"], ".1f"),
             _num(c["ppl"] / c["ppl_baseline"], ".2f"), _num(c.get("denominator_ratio")),
             _num(c.get("key_cosine"), ".2f"), _num(c.get("update_norm_rel")), _num(c.get("blast_radius")), eff,
             ", ".join(c["failed_gates"]),
@@ -53,10 +87,26 @@ def render_report(run: dict[str, Any], cases: list[dict[str, Any]], max_rows: in
     parts = [header, *sequences, table]
     if len(failed) > max_rows:
         parts.append(Text(f"... and {len(failed) - max_rows} more failed cases (see the JSON report)"))
+    steps: dict[str, list[str]] = {}
+    for c in failed[:max_rows]:
+        if step := next_step(c, run):
+            steps.setdefault(step, []).append(str(c["case_id"]))
+    for step, ids in steps.items():
+        shown = ", ".join(ids[:8]) + (f" and {len(ids) - 8} more" if len(ids) > 8 else "")
+        parts.append(Text(f"next step for case{'s' if len(ids) > 1 else ''} {shown}: {step}"))
+    parts.append(Text(legend_text(), style="dim"))
     return Group(*parts)
 
 
-def _sequence_tables(cases: list[dict[str, Any]]) -> list[Table]:
+VERDICT_STYLE = {PASSED: "green", FAILED_GATE: "yellow", COLLAPSED: "red"}
+
+
+def _ppl_key(ppl: float) -> float:
+    """Sort key for worst-first: NaN/Inf are the worst perplexities."""
+    return math.inf if ppl is None or not math.isfinite(ppl) else ppl
+
+
+def _sequence_tables(cases: list[dict[str, Any]], ppl_max: float) -> list[Table]:
     """Perplexity after each step of every sequence (sequential editing)."""
     names = sorted({c["sequence"] for c in cases if c.get("sequence")})
     tables = []
@@ -69,6 +119,11 @@ def _sequence_tables(cases: list[dict[str, Any]]) -> list[Table]:
             eff = {True: "✓", False: "✗", None: "–"}[c.get("efficacy")]
             table.add_row(str(c["step"]), str(c["case_id"]), c["subject"], _num(c["ppl"], ".1f"),
                           _num(c["ppl"] / c["ppl_baseline"], ".2f"), eff,
-                          "ok" if c["passed"] else ", ".join(c["failed_gates"]))
+                          Text(_gates_cell(c, ppl_max), style=VERDICT_STYLE[verdict(c, ppl_max)]))
         tables.append(table)
     return tables
+
+
+def _gates_cell(case: dict[str, Any], ppl_max: float) -> str:
+    v = verdict(case, ppl_max)
+    return "ok" if v == PASSED else f"{v}: {', '.join(case['failed_gates'])}"
