@@ -27,6 +27,10 @@ SEQUENCE_PPL_CORPUS = "me-ppl-1k"
 COLLAPSE_PPL = 1000.0  # perplexity above which an edited model counts as collapsed
 DATA_ENV = "EDITGUARD_DATA"
 DOWNSTREAM_PRECISIONS = ("auto", "float32", "bfloat16")
+# BOS before each perplexity sentence: never (the papers' ppl.py, on every model), where the
+# tokenizer itself adds one (Llama-2, Gemma; not GPT-2 or SmolLM2), or always.
+PPL_BOS_CHOICES = ("never", "tokenizer", "always")
+DEFAULT_PPL_BOS = "never"
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("ppl-corpus", str, None, "perplexity corpus: me-ppl-50, me-ppl-1k, me-ppl, or a path (.json/.txt)",
            default_help=f"{SINGLE_EDIT_PPL_CORPUS} for single edits, {SEQUENCE_PPL_CORPUS} for sequences, "
            "as the papers"),
+    Option("ppl-bos", str, DEFAULT_PPL_BOS,
+           "BOS before each perplexity sentence: never (as the papers computed ME-PPL, on every model), tokenizer "
+           "(where the model's tokenizer adds one itself, e.g. Llama-2) or always"),
     Option("sequential", bool, False,
            "apply each suite module's cases as one sequence without restoring in between (the model is "
            "restored and verified after the module); suites/sequential is always sequential"),
