@@ -12,6 +12,7 @@ from editguard.options import (
     DOWNSTREAM_PRECISIONS,
     OPTIONS,
     OPTIONS_BY_NAME,
+    PPL_BOS_CHOICES,
     SEQUENCE_PPL_CORPUS,
     SINGLE_EDIT_PPL_CORPUS,
     data_dir,
@@ -102,6 +103,7 @@ class EditguardSettings:
     downstream_n: int = 200
     downstream_min_retention: float | None = None
     downstream_precision: str = "auto"
+    ppl_bos: str = "never"                  # BOS rule of every perplexity (--ppl-bos)
 
     def ppl_corpus_for(self, sequential: bool) -> str:
         if self.ppl_corpus:
@@ -159,6 +161,9 @@ class EditguardSettings:
         if precision not in DOWNSTREAM_PRECISIONS:
             raise pytest.UsageError(f"--downstream-precision must be one of {', '.join(DOWNSTREAM_PRECISIONS)}, "
                                     f"got {precision!r}")
+        ppl_bos = option_value(config, "ppl-bos")
+        if ppl_bos not in PPL_BOS_CHOICES:
+            raise pytest.UsageError(f"--ppl-bos must be one of {', '.join(PPL_BOS_CHOICES)}, got {ppl_bos!r}")
         worker = config.workerinput["workerid"] if hasattr(config, "workerinput") else None
         worker_index = int(worker.removeprefix("gw")) if worker else None
         device = option_value(config, "device")
@@ -178,7 +183,7 @@ class EditguardSettings:
             thresholds=thresholds, max_cases=max_cases, json_path=option_value(config, "json"),
             sequential=option_value(config, "sequential"), plots_dir=option_value(config, "plots"),
             downstream=downstream or None, downstream_n=downstream_n, downstream_min_retention=retention,
-            downstream_precision=precision,
+            downstream_precision=precision, ppl_bos=ppl_bos,
         )
 
     def load_model(self):

@@ -128,6 +128,7 @@ def test_strict_gate_fails_rome_with_readable_reason(suite):
 @pytest.mark.parametrize("args, message", [
     (["--max-cases", "0"], "--max-cases must be at least 1"),
     (["--ppl-threshold", "high"], "--ppl-threshold: expected float, got 'high'"),
+    (["--ppl-bos", "sometimes"], "--ppl-bos must be one of never, tokenizer, always, got 'sometimes'"),
     (["--editor", "no-such-editor"],
      "unknown editor 'no-such-editor'; available: alphaedit, c-rome, ft, memit, mend, r-rome, rome"),
     (["--hparams", "missing.json"], "--hparams missing.json:"),
@@ -139,6 +140,21 @@ def test_bad_options_give_specific_errors(suite, args, message):
     result = suite.runpytest_subprocess(*base_args(*args))
     assert result.ret != 0
     assert message in result.stdout.str() + result.stderr.str()
+
+
+def test_the_ppl_bos_rule_is_in_the_header_the_report_and_the_json(suite, data_dir):
+    result = suite.runpytest_subprocess(*base_args("--max-cases=1", "--ppl-bos=always", "--editguard-json=r.json"))
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["editguard: *ppl-corpus=me-ppl-50 (sequences: me-ppl-1k) ppl-bos=always *",
+                                 "*baseline me-ppl-50 perplexity * (token-weighted *; BOS: always)*"])
+    run = json.loads((suite.path / "r.json").read_text())["run"]
+    assert run["ppl_bos"] == "always"
+    from editguard import load_model
+    from editguard.data import load_ppl_corpus
+    from editguard.metrics.perplexity import perplexity
+
+    with_bos = perplexity(load_model("tiny-llama"), load_ppl_corpus("me-ppl-50", data_dir), bos="always")
+    assert run["baseline_ppl"] == pytest.approx(with_bos.ppl, rel=1e-6)
 
 
 def test_module_without_case_source_is_a_usage_error(pytester):

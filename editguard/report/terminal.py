@@ -24,7 +24,7 @@ def render_report(run: dict[str, Any], cases: list[dict[str, Any]], max_rows: in
         (f"{len(failed)} failed", "red" if failed else "green"),
         f", {n_collapsed} collapsed (ppl > {run['thresholds']['ppl_max']:g})\n",
         f"baseline {run['ppl_corpus']} perplexity {run['baseline_ppl']:.2f} "
-        f"(token-weighted {run['baseline_corpus_ppl']:.2f}); gates: "
+        f"(token-weighted {run['baseline_corpus_ppl']:.2f}; BOS: {run.get('ppl_bos', 'never')}); gates: "
         + ", ".join(f"{k}={v:g}" for k, v in run["thresholds"].items())
         + (f"\ncases: {run['suite_source']}" if run.get("suite_source") and len(run.get("suites", {})) < 2 else "")
         + "".join(f"\n{module}: {f.get('suite_source') or 'cases'}; {'sequential, ' if f.get('sequential') else ''}"
