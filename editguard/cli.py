@@ -77,8 +77,9 @@ def cmd_ppl(args) -> int:
     mue = load_model(args.model, args.device, args.dtype)
     sentences = load_ppl_corpus(args.ppl_corpus, args.data, download=args.download)
     with progress_bar(f"perplexity {args.model} on {args.ppl_corpus}", len(sentences)) as bar:
-        result = perplexity(mue, sentences, progress=bar.advance)
-    print(f"{args.model} {args.ppl_corpus} ({len(sentences)} sentences, {result.n_tokens} scored tokens): "
+        result = perplexity(mue, sentences, bos=args.ppl_bos, progress=bar.advance)
+    print(f"{args.model} {args.ppl_corpus} ({len(sentences)} sentences, {result.n_tokens} scored tokens, "
+          f"BOS {args.ppl_bos}): "
           f"ppl {result.ppl:.2f} (mean per sentence), corpus ppl {result.corpus_ppl:.2f} (token-weighted)")
     return 0
 
@@ -169,7 +170,7 @@ def cmd_mine(args) -> int:
     editor = get_editor(args.editor, data_dir=args.data)
     thresholds = Thresholds(ppl_max=args.ppl_threshold)
     sentences = load_ppl_corpus(args.ppl_corpus, args.data, download=args.download)
-    baseline = measure_baseline(mue, sentences, args.ppl_corpus)
+    baseline = measure_baseline(mue, sentences, args.ppl_corpus, bos=args.ppl_bos)
     progress_path = Path(args.progress or f"out/mine-{mue.name}-{editor.name}.jsonl")
     risk = {row["case_id"]: row for row in screen["rows"]}
     console = Console()
@@ -233,7 +234,7 @@ def cmd_filter(args) -> int:
     cases = read_cases(args.case_file)
     editor = get_editor(args.editor, data_dir=args.data)
     thresholds = Thresholds(ppl_max=args.ppl_threshold)
-    baseline = measure_baseline(mue, load_ppl_corpus(args.ppl_corpus, args.data), args.ppl_corpus)
+    baseline = measure_baseline(mue, load_ppl_corpus(args.ppl_corpus, args.data), args.ppl_corpus, bos=args.ppl_bos)
     progress_path = args.progress or f"out/filter-{mue.name}-{editor.name}.jsonl"
     print(f"filtering {len(cases)} cases of {args.case_file} with {editor.name} on {mue.name} "
           f"(baseline ppl {baseline.ppl.ppl:.2f}); progress in {progress_path} (resumable)")
@@ -346,9 +347,11 @@ def cmd_analyze(args) -> int:
     mue = _load(args.model, args.device, args.dtype)
     editor = get_editor(args.editor, data_dir=args.data)
     thresholds = Thresholds(ppl_max=args.ppl_threshold)
-    baseline = measure_baseline(mue, load_ppl_corpus(args.ppl_corpus, args.data), args.ppl_corpus, shared=True)
+    baseline = measure_baseline(mue, load_ppl_corpus(args.ppl_corpus, args.data), args.ppl_corpus, shared=True,
+                                bos=args.ppl_bos)
     header = {**model_fields(mue), "editor": editor.name, "hparams": editor_hparams(editor, mue),
-              "ppl_corpus": args.ppl_corpus, "baseline_ppl": baseline.ppl.ppl, "thresholds": thresholds.to_dict()}
+              "ppl_corpus": args.ppl_corpus, "ppl_bos": args.ppl_bos, "baseline_ppl": baseline.ppl.ppl,
+              "thresholds": thresholds.to_dict()}
     if args.what == "positions":
         subject_first = [c for c in _analysis_cases(args.cases, mue.name, args.data, 10**9) if c.subject_first]
         cases = subject_first[: args.max_cases]
@@ -446,7 +449,8 @@ def cmd_eval(args) -> int:
 
         editor = get_editor(args.editor, data_dir=args.data)
         cases = _analysis_cases(args.cases, mue.name, args.data, args.max_cases)
-        baseline = measure_baseline(mue, load_ppl_corpus(args.ppl_corpus, args.data), args.ppl_corpus, shared=True)
+        baseline = measure_baseline(mue, load_ppl_corpus(args.ppl_corpus, args.data), args.ppl_corpus, shared=True,
+                                    bos=args.ppl_bos)
         mode = "sequentially" if args.sequential else "in one batch"
         print(f"applying {len(cases)} {editor.name} edits {mode} ({args.cases}); baseline {args.ppl_corpus} "
               f"{baseline.ppl.ppl:.1f}")
@@ -456,7 +460,7 @@ def cmd_eval(args) -> int:
                 print(f"  step {step['step']:2d} {step['case_id']:>6} {step['subject'][:24]:24} ppl {step['ppl']:.4g}")
         header.update(editor=editor.name, hparams=editor_hparams(editor, mue),
                       cases=[c.case_id for c in cases], case_source=args.cases, sequential=args.sequential,
-                      ppl_corpus=args.ppl_corpus, baseline_ppl=baseline.ppl.ppl)
+                      ppl_corpus=args.ppl_corpus, ppl_bos=args.ppl_bos, baseline_ppl=baseline.ppl.ppl)
     try:
         scores = score_tasks(mue, tasks, n, args.data, args.seed, precision=args.downstream_precision,
                              on_task=lambda s: print(f"  {s.task}: {s.metric} {s.accuracy:.4f} "
@@ -482,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("ppl", help="ME-PPL perplexity of an unedited model")
     _common(p)
-    _add_options(p, "ppl-corpus", "download", ppl_corpus=SINGLE_EDIT_PPL_CORPUS)
+    _add_options(p, "ppl-corpus", "ppl-bos", "download", ppl_corpus=SINGLE_EDIT_PPL_CORPUS)
     p.set_defaults(run=cmd_ppl)
 
     p = sub.add_parser("stats", help="compute and cache the MLP key covariance of a layer")
@@ -509,7 +513,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("mine",
                        help="full edits of the riskiest screened cases (+ a random control); writes a suite file")
     _common(p)
-    _add_options(p, "editor", "ppl-corpus", "ppl-threshold", "download", ppl_corpus=SINGLE_EDIT_PPL_CORPUS)
+    _add_options(p, "editor", "ppl-corpus", "ppl-bos", "ppl-threshold", "download",
+                 ppl_corpus=SINGLE_EDIT_PPL_CORPUS)
     p.add_argument("--cases", default="counterfact", help="counterfact, counterfact-<split>, or a case file")
     p.add_argument("--screen", default=None,
                    help="screen JSON from `editguard screen` (default out/screen-MODEL.json; run if absent)")
@@ -526,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
                        help="edit every case of a case file and record which collapse the model (HardEdit's filter)")
     _common(p)
     p.add_argument("case_file")
-    _add_options(p, "editor", "ppl-corpus", "ppl-threshold", ppl_corpus=SINGLE_EDIT_PPL_CORPUS)
+    _add_options(p, "editor", "ppl-corpus", "ppl-bos", "ppl-threshold", ppl_corpus=SINGLE_EDIT_PPL_CORPUS)
     p.add_argument("--progress", default=None, help="resumable JSONL log (default out/filter-MODEL-EDITOR.jsonl)")
     p.set_defaults(run=cmd_filter)
 
@@ -561,7 +566,8 @@ def main(argv: list[str] | None = None) -> int:
                         "prefix: efficacy/generalization/locality with and without the test-time prefix")
     p.add_argument("--cases", default="hardcf", help="hardcf (the model's mined list) or a case file")
     _add_options(p, "editor", editor=None, shown_defaults={"editor": "rome for positions, c-rome for prefix"})
-    _add_options(p, "max-cases", "ppl-corpus", "ppl-threshold", max_cases=10, ppl_corpus=SINGLE_EDIT_PPL_CORPUS)
+    _add_options(p, "max-cases", "ppl-corpus", "ppl-bos", "ppl-threshold", max_cases=10,
+                 ppl_corpus=SINGLE_EDIT_PPL_CORPUS)
     p.add_argument("--json", default=None, help="default out/analyze-WHAT-MODEL-EDITOR.json")
     p.set_defaults(run=cmd_analyze)
 
@@ -591,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
                     shown_defaults={"editor": "none: the unedited model; with one, its edits are applied before "
                                               "scoring and the weights restored after"})
     p.add_argument("--cases", default="hardcf", help="with --editor: hardcf, normal or a case file")
-    _add_options(p, "max-cases", "ppl-corpus", "downstream-precision", max_cases=10,
+    _add_options(p, "max-cases", "ppl-corpus", "ppl-bos", "downstream-precision", max_cases=10,
                     ppl_corpus=SINGLE_EDIT_PPL_CORPUS)
     p.add_argument("--sequential", action="store_true", help="apply the edits one after another (else one batch)")
     p.add_argument("--threads", type=NON_NEGATIVE, default=0, help="torch CPU threads (0: torch's default)")

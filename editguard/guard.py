@@ -19,9 +19,10 @@ from editguard.editors.api import Editor, reset_editor
 from editguard.gates import Thresholds, Verdict, downstream_gates, judge
 from editguard.metrics.anatomy import normal_text_keys, update_anatomy
 from editguard.metrics.efficacy import efficacy
-from editguard.metrics.perplexity import PerplexityResult, perplexity
+from editguard.metrics.perplexity import PerplexityResult, add_bos_for, perplexity
 from editguard.models.loading import ModelUnderEdit
 from editguard.models.snapshot import RestoreError, WeightSnapshot, parameter_checksums
+from editguard.options import DEFAULT_PPL_BOS
 
 
 @dataclass
@@ -32,6 +33,8 @@ class Baseline:
     sentences: list[str]
     corpus: str
     checksums: dict[str, float] = field(repr=False)
+    # The BOS rule (--ppl-bos) the baseline was measured with; every edited measurement uses it too.
+    ppl_bos: str = DEFAULT_PPL_BOS
     # Optional downstream probes (editguard.metrics.downstream.DownstreamProbe): fixed task subsets
     # and the unedited model's scores on them; when set, every edit is probed and gated on them.
     downstream: Any = field(default=None, repr=False)
@@ -41,27 +44,32 @@ class Baseline:
 
 
 # Bump when perplexity() changes what it computes: cached baselines of older code are then ignored.
-PERPLEXITY_VERSION = 1
+# 2: the BOS rule (--ppl-bos, default never) is part of the key.
+PERPLEXITY_VERSION = 2
 
 
-def measure_baseline(mue: ModelUnderEdit, sentences: list[str], corpus: str = "", shared: bool = False) -> Baseline:
-    """The unedited model's perplexity and weight checksums. With `shared`, the perplexity is
-    taken once per (weights, dtype, device type, corpus) and kept on disk under a file lock, so
-    parallel workers (pytest -n N) and later sessions reuse one measurement."""
+def measure_baseline(mue: ModelUnderEdit, sentences: list[str], corpus: str = "", shared: bool = False,
+                     bos: str = DEFAULT_PPL_BOS) -> Baseline:
+    """The unedited model's perplexity (BOS rule `bos`, see metrics.perplexity.add_bos_for) and
+    weight checksums. With `shared`, the perplexity is taken once per (weights, dtype, device type,
+    corpus, BOS rule) and kept on disk under a file lock, so parallel workers (pytest -n N) and
+    later sessions reuse one measurement."""
     checksums = parameter_checksums(mue.model)
     if not shared:
-        return Baseline(perplexity(mue, sentences), sentences, corpus, checksums)
-    # Keyed by the weights as they are now (their checksums), not the load-time fingerprint.
+        return Baseline(perplexity(mue, sentences, bos=bos), sentences, corpus, checksums, ppl_bos=bos)
+    # Keyed by the weights as they are now (their checksums), not the load-time fingerprint, and by
+    # the BOS rule with the BOS it puts there (none, or the tokenizer's BOS id).
+    bos_id = mue.tokenizer.bos_token_id if add_bos_for(bos, mue) else None
     key = cache_key(PERPLEXITY_VERSION, mue.fingerprint, sorted(checksums.items()), str(mue.dtype),
-                    mue.device.type, sentences)
+                    mue.device.type, sentences, bos, bos_id)
 
     def measure() -> dict:
-        ppl = perplexity(mue, sentences)
+        ppl = perplexity(mue, sentences, bos=bos)
         return {**ppl.to_dict(), "per_sentence": list(ppl.per_sentence), "model": mue.name, "corpus": corpus}
 
     saved = cached_json(cache_dir() / "baselines" / f"{safe_name(mue.name)}-{key}.json", measure)
-    ppl = PerplexityResult(saved["ppl"], saved["corpus_ppl"], tuple(saved["per_sentence"]), saved["n_tokens"])
-    return Baseline(ppl, sentences, corpus, checksums)
+    ppl = PerplexityResult(saved["ppl"], saved["corpus_ppl"], tuple(saved["per_sentence"]), saved["n_tokens"], bos)
+    return Baseline(ppl, sentences, corpus, checksums, ppl_bos=bos)
 
 
 @dataclass
@@ -186,7 +194,7 @@ def _edit_and_measure(mue: ModelUnderEdit, editor: Editor, case: EditCase, basel
     timings["edit"] = time.perf_counter() - t
     timings.update({k: v for k, v in report.diagnostics.items() if k.startswith("seconds_")})
     t = time.perf_counter()
-    ppl = perplexity(mue, baseline.sentences)
+    ppl = perplexity(mue, baseline.sentences, bos=baseline.ppl_bos)
     timings["perplexity"] = time.perf_counter() - t
     t = time.perf_counter()
     eff = efficacy(mue, case.text, case.target_new, case.target_true, prefix=report.test_prefix)

@@ -34,6 +34,10 @@ DTYPES = ("float32", "bfloat16", "float16")
 # editguard.gates.Thresholds holds the same number, tests/test_options.py checks they agree).
 UPDATE_NORM_MAX = 0.35
 CALIBRATION_MODEL = "smollm2-135m"
+# BOS before each perplexity sentence: never (the papers' ppl.py, on every model), where the
+# tokenizer itself adds one (Llama-2, Gemma; not GPT-2 or SmolLM2), or always.
+PPL_BOS_CHOICES = ("never", "tokenizer", "always")
+DEFAULT_PPL_BOS = "never"
 
 
 @dataclass(frozen=True)
@@ -164,6 +168,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("ppl-corpus", str, None, "perplexity corpus: me-ppl-50, me-ppl-1k, me-ppl, or a path (.json/.txt)",
            default_help=f"{SINGLE_EDIT_PPL_CORPUS} for single edits, {SEQUENCE_PPL_CORPUS} for sequences, "
            "as the papers", metavar="NAME|PATH"),
+    Option("ppl-bos", str, DEFAULT_PPL_BOS,
+           "BOS before each perplexity sentence: never (as the papers computed ME-PPL, on every model), tokenizer "
+           "(where the model's tokenizer adds one itself, e.g. Llama-2) or always", metavar="RULE",
+           choices=PPL_BOS_CHOICES),
     Option("sequential", bool, False,
            "apply each suite module's cases as one sequence without restoring in between (the model is "
            "restored and verified after the module); suites/sequential is always sequential"),

@@ -31,4 +31,4 @@ def edit_run_info(mue, editor, baseline, thresholds, **fields: Any) -> RunInfo:
     fields.setdefault("seed", hparams.get("template_seed", 0))
     return RunInfo(editor=editor.name, hparams=hparams, thresholds=thresholds.to_dict(),
                    baseline_ppl=baseline.ppl.ppl, baseline_corpus_ppl=baseline.ppl.corpus_ppl,
-                   ppl_corpus=baseline.corpus, **model_fields(mue), **fields)
+                   ppl_corpus=baseline.corpus, ppl_bos=baseline.ppl_bos, **model_fields(mue), **fields)

@@ -85,7 +85,7 @@ class Baselines:
                 sentences = load_ppl_corpus(corpus, s.data_dir, download=s.download)
             except user_errors() as err:
                 _fail_cleanly(f"read --ppl-corpus={corpus}", err)
-            self._cache[corpus] = measure_baseline(self.model, sentences, corpus, shared=True)
+            self._cache[corpus] = measure_baseline(self.model, sentences, corpus, shared=True, bos=s.ppl_bos)
             self._cache[corpus].downstream = self.probe()
         return self._cache[corpus]
 

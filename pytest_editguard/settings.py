@@ -117,6 +117,7 @@ class EditguardSettings:
     downstream_n: int = 200
     downstream_min_retention: float | None = None
     downstream_precision: str = "auto"
+    ppl_bos: str = "never"                  # BOS rule of every perplexity (--ppl-bos)
 
     def ppl_corpus_for(self, sequential: bool) -> str:
         if self.ppl_corpus:
@@ -167,6 +168,7 @@ class EditguardSettings:
         precision = option_value(config, "downstream-precision")
         json_path, plots_dir = option_value(config, "json"), option_value(config, "plots")
         _check_output_paths(json_path, plots_dir)
+        ppl_bos = option_value(config, "ppl-bos")
         worker = config.workerinput["workerid"] if hasattr(config, "workerinput") else None
         worker_index = int(worker.removeprefix("gw")) if worker else None
         device = option_value(config, "device")
@@ -186,7 +188,7 @@ class EditguardSettings:
             thresholds=thresholds, max_cases=max_cases, json_path=json_path,
             sequential=option_value(config, "sequential"), plots_dir=plots_dir,
             downstream=downstream or None, downstream_n=downstream_n, downstream_min_retention=retention,
-            downstream_precision=precision,
+            downstream_precision=precision, ppl_bos=ppl_bos,
         )
 
     def load_model(self):

@@ -51,7 +51,7 @@ def test_me_ppl_50_on_a_tiny_model_equals_naive(data_dir):
 
 def test_bos_is_prepended_on_request():
     mue = load_model("tiny-gpt2")
-    with_bos = perplexity(mue, SENTENCES, add_bos=True)
+    with_bos = perplexity(mue, SENTENCES, bos="always")
     assert with_bos.ppl == pytest.approx(naive(mue, SENTENCES, bos=True)[0], rel=1e-4)
     assert with_bos.ppl != pytest.approx(perplexity(mue, SENTENCES).ppl, rel=1e-4)
 

@@ -131,6 +131,7 @@ def test_strict_gate_fails_rome_with_readable_reason(suite):
     (["--ppl-max-ratio", "nan"], "--editguard-ppl-max-ratio (--ppl-max-ratio): expected a finite number > 0, got"),
     (["--ppl-threshold", "-5"], "(--ppl-threshold): expected a finite number > 0, got '-5'"),
     (["--dtype", "float8"], "--editguard-dtype (--dtype): expected one of float32, bfloat16, float16, got"),
+    (["--ppl-bos", "sometimes"], "--editguard-ppl-bos (--ppl-bos): expected one of never, tokenizer, always, got"),
     (["--editor", "no-such-editor"],
      "unknown editor 'no-such-editor'; available: alphaedit, c-rome, ft, memit, mend, r-rome, rome"),
     (["--hparams", "missing.json"], "--hparams missing.json:"),
@@ -142,6 +143,21 @@ def test_bad_options_give_specific_errors(suite, args, message):
     result = suite.runpytest_subprocess(*base_args(*args))
     assert result.ret != 0
     assert message in result.stdout.str() + result.stderr.str()
+
+
+def test_the_ppl_bos_rule_is_in_the_header_the_report_and_the_json(suite, data_dir):
+    result = suite.runpytest_subprocess(*base_args("--max-cases=1", "--ppl-bos=always", "--editguard-json=r.json"))
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["editguard: *ppl-corpus=me-ppl-50 (sequences: me-ppl-1k) ppl-bos=always *",
+                                 "*baseline me-ppl-50 perplexity * (token-weighted *; BOS: always)*"])
+    run = json.loads((suite.path / "r.json").read_text())["run"]
+    assert run["ppl_bos"] == "always"
+    from editguard import load_model
+    from editguard.data import load_ppl_corpus
+    from editguard.metrics.perplexity import perplexity
+
+    with_bos = perplexity(load_model("tiny-llama"), load_ppl_corpus("me-ppl-50", data_dir), bos="always")
+    assert run["baseline_ppl"] == pytest.approx(with_bos.ppl, rel=1e-6)
 
 
 def test_module_without_case_source_is_a_usage_error(pytester):

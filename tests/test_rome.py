@@ -119,6 +119,14 @@ def test_context_templates_are_seeded_and_cached(tmp_path, monkeypatch):
     assert context_templates(tiny, ((5, 10), (10, 10)), seed=1) != first
 
 
+def test_generated_template_text_is_cleaned_as_the_papers_code_cleans_it():
+    from editguard.editors.keys import clean_generated
+
+    assert clean_generated("Therefore\n\nTo create a ﬁle") == "Therefore To create a file"
+    assert clean_generated("Because-dice(n):\n    n") == "Because-dice(n):\n    n"   # one newline stays
+    assert clean_generated("café") == "cafe\u0301"   # NFKD
+
+
 def test_bfloat16_model_keeps_the_sensitive_math_in_float32(data_dir):
     from editguard import check, measure_baseline
     from editguard.data import load_ppl_corpus

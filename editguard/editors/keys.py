@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import unicodedata
 
 import torch
 
@@ -120,10 +121,17 @@ def _sample_continuations(mue: ModelUnderEdit, seed_text: str, n: int, length: i
     return mue.tokenizer.batch_decode(ids, skip_special_tokens=True)
 
 
+def clean_generated(text: str) -> str:
+    """The clean-up ROME's and the papers' generation applies to sampled text: Unicode NFKD, and a
+    blank line ("\n\n") becomes one space (special tokens are already skipped when decoding)."""
+    return unicodedata.normalize("NFKD", text).replace("\n\n", " ")
+
+
 def context_templates(mue: ModelUnderEdit, length_params: tuple[tuple[int, int], ...],
                       seed: int = 0) -> list[str]:
-    """["{}"] + model-generated prefixes "<text>. {}", seeded and cached on disk so that every
-    process (xdist workers, reruns, other devices) uses exactly the same templates."""
+    """["{}"] + model-generated prefixes "<text>. {}" (text cleaned as the papers' code cleans it),
+    seeded and cached on disk so that every process (xdist workers, reruns, other devices) uses
+    exactly the same templates. (The papers' code samples new templates in every process.)"""
     for length, n in length_params:
         if n < len(TEMPLATE_SEEDS) or n % len(TEMPLATE_SEEDS):
             raise ValueError(f"context_template_length_params: {n} templates of length {length} cannot be split "
@@ -137,7 +145,8 @@ def context_templates(mue: ModelUnderEdit, length_params: tuple[tuple[int, int],
         for length, n_gen in length_params:
             for seed_text in TEMPLATE_SEEDS:
                 for text in _sample_continuations(mue, seed_text, n_gen // len(TEMPLATE_SEEDS), length, generator):
-                    templates.append(text.replace("{", "").replace("}", "") + ". {}")
+                    templates.append(clean_generated(text).replace("{", "").replace("}", "") + ". {}")
         return templates
 
-    return cached_json(cache_dir() / "templates" / f"{mue.fingerprint}-seed{seed}-{spec}.json", generate)
+    # "-nfkd": templates cleaned by clean_generated (older cache files hold uncleaned ones).
+    return cached_json(cache_dir() / "templates" / f"{mue.fingerprint}-seed{seed}-{spec}-nfkd.json", generate)

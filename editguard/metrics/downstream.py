@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 
 from editguard.cache import cache_dir, cache_key, cached_json, safe_name
-from editguard.metrics.perplexity import default_add_bos
+from editguard.metrics.perplexity import add_bos_for
 from editguard.models.loading import ModelUnderEdit
 from editguard.options import DOWNSTREAM_PRECISIONS
 from editguard.stats import Z_ONE_SIDED_95, wilson_interval
@@ -112,7 +112,8 @@ def loglikelihoods(mue: ModelUnderEdit, pairs: list[tuple[str, str]], *, tokens_
     endings) run on top of the context's key/value cache. Same tokens, same numbers (to float
     rounding) as one pass per pair, and a fraction of the work.
     """
-    tok, add_bos, max_len = mue.tokenizer, default_add_bos(mue), _max_length(mue)
+    # BOS as lm-eval adds it: the tokenizer's own convention, whatever --ppl-bos says for ME-PPL.
+    tok, add_bos, max_len = mue.tokenizer, add_bos_for("tokenizer", mue), _max_length(mue)
     by_context: dict[tuple, list[tuple[int, list[int]]]] = {}
     for i, (context, continuation) in enumerate(pairs):
         ctx, cont = encode_pair(tok, context, continuation, add_bos)
@@ -248,7 +249,7 @@ def greedy_generate(mue: ModelUnderEdit, prompts: list[str], *, max_new_tokens: 
     """Greedy continuations, each cut at its first stop string (lm-eval's `until`)."""
     from transformers import GenerationConfig, StoppingCriteriaList
 
-    tok, add_bos = mue.tokenizer, default_add_bos(mue)
+    tok, add_bos = mue.tokenizer, add_bos_for("tokenizer", mue)
     limit = _max_length(mue) - max_new_tokens
     encoded = [([tok.bos_token_id] if add_bos else []) + tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     encoded = [ids[-limit:] for ids in encoded]

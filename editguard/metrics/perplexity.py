@@ -1,9 +1,14 @@
 """Perplexity on a normal-text corpus (ME-PPL), the papers' collapse signal.
 
 The papers' number (their ppl.py) is the *mean of per-sentence perplexities*: each sentence is
-tokenized without special tokens, scored on tokens 2..n (no BOS is prepended for their models),
-and exp(mean token NLL) is taken per sentence. A single broken sentence can dominate that mean,
-so the token-weighted corpus perplexity is reported beside it.
+tokenized without special tokens (`add_special_tokens=False`, `add_start_token=False`, on every
+model, Llama-2 included), scored on tokens 2..n, and exp(mean token NLL) is taken per sentence.
+A single broken sentence can dominate that mean, so the token-weighted corpus perplexity is
+reported beside it.
+
+Whether a BOS goes before each sentence is a rule (`--ppl-bos`, editguard.options.PPL_BOS_CHOICES),
+decided in one place, `add_bos_for`: `never` (the default: the papers' number), `tokenizer` (where
+the tokenizer adds one by itself: Llama-2, Gemma) or `always`.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from editguard.models.loading import ModelUnderEdit
+from editguard.options import DEFAULT_PPL_BOS, PPL_BOS_CHOICES
 
 
 @dataclass(frozen=True)
@@ -22,9 +28,10 @@ class PerplexityResult:
     corpus_ppl: float          # exp(total NLL / total scored tokens)
     per_sentence: tuple[float, ...]
     n_tokens: int
+    bos: str = DEFAULT_PPL_BOS  # the BOS rule it was measured with (PPL_BOS_CHOICES)
 
     def to_dict(self) -> dict:
-        return {"ppl": self.ppl, "corpus_ppl": self.corpus_ppl, "n_tokens": self.n_tokens}
+        return {"ppl": self.ppl, "corpus_ppl": self.corpus_ppl, "n_tokens": self.n_tokens, "bos": self.bos}
 
 
 def encode_sentences(mue: ModelUnderEdit, sentences: list[str], add_bos: bool, max_length: int) -> list[list[int]]:
@@ -40,11 +47,21 @@ def encode_sentences(mue: ModelUnderEdit, sentences: list[str], add_bos: bool, m
     return encoded
 
 
-def default_add_bos(mue: ModelUnderEdit) -> bool:
-    """Prepend BOS only where the tokenizer itself would (Llama-2); GPT-2 and SmolLM2 add none."""
+def add_bos_for(rule: str, mue: ModelUnderEdit) -> bool:
+    """Whether a BOS goes before each sentence under `rule`: `never` (the papers' ME-PPL), `tokenizer`
+    (only where the tokenizer adds one by itself: Llama-2, Gemma; GPT-2 and SmolLM2 add none) or
+    `always` (an error for a tokenizer without a BOS token)."""
     tok = mue.tokenizer
-    probe = tok("a")["input_ids"]
-    return tok.bos_token_id is not None and len(probe) > 0 and probe[0] == tok.bos_token_id
+    if rule == "never":
+        return False
+    if rule == "tokenizer":
+        probe = tok("a")["input_ids"]
+        return tok.bos_token_id is not None and len(probe) > 0 and probe[0] == tok.bos_token_id
+    if rule == "always":
+        if tok.bos_token_id is None:
+            raise ValueError(f"--ppl-bos always: the tokenizer of {mue.name} has no BOS token")
+        return True
+    raise ValueError(f"--ppl-bos must be one of {', '.join(PPL_BOS_CHOICES)}, got {rule!r}")
 
 
 def token_nlls(mue: ModelUnderEdit, batch: list[list[int]]) -> list[torch.Tensor]:
@@ -73,17 +90,17 @@ def token_nlls(mue: ModelUnderEdit, batch: list[list[int]]) -> list[torch.Tensor
 
 
 @torch.no_grad()
-def perplexity(mue: ModelUnderEdit, sentences: list[str], *, add_bos: bool | None = None,
+def perplexity(mue: ModelUnderEdit, sentences: list[str], *, bos: str = DEFAULT_PPL_BOS,
                max_length: int = 1024, tokens_per_batch: int = 8192, progress=None) -> PerplexityResult:
-    """ME-PPL of `sentences` under the model as it is now (edited or not).
+    """ME-PPL of `sentences` under the model as it is now (edited or not), with the BOS rule `bos`
+    (see add_bos_for; the default is the papers').
 
     Sentences are sorted by length and packed into batches of at most `tokens_per_batch`
     padded tokens. `progress`, if given, is called with the number of sentences done.
     """
     if not sentences:
         raise ValueError("perplexity needs at least one sentence")
-    if add_bos is None:
-        add_bos = default_add_bos(mue)
+    add_bos = add_bos_for(bos, mue)
     config = mue.model.config
     max_length = min(max_length,
                      getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", max_length))
@@ -109,4 +126,5 @@ def perplexity(mue: ModelUnderEdit, sentences: list[str], *, add_bos: bool | Non
         corpus_ppl=math.exp(total / count),
         per_sentence=per_sentence,
         n_tokens=count,
+        bos=bos,
     )

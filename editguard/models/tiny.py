@@ -7,11 +7,12 @@ so nothing is downloaded.
 from __future__ import annotations
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import AutoModelForCausalLM, GPT2Config, GPTJConfig, LlamaConfig, PreTrainedTokenizerFast
 
 TINY_SEED = 1234
 _EOT = "<|endoftext|>"
+_BOS = "<s>"  # only in the add_bos variant, as Llama-2's
 _VOCAB = 320  # 256 bytes + end-of-text, rounded up
 
 
@@ -28,15 +29,23 @@ def _byte_to_char() -> dict[int, str]:
     return mapping
 
 
-def byte_tokenizer() -> PreTrainedTokenizerFast:
+def byte_tokenizer(add_bos: bool = False) -> PreTrainedTokenizerFast:
+    """The tiny models' tokenizer. With `add_bos`, a Llama-2-like variant: a BOS token `<s>` (id 257)
+    of its own, which the tokenizer puts before every text (add_special_tokens=True)."""
     byte_chars = _byte_to_char()
     vocab = {byte_chars[b]: b for b in range(256)}
     vocab[_EOT] = 256
+    if add_bos:
+        vocab[_BOS] = 257
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
+    if add_bos:
+        tok.add_special_tokens([_BOS])
+        tok.post_processor = processors.TemplateProcessing(single=f"{_BOS} $A", pair=f"{_BOS} $A {_BOS} $B",
+                                                           special_tokens=[(_BOS, 257)])
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=_EOT, eos_token=_EOT, pad_token=_EOT, unk_token=_EOT
+        tokenizer_object=tok, bos_token=_BOS if add_bos else _EOT, eos_token=_EOT, pad_token=_EOT, unk_token=_EOT
     )
     fast.padding_side = "right"
     return fast

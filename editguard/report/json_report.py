@@ -36,6 +36,7 @@ class RunInfo:
     device: str
     dtype: str
     seed: int = 0
+    ppl_bos: str = "never"     # BOS rule of every perplexity in the run (--ppl-bos; never: the papers')
     suite: str = ""
     suite_source: str = ""     # where the suite's cases came from (mined list, screen, ...)
     cases_total: int | None = None      # cases the suite module's source holds

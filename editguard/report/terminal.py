@@ -60,7 +60,7 @@ def render_report(run: dict[str, Any], cases: list[dict[str, Any]], max_rows: in
         f"{run['editor']} on {run['model']} ({run.get('suite') or 'cases'}): ",
         *_verdict_counts(run, cases), "\n",
         f"baseline {run['ppl_corpus']} perplexity {run['baseline_ppl']:.2f} "
-        f"(token-weighted {run['baseline_corpus_ppl']:.2f}); gates: "
+        f"(token-weighted {run['baseline_corpus_ppl']:.2f}; BOS: {run.get('ppl_bos', 'never')}); gates: "
         + ", ".join(f"{k}={v:g}" for k, v in run["thresholds"].items())
         + cases_lines,
     )
