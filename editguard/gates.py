@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from editguard.stats import Z_ONE_SIDED_95, wilson_interval
@@ -54,18 +55,30 @@ class Verdict:
         return f"{text}; {self.context}" if self.context else text
 
 
+def is_collapsed(ppl: float, ppl_max: float) -> bool:
+    """The one collapse predicate (gates, mining, reports): above the line, or not a number at all."""
+    return not math.isfinite(ppl) or ppl > ppl_max
+
+
 def judge(ppl: float, baseline_ppl: float, diagnostics: dict, thresholds: Thresholds,
           subject_first: bool) -> Verdict:
-    """Apply every gate that the available measurements allow."""
+    """Apply every gate that the available measurements allow. NaN/Inf perplexity, or NaN/Inf in
+    a touched weight (diagnostics["non_finite_weights"]), is a collapse."""
     t = thresholds
     limit = min(t.ppl_max, t.ppl_max_ratio * baseline_ppl)
-    if ppl > t.ppl_max:
+    non_finite = diagnostics.get("non_finite_weights") or []
+    collapsed = is_collapsed(ppl, t.ppl_max) or bool(non_finite)
+    if non_finite:
+        ppl_reason = f"weights {non_finite[:3]} hold NaN/Inf after the edit: collapsed"
+    elif not math.isfinite(ppl):
+        ppl_reason = f"perplexity {ppl} is not finite: collapsed"
+    elif collapsed:
         ppl_reason = f"perplexity {ppl:.1f} > collapse line {t.ppl_max:g}"
     elif ppl > t.ppl_max_ratio * baseline_ppl:
         ppl_reason = f"perplexity {ppl:.1f} > {t.ppl_max_ratio:g} × baseline {baseline_ppl:.1f}"
     else:
         ppl_reason = f"perplexity {ppl:.1f} ≤ {limit:.1f}"
-    gates = [GateResult("perplexity", ppl <= limit, ppl, limit, ppl_reason)]
+    gates = [GateResult("perplexity", not collapsed and ppl <= limit, ppl, limit, ppl_reason)]
 
     if "denominator_ratio" in diagnostics:
         ratio = diagnostics["denominator_ratio"]

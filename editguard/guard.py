@@ -197,6 +197,9 @@ def _edit_and_measure(mue: ModelUnderEdit, editor: Editor, case: EditCase, basel
     diagnostics["update_norm_rel"] = anatomy["update_norm_rel_max"]
     diagnostics["blast_radius"] = anatomy["blast_radius_max"]
     diagnostics["touched_matrices"] = anatomy["matrices"]
+    non_finite = [n for n in snapshot.names if not bool(torch.isfinite(mue.parameter(n)).all())]
+    if non_finite:
+        diagnostics["non_finite_weights"] = non_finite
     timings["anatomy"] = time.perf_counter() - t
     verdict = judge(ppl.ppl, baseline.ppl.ppl, diagnostics, thresholds, case.subject_first)
     downstream = None

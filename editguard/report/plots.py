@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from editguard.gates import is_collapsed
+
 
 def _pyplot():
     try:
@@ -25,7 +27,7 @@ def plot_ppl_scatter(run: dict[str, Any], cases: list[dict[str, Any]], path: str
     line = run["thresholds"]["ppl_max"]
     cases = sorted(cases, key=lambda c: str(c["case_id"]))
     fig, ax = plt.subplots(figsize=(8, 4))
-    colors = ["tab:red" if c["ppl"] > line else "tab:blue" for c in cases]
+    colors = ["tab:red" if is_collapsed(c["ppl"], line) else "tab:blue" for c in cases]
     ax.scatter(range(len(cases)), [c["ppl"] for c in cases], c=colors, s=14)
     ax.axhline(line, color="tab:red", linestyle="--", linewidth=1, label=f"collapse line ({line:g})")
     ax.axhline(run["baseline_ppl"], color="gray", linestyle=":", linewidth=1,
@@ -87,7 +89,7 @@ def plot_anatomy(run: dict[str, Any], cases: list[dict[str, Any]], path: str | P
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for collapsed, style in ((False, dict(c="tab:blue", marker="o", label="intact")),
                              (True, dict(c="tab:red", marker="x", label=f"collapsed (ppl > {line:g})"))):
-        pts = [c for c in rows if (c["ppl"] > line) == collapsed]
+        pts = [c for c in rows if is_collapsed(c["ppl"], line) == collapsed]
         ax.scatter([c["key_cosine"] for c in pts], [max(abs(c["denominator_ratio"]), 1e-5) for c in pts],
                    s=18, **style)
     gate = run["thresholds"].get("denominator_ratio_min")

@@ -9,6 +9,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from editguard.gates import is_collapsed
+
 
 def _num(value: Any, fmt: str = ".3g") -> str:
     return "–" if value is None else format(value, fmt)
@@ -16,7 +18,7 @@ def _num(value: Any, fmt: str = ".3g") -> str:
 
 def render_report(run: dict[str, Any], cases: list[dict[str, Any]], max_rows: int = 50) -> Group:
     failed = sorted((c for c in cases if not c["passed"]), key=lambda c: -c["ppl"])
-    n_collapsed = sum(1 for c in cases if c["ppl"] > run["thresholds"]["ppl_max"])
+    n_collapsed = sum(1 for c in cases if is_collapsed(c["ppl"], run["thresholds"]["ppl_max"]))
     header = Text.assemble(
         ("editguard ", "bold"),
         f"{run['editor']} on {run['model']} ({run.get('suite') or 'cases'}): ",
