@@ -20,8 +20,8 @@ from editguard.gates import Thresholds, Verdict, downstream_gates, judge
 from editguard.metrics.anatomy import normal_text_keys, update_anatomy
 from editguard.metrics.efficacy import efficacy
 from editguard.metrics.perplexity import PerplexityResult, perplexity
-from editguard.models.loading import ModelUnderEdit
-from editguard.models.snapshot import RestoreError, WeightSnapshot, parameter_checksums
+from editguard.models.loading import ModelUnderEdit, original_parameters
+from editguard.models.snapshot import PristineModel, RestoreError, WeightSnapshot
 
 
 @dataclass
@@ -31,7 +31,7 @@ class Baseline:
     ppl: PerplexityResult
     sentences: list[str]
     corpus: str
-    checksums: dict[str, float] = field(repr=False)
+    pristine: PristineModel = field(repr=False)   # digests of every weight; restores are verified against it
     # Optional downstream probes (editguard.metrics.downstream.DownstreamProbe): fixed task subsets
     # and the unedited model's scores on them; when set, every edit is probed and gated on them.
     downstream: Any = field(default=None, repr=False)
@@ -45,14 +45,14 @@ PERPLEXITY_VERSION = 1
 
 
 def measure_baseline(mue: ModelUnderEdit, sentences: list[str], corpus: str = "", shared: bool = False) -> Baseline:
-    """The unedited model's perplexity and weight checksums. With `shared`, the perplexity is
+    """The unedited model's perplexity and weight digests. With `shared`, the perplexity is
     taken once per (weights, dtype, device type, corpus) and kept on disk under a file lock, so
     parallel workers (pytest -n N) and later sessions reuse one measurement."""
-    checksums = parameter_checksums(mue.model)
+    pristine = PristineModel(mue.model)
     if not shared:
-        return Baseline(perplexity(mue, sentences), sentences, corpus, checksums)
-    # Keyed by the weights as they are now (their checksums), not the load-time fingerprint.
-    key = cache_key(PERPLEXITY_VERSION, mue.fingerprint, sorted(checksums.items()), str(mue.dtype),
+        return Baseline(perplexity(mue, sentences), sentences, corpus, pristine)
+    # Keyed by the weights as they are now (their digests), not the load-time fingerprint.
+    key = cache_key(PERPLEXITY_VERSION, mue.fingerprint, sorted(pristine.digests.items()), str(mue.dtype),
                     mue.device.type, sentences)
 
     def measure() -> dict:
@@ -61,7 +61,7 @@ def measure_baseline(mue: ModelUnderEdit, sentences: list[str], corpus: str = ""
 
     saved = cached_json(cache_dir() / "baselines" / f"{safe_name(mue.name)}-{key}.json", measure)
     ppl = PerplexityResult(saved["ppl"], saved["corpus_ppl"], tuple(saved["per_sentence"]), saved["n_tokens"])
-    return Baseline(ppl, sentences, corpus, checksums)
+    return Baseline(ppl, sentences, corpus, pristine)
 
 
 @dataclass
@@ -148,14 +148,13 @@ def measure_anatomy(snapshot: WeightSnapshot, mue: ModelUnderEdit, keys: dict[st
 
 
 def verify_pristine(mue: ModelUnderEdit, baseline: Baseline, editor_name: str) -> None:
-    now = parameter_checksums(mue.model)
-    changed = [n for n, v in now.items() if v != baseline.checksums.get(n)]
-    if changed:
-        raise RestoreError(
-            f"after restoring, parameters {changed[:5]} still differ from the unedited model: editor "
-            f"'{editor_name}' changed weights it did not list in touched_parameters(); every later result "
-            f"would be measured on a modified model"
-        )
+    """Every parameter and floating buffer must be the unedited model's (bytes and objects). If not,
+    the model is put back in place (reloading what no snapshot holds) and this edit fails loudly."""
+    changes = baseline.pristine.changes(mue.model)
+    if changes:
+        done = baseline.pristine.put_back(mue.model, changes, lambda names: original_parameters(mue, names))
+        raise RestoreError(f"editor '{editor_name}' {changes.describe()}; the unedited model was put back "
+                           f"({done}) and verified, so later tests are not affected")
 
 
 class RestorePoint:

@@ -149,10 +149,10 @@ def test_module_without_case_source_is_a_usage_error(pytester):
 
 
 AFTER_SEQUENCE = '''
-from editguard.models.snapshot import parameter_checksums
+from editguard.models.snapshot import weight_digests
 
 def test_model_is_pristine_after_the_sequence(model_under_edit, baseline):
-    assert parameter_checksums(model_under_edit.model) == baseline.checksums
+    assert weight_digests(model_under_edit.model) == baseline.pristine.digests
 '''
 
 

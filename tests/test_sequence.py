@@ -7,7 +7,7 @@ import torch
 from editguard import EditCase, get_editor, load_model
 from editguard.gates import Thresholds
 from editguard.guard import EditSequence, check, measure_baseline
-from editguard.models.snapshot import WeightSnapshot, parameter_checksums
+from editguard.models.snapshot import WeightSnapshot, weight_digests
 
 FAST = {"v_num_grad_steps": 3, "context_template_length_params": [[5, 5]]}
 CASES = [
@@ -42,7 +42,7 @@ def test_steps_accumulate_and_restore(setup):
     cumulative = float((after_all - original).norm() / original.norm())
     assert results[-1].diagnostics["cumulative_update_norm_rel"] == pytest.approx(cumulative, rel=1e-4)
     assert torch.equal(layer_weight, original)
-    assert parameter_checksums(mue.model) == baseline.checksums
+    assert weight_digests(mue.model) == baseline.pristine.digests
 
 
 def test_sequence_restores_when_a_step_raises(setup):
