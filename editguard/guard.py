@@ -22,6 +22,7 @@ from editguard.metrics.efficacy import efficacy
 from editguard.metrics.perplexity import PerplexityResult, perplexity
 from editguard.models.loading import ModelUnderEdit, original_parameters
 from editguard.models.snapshot import PristineModel, RestoreError, WeightSnapshot
+from editguard.options import SEQUENCE_ON_ERROR
 
 
 @dataclass
@@ -246,6 +247,14 @@ def check(mue: ModelUnderEdit, editor: Editor, case: EditCase, baseline: Baselin
     return result
 
 
+class SequenceStepError(RuntimeError):
+    """A step of a sequence raised; its partial writes were undone (the weights are as before it)."""
+
+
+class SequenceStopped(RuntimeError):
+    """An earlier step failed and the sequence stops there (on_error="stop")."""
+
+
 class EditSequence:
     """Sequential editing: cases applied one after another without restoring, each step
     measured and judged on the model as the earlier edits left it; `restore()` at the end puts
@@ -254,25 +263,54 @@ class EditSequence:
         with EditSequence(model, editor, baseline, name="hard") as seq:
             for case in cases:
                 result = seq.apply(case)   # result.step, result.ppl, result.verdict
+
+    A step that raises is undone (its touched weights back to before it), recorded in
+    `failed_steps` with its number and raised as SequenceStepError. Then, with on_error="stop",
+    every later `apply` raises SequenceStopped naming that step; with "continue", the next step
+    builds on the weights as they were before the failed one and keeps its own number.
     """
 
     def __init__(self, mue: ModelUnderEdit, editor: Editor, baseline: Baseline,
-                 thresholds: Thresholds = Thresholds(), name: str = "sequence"):
+                 thresholds: Thresholds = Thresholds(), name: str = "sequence", on_error: str = "stop"):
+        if on_error not in SEQUENCE_ON_ERROR:
+            raise ValueError(f"on_error must be one of {', '.join(SEQUENCE_ON_ERROR)}, got {on_error!r}")
         self.mue, self.editor, self.baseline, self.thresholds, self.name = mue, editor, baseline, thresholds, name
+        self.on_error = on_error
         self.original = RestorePoint(mue, editor, [], baseline)
         self.results: list[CaseResult] = []
+        self.failed_steps: list[tuple[int, str, str]] = []   # (step, case id, error)
+        self.steps_taken = 0
         reset_editor(editor)  # editors with memory (AlphaEdit) start from the unedited model
 
+    @property
+    def stopped_reason(self) -> str | None:
+        """Why later steps are not run (on_error="stop" after a failed step), else None."""
+        if self.on_error != "stop" or not self.failed_steps:
+            return None
+        step, case_id, error = self.failed_steps[0]
+        return f"sequence '{self.name}' stopped at step {step} ({case_id}), which failed: {error}"
+
     def apply(self, case: EditCase) -> CaseResult:
+        if self.stopped_reason:
+            raise SequenceStopped(self.stopped_reason)
+        self.steps_taken += 1
+        step = self.steps_taken
         timings: dict[str, float] = {}
         start = time.perf_counter()
         touched = self.editor.touched_parameters(self.mue, [case])
         self.original.snapshot.extend(touched)
         step_snapshot = WeightSnapshot(self.mue.model, touched)  # this step's ΔW is measured against it
         timings["snapshot"] = time.perf_counter() - start
-        result = _edit_and_measure(self.mue, self.editor, case, self.baseline, self.thresholds,
-                                   step_snapshot, timings, start)
-        result.sequence, result.step = self.name, len(self.results) + 1
+        try:
+            result = _edit_and_measure(self.mue, self.editor, case, self.baseline, self.thresholds,
+                                       step_snapshot, timings, start)
+        except Exception as err:
+            step_snapshot.restore()   # never build on a half-written edit
+            self.failed_steps.append((step, case.case_id, f"{type(err).__name__}: {err}"))
+            then = "later steps are skipped" if self.on_error == "stop" else "the sequence continues from there"
+            raise SequenceStepError(f"step {step} ({case.case_id}) of sequence '{self.name}' failed: "
+                                    f"{type(err).__name__}: {err}; its writes were undone, {then}") from err
+        result.sequence, result.step = self.name, step
         result.diagnostics["cumulative_update_norm_rel"] = measure_anatomy(self.original.snapshot,
                                                                            self.mue)["update_norm_rel_max"]
         self.results.append(result)

@@ -27,6 +27,7 @@ SEQUENCE_PPL_CORPUS = "me-ppl-1k"
 COLLAPSE_PPL = 1000.0  # perplexity above which an edited model counts as collapsed
 DATA_ENV = "EDITGUARD_DATA"
 DOWNSTREAM_PRECISIONS = ("auto", "float32", "bfloat16")
+SEQUENCE_ON_ERROR = ("stop", "continue")  # what a sequence does after a step raises
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("sequential", bool, False,
            "apply each suite module's cases as one sequence without restoring in between (the model is "
            "restored and verified after the module); suites/sequential is always sequential"),
+    Option("sequence-on-error", str, "stop",
+           "after a sequence step raises: stop (later steps are skipped, naming the failed step) or continue "
+           "(from the weights as they were before the failed step)"),
     Option("ppl-threshold", float, COLLAPSE_PPL, "collapse line for perplexity"),
     Option("ppl-max-ratio", float, 2.0, "largest allowed edited/unedited perplexity ratio"),
     Option("denominator-ratio-min", float, 0.1, "smallest allowed ROME denominator ratio (key used vs k̄)"),

@@ -12,6 +12,7 @@ from editguard.options import (
     DOWNSTREAM_PRECISIONS,
     OPTIONS,
     OPTIONS_BY_NAME,
+    SEQUENCE_ON_ERROR,
     SEQUENCE_PPL_CORPUS,
     SINGLE_EDIT_PPL_CORPUS,
     data_dir,
@@ -102,6 +103,7 @@ class EditguardSettings:
     downstream_n: int = 200
     downstream_min_retention: float | None = None
     downstream_precision: str = "auto"
+    sequence_on_error: str = "stop"
 
     def ppl_corpus_for(self, sequential: bool) -> str:
         if self.ppl_corpus:
@@ -159,6 +161,10 @@ class EditguardSettings:
         if precision not in DOWNSTREAM_PRECISIONS:
             raise pytest.UsageError(f"--downstream-precision must be one of {', '.join(DOWNSTREAM_PRECISIONS)}, "
                                     f"got {precision!r}")
+        on_error = option_value(config, "sequence-on-error")
+        if on_error not in SEQUENCE_ON_ERROR:
+            raise pytest.UsageError(f"--sequence-on-error must be one of {', '.join(SEQUENCE_ON_ERROR)}, "
+                                    f"got {on_error!r}")
         worker = config.workerinput["workerid"] if hasattr(config, "workerinput") else None
         worker_index = int(worker.removeprefix("gw")) if worker else None
         device = option_value(config, "device")
@@ -178,7 +184,7 @@ class EditguardSettings:
             thresholds=thresholds, max_cases=max_cases, json_path=option_value(config, "json"),
             sequential=option_value(config, "sequential"), plots_dir=option_value(config, "plots"),
             downstream=downstream or None, downstream_n=downstream_n, downstream_min_retention=retention,
-            downstream_precision=precision,
+            downstream_precision=precision, sequence_on_error=on_error,
         )
 
     def load_model(self):

@@ -113,3 +113,22 @@ class ReplacingEditor(FaultyEditor):
 
 
 FAULTY_EDITORS = (UndeclaredEditor, PermutingEditor, OffsettingEditor, BufferEditor, ReplacingEditor)
+
+
+class PartialWriteEditor:
+    """Scales row 0 of the edited matrix by 1.01 per case; on a case whose new target is
+    "English" it writes row 1 (×1000) and then raises, as an editor failing mid-write would."""
+
+    name = "partial-write"
+
+    def touched_parameters(self, model, cases):
+        return [model.family.rewrite_weight(model.edit_layer)]
+
+    def apply(self, model, cases):
+        with torch.no_grad():
+            w = model.rewrite_matrix(model.edit_layer)
+            if any(c.target_new == "English" for c in cases):
+                w[1] *= 1000.0
+                raise RuntimeError("the editor failed half-way")
+            w[0] *= 1.01
+        return EditReport(touched=self.touched_parameters(model, cases))
