@@ -19,7 +19,7 @@ from typing import Any
 
 from editguard.cases import EditCase
 from editguard.editors.api import Editor
-from editguard.gates import Thresholds
+from editguard.gates import Thresholds, is_collapsed
 from editguard.guard import Baseline, EditSequence, check
 from editguard.metrics.efficacy import edit_scores
 from editguard.models.loading import ModelUnderEdit
@@ -103,7 +103,7 @@ def summarize_positions(rows: list[dict[str, Any]], ppl_max: float = 1000.0) -> 
             "denominator_ratio_median": _median([abs(r["denominator_ratio"]) if r["denominator_ratio"] is not None
                                                  else None for r in group]),
             "ppl_median": _median([r["ppl"] for r in group]), "ppl_max": max(r["ppl"] for r in group),
-            "collapsed": sum(r["ppl"] > ppl_max for r in group),
+            "collapsed": sum(is_collapsed(r["ppl"], ppl_max) for r in group),
         })
     return out
 

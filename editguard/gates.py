@@ -27,7 +27,8 @@ class Thresholds:
 
 
 def is_collapsed(ppl: float | None, threshold: float) -> bool:
-    """The model collapsed: perplexity above the collapse line, or not a finite number (NaN/Inf)."""
+    """The one collapse predicate (gates, mining, reports): perplexity above the collapse line, or
+    not a finite number (NaN/Inf; None: not measured, which a report cannot call intact)."""
     return ppl is None or not math.isfinite(ppl) or ppl > threshold
 
 
@@ -62,16 +63,23 @@ class Verdict:
 
 def judge(ppl: float, baseline_ppl: float, diagnostics: dict, thresholds: Thresholds,
           subject_first: bool) -> Verdict:
-    """Apply every gate that the available measurements allow."""
+    """Apply every gate that the available measurements allow. NaN/Inf perplexity, or NaN/Inf in
+    a touched weight (diagnostics["non_finite_weights"]), is a collapse."""
     t = thresholds
     limit = min(t.ppl_max, t.ppl_max_ratio * baseline_ppl)
-    if ppl > t.ppl_max:
+    non_finite = diagnostics.get("non_finite_weights") or []
+    collapsed = is_collapsed(ppl, t.ppl_max) or bool(non_finite)
+    if non_finite:
+        ppl_reason = f"weights {non_finite[:3]} hold NaN/Inf after the edit: collapsed"
+    elif not math.isfinite(ppl):
+        ppl_reason = f"perplexity {ppl} is not finite: collapsed"
+    elif collapsed:
         ppl_reason = f"perplexity {ppl:.1f} > collapse line {t.ppl_max:g}"
     elif ppl > t.ppl_max_ratio * baseline_ppl:
         ppl_reason = f"perplexity {ppl:.1f} > {t.ppl_max_ratio:g} × baseline {baseline_ppl:.1f}"
     else:
         ppl_reason = f"perplexity {ppl:.1f} ≤ {limit:.1f}"
-    gates = [GateResult("perplexity", ppl <= limit, ppl, limit, ppl_reason)]
+    gates = [GateResult("perplexity", not collapsed and ppl <= limit, ppl, limit, ppl_reason)]
 
     if "denominator_ratio" in diagnostics:
         ratio = diagnostics["denominator_ratio"]

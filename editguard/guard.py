@@ -20,9 +20,9 @@ from editguard.gates import Thresholds, Verdict, downstream_gates, judge
 from editguard.metrics.anatomy import normal_text_keys, update_anatomy
 from editguard.metrics.efficacy import efficacy
 from editguard.metrics.perplexity import PerplexityResult, add_bos_for, perplexity
-from editguard.models.loading import ModelUnderEdit
-from editguard.models.snapshot import RestoreError, WeightSnapshot, parameter_checksums
-from editguard.options import DEFAULT_PPL_BOS
+from editguard.models.loading import ModelUnderEdit, original_parameters
+from editguard.models.snapshot import PristineModel, RestoreError, WeightSnapshot
+from editguard.options import DEFAULT_PPL_BOS, SEQUENCE_ON_ERROR
 
 
 @dataclass
@@ -32,7 +32,7 @@ class Baseline:
     ppl: PerplexityResult
     sentences: list[str]
     corpus: str
-    checksums: dict[str, float] = field(repr=False)
+    pristine: PristineModel = field(repr=False)   # digests of every weight; restores are verified against it
     # The BOS rule (--ppl-bos) the baseline was measured with; every edited measurement uses it too.
     ppl_bos: str = DEFAULT_PPL_BOS
     # Optional downstream probes (editguard.metrics.downstream.DownstreamProbe): fixed task subsets
@@ -51,16 +51,16 @@ PERPLEXITY_VERSION = 2
 def measure_baseline(mue: ModelUnderEdit, sentences: list[str], corpus: str = "", shared: bool = False,
                      bos: str = DEFAULT_PPL_BOS) -> Baseline:
     """The unedited model's perplexity (BOS rule `bos`, see metrics.perplexity.add_bos_for) and
-    weight checksums. With `shared`, the perplexity is taken once per (weights, dtype, device type,
+    weight digests. With `shared`, the perplexity is taken once per (weights, dtype, device type,
     corpus, BOS rule) and kept on disk under a file lock, so parallel workers (pytest -n N) and
     later sessions reuse one measurement."""
-    checksums = parameter_checksums(mue.model)
+    pristine = PristineModel(mue.model)
     if not shared:
-        return Baseline(perplexity(mue, sentences, bos=bos), sentences, corpus, checksums, ppl_bos=bos)
-    # Keyed by the weights as they are now (their checksums), not the load-time fingerprint, and by
+        return Baseline(perplexity(mue, sentences, bos=bos), sentences, corpus, pristine, ppl_bos=bos)
+    # Keyed by the weights as they are now (their digests), not the load-time fingerprint, and by
     # the BOS rule with the BOS it puts there (none, or the tokenizer's BOS id).
     bos_id = mue.tokenizer.bos_token_id if add_bos_for(bos, mue) else None
-    key = cache_key(PERPLEXITY_VERSION, mue.fingerprint, sorted(checksums.items()), str(mue.dtype),
+    key = cache_key(PERPLEXITY_VERSION, mue.fingerprint, sorted(pristine.digests.items()), str(mue.dtype),
                     mue.device.type, sentences, bos, bos_id)
 
     def measure() -> dict:
@@ -69,7 +69,7 @@ def measure_baseline(mue: ModelUnderEdit, sentences: list[str], corpus: str = ""
 
     saved = cached_json(cache_dir() / "baselines" / f"{safe_name(mue.name)}-{key}.json", measure)
     ppl = PerplexityResult(saved["ppl"], saved["corpus_ppl"], tuple(saved["per_sentence"]), saved["n_tokens"], bos)
-    return Baseline(ppl, sentences, corpus, checksums, ppl_bos=bos)
+    return Baseline(ppl, sentences, corpus, pristine, ppl_bos=bos)
 
 
 @dataclass
@@ -156,14 +156,13 @@ def measure_anatomy(snapshot: WeightSnapshot, mue: ModelUnderEdit, keys: dict[st
 
 
 def verify_pristine(mue: ModelUnderEdit, baseline: Baseline, editor_name: str) -> None:
-    now = parameter_checksums(mue.model)
-    changed = [n for n, v in now.items() if v != baseline.checksums.get(n)]
-    if changed:
-        raise RestoreError(
-            f"after restoring, parameters {changed[:5]} still differ from the unedited model: editor "
-            f"'{editor_name}' changed weights it did not list in touched_parameters(); every later result "
-            f"would be measured on a modified model"
-        )
+    """Every parameter and floating buffer must be the unedited model's (bytes and objects). If not,
+    the model is put back in place (reloading what no snapshot holds) and this edit fails loudly."""
+    changes = baseline.pristine.changes(mue.model)
+    if changes:
+        done = baseline.pristine.put_back(mue.model, changes, lambda names: original_parameters(mue, names))
+        raise RestoreError(f"editor '{editor_name}' {changes.describe()}; the unedited model was put back "
+                           f"({done}) and verified, so later tests are not affected")
 
 
 class RestorePoint:
@@ -205,6 +204,9 @@ def _edit_and_measure(mue: ModelUnderEdit, editor: Editor, case: EditCase, basel
     diagnostics["update_norm_rel"] = anatomy["update_norm_rel_max"]
     diagnostics["blast_radius"] = anatomy["blast_radius_max"]
     diagnostics["touched_matrices"] = anatomy["matrices"]
+    non_finite = [n for n in snapshot.names if not bool(torch.isfinite(mue.parameter(n)).all())]
+    if non_finite:
+        diagnostics["non_finite_weights"] = non_finite
     timings["anatomy"] = time.perf_counter() - t
     verdict = judge(ppl.ppl, baseline.ppl.ppl, diagnostics, thresholds, case.subject_first)
     downstream = None
@@ -252,6 +254,14 @@ def check(mue: ModelUnderEdit, editor: Editor, case: EditCase, baseline: Baselin
     return result
 
 
+class SequenceStepError(RuntimeError):
+    """A step of a sequence raised; its partial writes were undone (the weights are as before it)."""
+
+
+class SequenceStopped(RuntimeError):
+    """An earlier step failed and the sequence stops there (on_error="stop")."""
+
+
 class EditSequence:
     """Sequential editing: cases applied one after another without restoring, each step
     measured and judged on the model as the earlier edits left it; `restore()` at the end puts
@@ -260,25 +270,54 @@ class EditSequence:
         with EditSequence(model, editor, baseline, name="hard") as seq:
             for case in cases:
                 result = seq.apply(case)   # result.step, result.ppl, result.verdict
+
+    A step that raises is undone (its touched weights back to before it), recorded in
+    `failed_steps` with its number and raised as SequenceStepError. Then, with on_error="stop",
+    every later `apply` raises SequenceStopped naming that step; with "continue", the next step
+    builds on the weights as they were before the failed one and keeps its own number.
     """
 
     def __init__(self, mue: ModelUnderEdit, editor: Editor, baseline: Baseline,
-                 thresholds: Thresholds = Thresholds(), name: str = "sequence"):
+                 thresholds: Thresholds = Thresholds(), name: str = "sequence", on_error: str = "stop"):
+        if on_error not in SEQUENCE_ON_ERROR:
+            raise ValueError(f"on_error must be one of {', '.join(SEQUENCE_ON_ERROR)}, got {on_error!r}")
         self.mue, self.editor, self.baseline, self.thresholds, self.name = mue, editor, baseline, thresholds, name
+        self.on_error = on_error
         self.original = RestorePoint(mue, editor, [], baseline)
         self.results: list[CaseResult] = []
+        self.failed_steps: list[tuple[int, str, str]] = []   # (step, case id, error)
+        self.steps_taken = 0
         reset_editor(editor)  # editors with memory (AlphaEdit) start from the unedited model
 
+    @property
+    def stopped_reason(self) -> str | None:
+        """Why later steps are not run (on_error="stop" after a failed step), else None."""
+        if self.on_error != "stop" or not self.failed_steps:
+            return None
+        step, case_id, error = self.failed_steps[0]
+        return f"sequence '{self.name}' stopped at step {step} ({case_id}), which failed: {error}"
+
     def apply(self, case: EditCase) -> CaseResult:
+        if self.stopped_reason:
+            raise SequenceStopped(self.stopped_reason)
+        self.steps_taken += 1
+        step = self.steps_taken
         timings: dict[str, float] = {}
         start = time.perf_counter()
         touched = self.editor.touched_parameters(self.mue, [case])
         self.original.snapshot.extend(touched)
         step_snapshot = WeightSnapshot(self.mue.model, touched)  # this step's ΔW is measured against it
         timings["snapshot"] = time.perf_counter() - start
-        result = _edit_and_measure(self.mue, self.editor, case, self.baseline, self.thresholds,
-                                   step_snapshot, timings, start)
-        result.sequence, result.step = self.name, len(self.results) + 1
+        try:
+            result = _edit_and_measure(self.mue, self.editor, case, self.baseline, self.thresholds,
+                                       step_snapshot, timings, start)
+        except Exception as err:
+            step_snapshot.restore()   # never build on a half-written edit
+            self.failed_steps.append((step, case.case_id, f"{type(err).__name__}: {err}"))
+            then = "later steps are skipped" if self.on_error == "stop" else "the sequence continues from there"
+            raise SequenceStepError(f"step {step} ({case.case_id}) of sequence '{self.name}' failed: "
+                                    f"{type(err).__name__}: {err}; its writes were undone, {then}") from err
+        result.sequence, result.step = self.name, step
         result.diagnostics["cumulative_update_norm_rel"] = measure_anatomy(self.original.snapshot,
                                                                            self.mue)["update_norm_rel_max"]
         self.results.append(result)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from editguard.cases import EditCase, write_cases
-from editguard.gates import Thresholds
+from editguard.gates import Thresholds, is_collapsed
 from editguard.guard import Baseline, check
 from editguard.models.loading import ModelUnderEdit
 from editguard.report.json_report import versions
@@ -126,8 +126,8 @@ def refuse_installed_path(path: str | Path) -> None:
 
 
 def degradation(ppl: float, baseline_ppl: float, thresholds: Thresholds) -> str:
-    """collapsed (above the collapse line), degraded (above the ratio bound), or intact."""
-    if ppl > thresholds.ppl_max:
+    """collapsed (above the collapse line, or NaN/Inf), degraded (above the ratio bound), or intact."""
+    if is_collapsed(ppl, thresholds.ppl_max):
         return "collapsed"
     if ppl > thresholds.ppl_max_ratio * baseline_ppl:
         return "degraded"

@@ -38,6 +38,7 @@ CALIBRATION_MODEL = "smollm2-135m"
 # tokenizer itself adds one (Llama-2, Gemma; not GPT-2 or SmolLM2), or always.
 PPL_BOS_CHOICES = ("never", "tokenizer", "always")
 DEFAULT_PPL_BOS = "never"
+SEQUENCE_ON_ERROR = ("stop", "continue")  # what a sequence does after a step raises
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("sequential", bool, False,
            "apply each suite module's cases as one sequence without restoring in between (the model is "
            "restored and verified after the module); suites/sequential is always sequential"),
+    Option("sequence-on-error", str, "stop",
+           "after a sequence step raises: stop (later steps are skipped, naming the failed step) or continue "
+           "(from the weights as they were before the failed step)", metavar="ACTION", choices=SEQUENCE_ON_ERROR),
     Option("ppl-threshold", float, COLLAPSE_PPL, "collapse line for perplexity", metavar="PPL", above=0),
     Option("ppl-max-ratio", float, 2.0, "largest allowed edited/unedited perplexity ratio", metavar="RATIO",
            above=0),

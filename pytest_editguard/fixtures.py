@@ -109,7 +109,8 @@ def edit_sequence(request, model_under_edit, editor, editguard_baselines, editgu
 
     s = editguard_settings
     sequence = EditSequence(model_under_edit, editor, editguard_baselines.get(s.ppl_corpus_for(sequential=True)),
-                            s.thresholds, name=request.module.__name__.rpartition(".")[2].removeprefix("test_"))
+                            s.thresholds, name=request.module.__name__.rpartition(".")[2].removeprefix("test_"),
+                            on_error=s.sequence_on_error)
     yield sequence
     sequence.restore()
 
@@ -148,7 +149,10 @@ class EditGuard:
         from editguard.guard import check
 
         if self.sequential:
-            result = self._request.getfixturevalue("edit_sequence").apply(case)
+            sequence = self._request.getfixturevalue("edit_sequence")
+            if sequence.stopped_reason:
+                pytest.skip(sequence.stopped_reason)
+            result = sequence.apply(case)
         else:
             result = check(self.model, self.editor, case, self.baseline, self.settings.thresholds)
         node = self._request.node

@@ -11,6 +11,7 @@ from editguard.catalog import registered_names
 from editguard.options import (
     OPTIONS,
     OPTIONS_BY_NAME,
+    SEQUENCE_ON_ERROR,
     SEQUENCE_PPL_CORPUS,
     SINGLE_EDIT_PPL_CORPUS,
     data_dir,
@@ -118,6 +119,7 @@ class EditguardSettings:
     downstream_min_retention: float | None = None
     downstream_precision: str = "auto"
     ppl_bos: str = "never"                  # BOS rule of every perplexity (--ppl-bos)
+    sequence_on_error: str = "stop"
 
     def ppl_corpus_for(self, sequential: bool) -> str:
         if self.ppl_corpus:
@@ -169,6 +171,7 @@ class EditguardSettings:
         json_path, plots_dir = option_value(config, "json"), option_value(config, "plots")
         _check_output_paths(json_path, plots_dir)
         ppl_bos = option_value(config, "ppl-bos")
+        on_error = option_value(config, "sequence-on-error")
         worker = config.workerinput["workerid"] if hasattr(config, "workerinput") else None
         worker_index = int(worker.removeprefix("gw")) if worker else None
         device = option_value(config, "device")
@@ -188,7 +191,7 @@ class EditguardSettings:
             thresholds=thresholds, max_cases=max_cases, json_path=json_path,
             sequential=option_value(config, "sequential"), plots_dir=plots_dir,
             downstream=downstream or None, downstream_n=downstream_n, downstream_min_retention=retention,
-            downstream_precision=precision, ppl_bos=ppl_bos,
+            downstream_precision=precision, ppl_bos=ppl_bos, sequence_on_error=on_error,
         )
 
     def load_model(self):

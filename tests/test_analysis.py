@@ -14,7 +14,7 @@ from editguard.analysis import (
 )
 from editguard.cases import write_cases
 from editguard.metrics.efficacy import edit_scores, target_logprobs
-from editguard.models import parameter_checksums
+from editguard.models import weight_digests
 
 SHORT = {"v_num_grad_steps": 3, "context_template_length_params": [[5, 5]]}
 FIRST = EditCase("p1", "{} is the capital of", "Paris", "Rome", "France",
@@ -57,7 +57,7 @@ def test_positions_analysis_edits_each_variant_and_restores(tiny_llama, tiny_bas
     assert [r["condition"].split(" (")[0] for r in rows] == ["subject first", "moved later", "first position swapped"]
     assert all(r["ppl"] > 1 and -1 <= r["key_cosine"] <= 1 for r in rows)
     assert len({r["key_cosine"] for r in rows}) == 3     # three different unprefixed keys
-    assert parameter_checksums(tiny_llama.model) == tiny_baseline.checksums
+    assert weight_digests(tiny_llama.model) == tiny_baseline.pristine.digests
     summary = summarize_positions(rows, ppl_max=1e9)
     assert [s["n"] for s in summary] == [1, 1, 1] and all(s["collapsed"] == 0 for s in summary)
     assert summarize_positions(rows, ppl_max=0)[0]["collapsed"] == 1
@@ -70,7 +70,7 @@ def test_prefix_cure_scores_with_and_without_the_editors_prefix(tiny_llama, tiny
     assert rows_rome[0]["test_prefix"] == ""              # ROME has none: both columns are the same test
     assert all(rows_rome[0][f"{k}_plain"] == rows_rome[0][f"{k}_prefixed"]
                for k in ("efficacy", "generalization", "locality"))
-    assert parameter_checksums(tiny_llama.model) == tiny_baseline.checksums
+    assert weight_digests(tiny_llama.model) == tiny_baseline.pristine.digests
     summary = summarize_prefix_cure(rows)
     assert [(s["group"], s["test"]) for s in summary] == [("hard", "no prefix"), ("hard", "with prefix")]
 

@@ -443,18 +443,18 @@ def test_plugin_probes_each_edit_and_reports_per_task_accuracy(pytester, tasks_d
 def test_eval_command_scores_edits_and_restores_the_weights(tasks_dir, data_dir, tmp_path, monkeypatch, capsys):
     from editguard.cases import EditCase, write_cases
     from editguard.cli import main
-    from editguard.models.snapshot import parameter_checksums
+    from editguard.models.snapshot import weight_digests
 
     (tasks_dir / "me-ppl").symlink_to(data_dir / "me-ppl")
     monkeypatch.setenv("EDITGUARD_CACHE", str(tmp_path / "cache"))
     cases = write_cases(tmp_path / "cases.json",
                         [PARIS, EditCase("t2", "{} is produced by", "Windows", "Apple", "Microsoft")])
-    before = parameter_checksums(load_model("tiny-llama").model)
+    before = weight_digests(load_model("tiny-llama").model)
     out = tmp_path / "eval.json"
     assert main(["eval", "--model", "tiny-llama", "--tasks", "piqa,lambada", "--n", "2", "--data", str(tasks_dir),
                  "--editor", "tests.toy_editors:ScaleRowEditor", "--cases", str(cases), "--sequential",
                  "--json", str(out)]) == 0
-    assert parameter_checksums(load_model("tiny-llama").model) == before
+    assert weight_digests(load_model("tiny-llama").model) == before
     doc = json.loads(out.read_text())
     assert doc["run"]["editor"] == "scale-row" and doc["run"]["cases"] == ["t1", "t2"] and doc["run"]["sequential"]
     assert [e["step"] for e in doc["edits"]] == [1, 2]

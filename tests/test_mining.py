@@ -29,6 +29,7 @@ def test_degradation_levels():
     assert degradation(1500, 100, t) == "collapsed"
     assert degradation(250, 100, t) == "degraded"
     assert degradation(120, 100, t) == "intact"
+    assert degradation(float("nan"), 100, t) == degradation(float("inf"), 100, t) == "collapsed"
 
 
 def test_pick_candidates_takes_top_then_seeded_control():

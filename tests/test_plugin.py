@@ -168,10 +168,10 @@ def test_module_without_case_source_is_a_usage_error(pytester):
 
 
 AFTER_SEQUENCE = '''
-from editguard.models.snapshot import parameter_checksums
+from editguard.models.snapshot import weight_digests
 
 def test_model_is_pristine_after_the_sequence(model_under_edit, baseline):
-    assert parameter_checksums(model_under_edit.model) == baseline.checksums
+    assert weight_digests(model_under_edit.model) == baseline.pristine.digests
 '''
 
 
@@ -446,3 +446,21 @@ def test_header_counts_max_cases_and_a_gate_failure_without_collapse(suite, monk
     labels = [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()]
     assert "failed a gate (not collapsed) [update_norm]: 2" in labels
     assert not any(t.startswith("passed") for t in labels)
+
+
+@pytest.mark.parametrize("on_error", ["stop", "continue"])
+def test_a_failed_sequence_step_stops_or_continues_from_before_it(suite, toy_importable, on_error):
+    """t2's step writes half an edit and raises: it fails as step 2; t3 is skipped naming step 2
+    (stop) or runs as step 3 on the weights as step 1 left them (continue)."""
+    result = suite.runpytest_subprocess("--model=tiny-llama", "--editor=tests.toy_editors:PartialWriteEditor",
+                                        "--sequential", "--ppl-corpus=me-ppl-50", f"--sequence-on-error={on_error}",
+                                        "--editguard-json=out/seq.json", "-rs", "-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines(["*step 2 (t2) of sequence 'suite' failed: RuntimeError: the editor failed half-way*"])
+    if on_error == "stop":
+        result.assert_outcomes(passed=1, failed=1, skipped=1)
+        result.stdout.fnmatch_lines(["SKIPPED*sequence 'suite' stopped at step 2 (t2), which failed*"])
+    else:
+        result.assert_outcomes(passed=2, failed=1)
+        steps = json.loads((suite.path / "out" / "seq.json").read_text())["cases"]
+        assert [c["step"] for c in steps] == [1, 3]
+        assert steps[1]["diagnostics"]["update_norm_rel"] < 0.02   # row 0 × 1.01 only: no ×1000 row left over

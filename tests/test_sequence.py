@@ -6,8 +6,9 @@ import torch
 
 from editguard import EditCase, get_editor, load_model
 from editguard.gates import Thresholds
-from editguard.guard import EditSequence, check, measure_baseline
-from editguard.models.snapshot import WeightSnapshot, parameter_checksums
+from editguard.guard import EditSequence, SequenceStepError, SequenceStopped, check, measure_baseline
+from editguard.models.snapshot import WeightSnapshot, weight_digests
+from tests.toy_editors import PartialWriteEditor
 
 FAST = {"v_num_grad_steps": 3, "context_template_length_params": [[5, 5]]}
 CASES = [
@@ -42,7 +43,7 @@ def test_steps_accumulate_and_restore(setup):
     cumulative = float((after_all - original).norm() / original.norm())
     assert results[-1].diagnostics["cumulative_update_norm_rel"] == pytest.approx(cumulative, rel=1e-4)
     assert torch.equal(layer_weight, original)
-    assert parameter_checksums(mue.model) == baseline.checksums
+    assert weight_digests(mue.model) == baseline.pristine.digests
 
 
 def test_sequence_restores_when_a_step_raises(setup):
@@ -68,3 +69,35 @@ def test_snapshot_extend_keeps_the_first_copy(setup):
     assert torch.equal(mue.parameter(name), original)
     with pytest.raises(KeyError, match="unknown parameters"):
         snap.extend(["no.such.weight"])
+
+
+def test_a_failed_step_is_undone_recorded_and_stops_the_sequence(setup):
+    mue, _, baseline = setup
+    w = mue.rewrite_matrix(mue.edit_layer)
+    with EditSequence(mue, PartialWriteEditor(), baseline, LOOSE, name="s") as seq:
+        seq.apply(CASES[0])
+        after_step_1 = w.detach().clone()
+        with pytest.raises(SequenceStepError, match=r"step 2 \(2\) of sequence 's' failed: RuntimeError: .*half-way"):
+            seq.apply(CASES[1])
+        assert torch.equal(w, after_step_1), "the half-written step was not undone"
+        assert seq.failed_steps == [(2, "2", "RuntimeError: the editor failed half-way")]
+        with pytest.raises(SequenceStopped, match=r"stopped at step 2 \(2\), which failed"):
+            seq.apply(CASES[2])
+    assert weight_digests(mue.model) == baseline.pristine.digests
+
+
+def test_continue_after_a_failed_step_builds_on_the_weights_before_it(setup):
+    mue, _, baseline = setup
+    w = mue.rewrite_matrix(mue.edit_layer)
+    with EditSequence(mue, PartialWriteEditor(), baseline, LOOSE, on_error="continue") as seq:
+        seq.apply(CASES[0])
+        expected = w.detach().clone()
+        with pytest.raises(SequenceStepError):
+            seq.apply(CASES[1])
+        third = seq.apply(CASES[2])
+        with torch.no_grad():
+            expected[0] *= 1.01
+        assert third.step == 3 and torch.equal(w, expected)
+    assert [r.step for r in seq.results] == [1, 3] and weight_digests(mue.model) == baseline.pristine.digests
+    with pytest.raises(ValueError, match="on_error must be one of stop, continue"):
+        EditSequence(mue, PartialWriteEditor(), baseline, on_error="ignore")

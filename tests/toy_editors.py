@@ -40,3 +40,95 @@ class ScaleRowEditor:
         with torch.no_grad():
             model.rewrite_matrix(model.edit_layer)[self.hp.row] *= self.hp.factor
         return EditReport(touched=self.touched_parameters(model, cases))
+
+
+class FaultyEditor:
+    """Declares the edited layer's matrix and edits it (row 0 × 1.01), then does one thing it must
+    not (`sabotage`): the restore has to notice and put the unedited model back."""
+
+    name = "faulty"
+
+    def touched_parameters(self, model, cases):
+        return [model.family.rewrite_weight(model.edit_layer)]
+
+    def apply(self, model, cases):
+        with torch.no_grad():
+            model.rewrite_matrix(model.edit_layer)[0] *= 1.01
+            self.sabotage(model)
+        return EditReport(touched=self.touched_parameters(model, cases))
+
+    def sabotage(self, model):
+        raise NotImplementedError
+
+
+class UndeclaredEditor(FaultyEditor):
+    """Scales the final norm, which it did not declare."""
+
+    name = "undeclared"
+
+    def sabotage(self, model):
+        model.parameter(f"{model.family.final_norm}.weight").mul_(1.5)
+
+
+class PermutingEditor(FaultyEditor):
+    """Swaps two rows of an undeclared matrix: every sum stays the same."""
+
+    name = "permuting"
+
+    def sabotage(self, model):
+        w = model.parameter(model.family.rewrite_weight(0))
+        w[[0, 1]] = w[[1, 0]]
+
+
+class OffsettingEditor(FaultyEditor):
+    """+0.5 on one element of the final norm and -0.5 on another, written through `.data` (which
+    bumps no version counter of the Parameter): the sum stays the same."""
+
+    name = "offsetting"
+
+    def sabotage(self, model):
+        data = model.parameter(f"{model.family.final_norm}.weight").data
+        data[0] += 0.5
+        data[1] -= 0.5
+
+
+class BufferEditor(FaultyEditor):
+    """Changes a floating buffer (the first one: the rotary inverse frequencies on tiny-llama)."""
+
+    name = "buffer"
+
+    def sabotage(self, model):
+        _, buffer = next((n, b) for n, b in model.model.named_buffers() if torch.is_floating_point(b))
+        buffer.mul_(2.0)
+
+
+class ReplacingEditor(FaultyEditor):
+    """Puts its edit in a new Parameter object instead of writing into the declared one."""
+
+    name = "replacing"
+
+    def sabotage(self, model):
+        module = model.module(model.family.rewrite.format(model.edit_layer))
+        module.weight = torch.nn.Parameter(module.weight * 1.01, requires_grad=False)
+
+
+FAULTY_EDITORS = (UndeclaredEditor, PermutingEditor, OffsettingEditor, BufferEditor, ReplacingEditor)
+
+
+class PartialWriteEditor:
+    """Scales row 0 of the edited matrix by 1.01 per case; on a case whose new target is
+    "English" it writes row 1 (×1000) and then raises, as an editor failing mid-write would."""
+
+    name = "partial-write"
+
+    def touched_parameters(self, model, cases):
+        return [model.family.rewrite_weight(model.edit_layer)]
+
+    def apply(self, model, cases):
+        with torch.no_grad():
+            w = model.rewrite_matrix(model.edit_layer)
+            if any(c.target_new == "English" for c in cases):
+                w[1] *= 1000.0
+                raise RuntimeError("the editor failed half-way")
+            w[0] *= 1.01
+        return EditReport(touched=self.touched_parameters(model, cases))

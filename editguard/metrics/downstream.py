@@ -360,11 +360,11 @@ def unedited_score(mue: ModelUnderEdit, task: str, items: list, indices: list[in
     """The unedited model's score on a subset, computed once per (weights, dtype, device type,
     precision, task, subset, scorer version) and kept on disk under a file lock, so xdist workers and later sessions
     share it. Call only on the unedited model."""
-    from editguard.models.snapshot import parameter_checksums
+    from editguard.models.snapshot import weight_digests
 
-    checksums = sorted(parameter_checksums(mue.model).items())
+    digests = sorted(weight_digests(mue.model).items())
     precision = resolve_precision(mue, precision)
-    key = cache_key(SCORER_VERSION, mue.fingerprint, checksums, str(mue.dtype), mue.device.type,
+    key = cache_key(SCORER_VERSION, mue.fingerprint, digests, str(mue.dtype), mue.device.type,
                     precision, task, seed, indices, _items_digest(items))
 
     def score() -> dict:

@@ -13,7 +13,7 @@ _EXPORTS = {
     "ModelLoadError": "editguard.models.loading", "ModelUnderEdit": "editguard.models.loading",
     "load_model": "editguard.models.loading", "load_tokenizer": "editguard.models.loading",
     "RestoreError": "editguard.models.snapshot", "WeightSnapshot": "editguard.models.snapshot",
-    "parameter_checksums": "editguard.models.snapshot",
+    "PristineModel": "editguard.models.snapshot", "weight_digests": "editguard.models.snapshot",
 }
 
 __all__ = sorted(_EXPORTS)

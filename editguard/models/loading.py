@@ -236,6 +236,40 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "fl
     )
 
 
+def original_parameters(mue: ModelUnderEdit, names: list[str]) -> dict[str, torch.Tensor]:
+    """The named parameters as `load_model` read them, re-read from the model's source one tensor
+    at a time (never a second copy of the model): the tiny models' seeded init, else the
+    safetensors of the converted/local/HF-cache checkpoint."""
+    spec = MODELS.get(mue.name)
+    if spec is not None and spec.kind == "tiny":
+        fresh = dict(build_tiny_model(spec.family).named_parameters())
+        return {n: fresh[n].detach().to(mue.dtype) for n in names}
+    if spec is not None and spec.kind == "gguf-package":
+        directory = converted_gguf_dir(spec)
+    elif spec is None and Path(mue.name).expanduser().is_dir():
+        directory = Path(mue.name).expanduser()
+    else:
+        from huggingface_hub import snapshot_download
+
+        directory = Path(snapshot_download(spec.source if spec else mue.name, local_files_only=True))
+    from safetensors import safe_open
+
+    prefix = getattr(mue.model, "base_model_prefix", "") + "."
+    found = {}
+    for path in sorted(directory.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            keys = set(f.keys())
+            for name in names:
+                key = name if name in keys else name.removeprefix(prefix)
+                if key in keys:
+                    found[name] = f.get_tensor(key).to(mue.dtype)
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise ModelLoadError(f"cannot re-read {missing[:5]} of model '{mue.name}': not in the safetensors "
+                             f"files of {directory}")
+    return found
+
+
 def load_tokenizer(name: str = DEFAULT_MODEL):
     """The tokenizer of a model without its weights where that is possible."""
     from transformers import AutoTokenizer

@@ -1,0 +1,43 @@
+"""No change leaks from one test to the next: a plugin run on tiny-llama that alternates the faulty
+editors of tests/toy_editors.py (undeclared parameter, permutation, offsetting write through .data,
+buffer, replaced Parameter) with a cheap honest one; every faulty test fails naming the change, and
+every test after it sees the unedited model's bytes and Parameter objects."""
+
+import os
+from pathlib import Path
+
+LEAK_SUITE = '''
+import pytest
+from editguard.cases import EditCase
+from editguard.guard import check
+from editguard.models.snapshot import RestoreError, weight_digests
+from tests.toy_editors import FAULTY_EDITORS, ScaleRowEditor
+
+CASE = EditCase("c", "{} is the capital of", "Paris", "Rome", "France")
+PRISTINE = {}
+
+
+@pytest.mark.parametrize("i", range(N_TESTS))
+def test_no_leak(i, model_under_edit, baseline):
+    if not PRISTINE:
+        PRISTINE.update(objects=dict(model_under_edit.model.named_parameters()))
+    assert weight_digests(model_under_edit.model) == baseline.pristine.digests
+    assert all(p is PRISTINE["objects"][n] for n, p in model_under_edit.model.named_parameters())
+    if i % 2:
+        check(model_under_edit, ScaleRowEditor({"factor": 1.01}), CASE, baseline)
+    else:
+        with pytest.raises(RestoreError, match="put back"):
+            check(model_under_edit, FAULTY_EDITORS[i // 2 % len(FAULTY_EDITORS)](), CASE, baseline)
+'''
+
+
+def test_a_long_run_with_faulty_editors_leaks_no_change(pytester, data_dir, monkeypatch):
+    n_tests = int(os.environ.get("EDITGUARD_LEAK_TESTS", "40"))  # 1000 by hand, see the README's Gates section
+    root = str(Path(__file__).resolve().parents[1])  # tests.toy_editors, in the subprocess too
+    monkeypatch.setenv("EDITGUARD_DATA", str(data_dir))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    pytester.makepyfile(test_leak_suite=LEAK_SUITE.replace("N_TESTS", str(n_tests)))
+    pytester.makefile(".txt", corpus="The cat sat on the mat.\nRivers flow into the sea.\n")  # cheap probes
+    result = pytester.runpytest_subprocess("--model=tiny-llama", "--ppl-corpus=corpus.txt", "-p", "no:cacheprovider",
+                                           "-q", "--durations=2")
+    result.assert_outcomes(passed=n_tests)
