@@ -15,7 +15,7 @@ import torch
 
 from editguard.cache import cache_dir, cache_key, cached_json, safe_name
 from editguard.cases import EditCase
-from editguard.editors.api import Editor, reset_editor
+from editguard.editors.api import Editor, checked_report, reset_editor
 from editguard.gates import Thresholds, Verdict, downstream_gates, judge
 from editguard.metrics.anatomy import normal_text_keys, update_anatomy
 from editguard.metrics.efficacy import efficacy
@@ -23,6 +23,7 @@ from editguard.metrics.perplexity import PerplexityResult, add_bos_for, perplexi
 from editguard.models.loading import ModelUnderEdit, original_parameters
 from editguard.models.snapshot import PristineModel, RestoreError, WeightSnapshot
 from editguard.options import DEFAULT_PPL_BOS, SEQUENCE_ON_ERROR
+from editguard.tokens import check_case_fits
 
 
 @dataclass
@@ -183,13 +184,14 @@ def _edit_and_measure(mue: ModelUnderEdit, editor: Editor, case: EditCase, basel
                       start: float) -> CaseResult:
     """Apply the edit on top of the model as it is, measure and judge; restores nothing.
     `snapshot` holds the touched weights as they were just before this edit."""
+    check_case_fits(mue, case)   # before any weight moves: a kilobyte prompt is refused, not edited for minutes
     if mue.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(mue.device)
     t = time.perf_counter()
     keys = anatomy_keys(mue, baseline, snapshot.names)
     timings["anatomy_keys"] = time.perf_counter() - t
     t = time.perf_counter()
-    report = editor.apply(mue, [case])
+    report = checked_report(editor, editor.apply(mue, [case]))
     timings["edit"] = time.perf_counter() - t
     timings.update({k: v for k, v in report.diagnostics.items() if k.startswith("seconds_")})
     t = time.perf_counter()

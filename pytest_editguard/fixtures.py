@@ -154,7 +154,10 @@ class EditGuard:
                 pytest.skip(sequence.stopped_reason)
             result = sequence.apply(case)
         else:
-            result = check(self.model, self.editor, case, self.baseline, self.settings.thresholds)
+            try:
+                result = check(self.model, self.editor, case, self.baseline, self.settings.thresholds)
+            except user_errors() as err:   # a case too long, an editor returning no EditReport, ...
+                pytest.fail(f"{case.case_id}: {err}", pytrace=False)
         node = self._request.node
         record = {**result.to_json(), "suite_module": self.module_path}
         node.user_properties.append(("editguard_case", json.dumps(record)))

@@ -11,7 +11,6 @@ from editguard.catalog import registered_names
 from editguard.options import (
     OPTIONS,
     OPTIONS_BY_NAME,
-    SEQUENCE_ON_ERROR,
     SEQUENCE_PPL_CORPUS,
     SINGLE_EDIT_PPL_CORPUS,
     data_dir,

@@ -464,3 +464,32 @@ def test_a_failed_sequence_step_stops_or_continues_from_before_it(suite, toy_imp
         steps = json.loads((suite.path / "out" / "seq.json").read_text())["cases"]
         assert [c["step"] for c in steps] == [1, 3]
         assert steps[1]["diagnostics"]["update_norm_rel"] < 0.02   # row 0 × 1.01 only: no ×1000 row left over
+
+
+NO_REPORT_EDITOR = '''
+class ReturnsNothing:
+    name = "returns-nothing"
+
+    def touched_parameters(self, model, cases):
+        return [model.family.rewrite_weight(model.edit_layer)]
+
+    def apply(self, model, cases):
+        return None
+'''
+
+
+@pytest.mark.parametrize("change, message", [
+    ("long", "t1: case t1: prompt + target_new is * tokens on tiny-llama; an edit accepts at most 512*"),
+    ("no-report", "t1: editor 'returns-nothing': apply() returned NoneType, expected an editguard.EditReport*"),
+])
+def test_a_case_too_long_or_an_editor_without_report_fails_cleanly(suite, change, message):
+    args = base_args("--max-cases=1", "--ppl-corpus=me-ppl-50")
+    if change == "long":
+        suite.makepyfile(test_suite=SUITE.replace('"{} is the capital of"', '"word " * 3000 + "{} is the capital of"'))
+    else:
+        suite.makepyfile(returns_nothing=NO_REPORT_EDITOR)
+        args = [a for a in args if not a.startswith("--hparams")] + ["--editor=returns_nothing:ReturnsNothing"]
+    result = suite.runpytest_subprocess(*args)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([f"*{message}"])
+    assert "Traceback" not in result.stdout.str()
