@@ -17,11 +17,14 @@ from editguard.cases import EditCase, load_counterfact, read_cases
 
 
 class CaseList(list):
-    """Cases plus a sentence saying where they came from (shown in the report header)."""
+    """Cases plus a sentence saying where they came from (shown in the report header). A source
+    that is empty on purpose (a filter that kept no case) says why in `empty_reason`: its suite is
+    then skipped with that reason instead of refused."""
 
-    def __init__(self, cases, description: str = ""):
+    def __init__(self, cases, description: str = "", empty_reason: str = ""):
         super().__init__(cases)
         self.description = description
+        self.empty_reason = empty_reason
 
 
 SCREEN_POOL = 1000     # structural candidates screened when a model has no mined list

@@ -90,6 +90,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     except user_errors() as err:
         raise pytest.UsageError(f"{metafunc.definition.nodeid}: cannot load its cases: {err}") from None
     cases = list(loaded)
+    empty_reason = getattr(loaded, "empty_reason", "")
+    if not cases and empty_reason:
+        # Empty on purpose: one skipped test says why, and the JSON report records it.
+        metafunc.config.stash[SOURCES_KEY][metafunc.module.__name__] = {
+            "suite_source": getattr(loaded, "description", "") or "", "cases_total": 0, "cases_selected": 0,
+            "empty_reason": empty_reason}
+        metafunc.parametrize("edit_case", [pytest.param(None, marks=pytest.mark.skip(reason=empty_reason))],
+                             ids=["no-cases"])
+        return
     if not cases:
         # Zero tests would pass silently and write no report.
         source = getattr(loaded, "description", "") or f"{metafunc.module.__name__}.edit_cases(settings)"

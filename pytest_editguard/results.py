@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from pytest_editguard.settings import SETTINGS_KEY
+from pytest_editguard.settings import SETTINGS_KEY, SOURCES_KEY
 
 _JUNIT_FIELDS = ("passed", "ppl", "ppl_baseline", "corpus_ppl", "denominator_ratio", "key_cosine",
                  "update_norm_rel", "blast_radius", "efficacy", "sequence", "step", "peak_memory_mb")
@@ -50,7 +50,12 @@ class ResultCollector:
     def run(self) -> dict[str, Any]:
         from editguard.report.json_report import combine_runs
 
-        return combine_runs([self.runs[k] for k in sorted(self.runs)]) if self.runs else {}
+        if self.runs:
+            return combine_runs([self.runs[k] for k in sorted(self.runs)])
+        # Nothing was edited (interrupted first, or every suite empty on purpose): the settings say
+        # what would have run.
+        s = self.config.stash[SETTINGS_KEY]
+        return {"editor": s.editor, "model": s.model, "thresholds": s.thresholds.to_dict(), "ppl_bos": s.ppl_bos}
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         if not is_xdist_worker(self.config) and session.items:
@@ -105,8 +110,13 @@ class ResultCollector:
         if is_xdist_worker(self.config):
             return
         completion = self.completion(exitstatus)
-        # Also written when interrupted (Ctrl-C) or when nothing ran, so that it says so.
-        if settings.json_path and (self.results or not completion["complete"]):
+        empty = {module: source["empty_reason"] for module, source in self.config.stash[SOURCES_KEY].items()
+                 if source.get("empty_reason")}
+        if empty:
+            completion["empty_suites"] = empty
+        # Also written when interrupted (Ctrl-C), when nothing ran, or when a suite was empty on
+        # purpose, so that it says so.
+        if settings.json_path and (self.results or not completion["complete"] or empty):
             from editguard.report import write_report
 
             write_report(settings.json_path, self.run, self.results, completion)

@@ -126,3 +126,12 @@ def test_plots_mark_verdicts_label_ids_in_numeric_order_and_keep_sequences_apart
     plots.plot_sequences([("rome · normal", steps), ("c-rome · hard", steps)], tmp_path / "s.png")
     lines = [line for line in figures[-1].axes[0].get_lines() if line.get_label().endswith(("normal", "hard"))]
     assert len({(line.get_linestyle(), line.get_marker()) for line in lines}) == 2
+
+
+def test_an_unwritable_output_path_is_refused_before_the_work(tmp_path, capsys):
+    from editguard.cli import main
+
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder")
+    assert main(["merge", str(tmp_path / "a.json"), "--json", str(blocker / "merged.json")]) == 2
+    assert f"--json {blocker / 'merged.json'}: {blocker} is not a directory" in capsys.readouterr().err

@@ -421,6 +421,17 @@ def test_a_suite_with_no_cases_is_a_usage_error_naming_its_source(suite):
                                  "cases; point the suite at a non-empty case file or source*"])
 
 
+def test_a_suite_empty_on_purpose_is_skipped_with_its_reason_and_a_json_saying_so(suite):
+    suite.makepyfile(test_suite=SUITE.replace('CaseList(CASES, "three hand-written cases")',
+                                              'CaseList([], "a filter", empty_reason="the filter kept no case")'))
+    result = suite.runpytest_subprocess(*base_args("--editguard-json=out/empty.json", "-rs"))
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["SKIPPED*the filter kept no case*"])
+    doc = json.loads((suite.path / "out" / "empty.json").read_text())
+    assert doc["cases"] == [] and doc["empty_suites"] == {"test_suite": "the filter kept no case"}
+    assert doc["run"]["model"] == "tiny-llama" and doc["complete"]
+
+
 def test_header_counts_max_cases_and_a_gate_failure_without_collapse(suite, monkeypatch):
     """--max-cases 2 of 3: the header says what was selected and what ran; C-ROME under a strict
     update-norm bound fails that gate without collapsing: counted, explained, stored and drawn as such."""

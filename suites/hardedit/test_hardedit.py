@@ -26,8 +26,9 @@ def edit_cases(settings):
     if pending:
         return CaseList(cases, f"{collapsed} HardEdit-style cases whose single ROME edit collapsed {settings.model} "
                                f"+ {pending} not yet filtered ({where} is incomplete)")
-    return CaseList(cases, f"{collapsed} HardEdit-style cases whose single ROME edit collapsed {settings.model} "
-                           f"({where})")
+    description = f"{collapsed} HardEdit-style cases whose single ROME edit collapsed {settings.model} ({where})"
+    empty = f"no HardEdit-style case collapses {settings.model} with one ROME edit ({where}): nothing to test"
+    return CaseList(cases, description, empty_reason=empty if not cases else "")
 
 
 def test_edit_keeps_model_intact(edit_case, edit_guard):
