@@ -71,11 +71,21 @@ def edit_cases(facts: list[Fact], prefix: st.SearchStrategy[str] | None = None) 
     return st.builds(lambda fact, p: fact.case(p), st.sampled_from(facts), prefix if prefix is not None else prefixes())
 
 
+# Profiles Hypothesis loads by itself: "default", and "ci" where it detects a CI environment
+# (Hypothesis >= 6.131 with CI=true). Only a profile the user loads replaces editguard's.
+AUTOMATIC_PROFILES = ("default", "ci")
+
+
+def _current_profile_name() -> str:
+    getter = getattr(settings, "get_current_profile_name", None)   # public since Hypothesis 6.1xx
+    return getter() if getter is not None else getattr(settings, "_current_profile", "default")
+
+
 def fuzz_settings() -> settings:
     """What a fuzz suite decorates its test with: the CI profile, unless the user chose a Hypothesis
     profile (`--hypothesis-profile`, HYPOTHESIS_PROFILE, `settings.load_profile`), which then wins.
     Either way function-scoped fixtures are allowed: the models they hand out are session-scoped."""
-    if settings.default is settings.get_profile("default"):
+    if _current_profile_name() in AUTOMATIC_PROFILES:
         return settings.get_profile(CI_PROFILE)
     suppressed = set(settings.default.suppress_health_check) | {HealthCheck.function_scoped_fixture}
     return settings(settings.default, suppress_health_check=sorted(suppressed, key=lambda check: check.value))

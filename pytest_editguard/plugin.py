@@ -141,7 +141,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     """An edit that fails a gate is reported without a traceback (the reasons say it all), which
-    drops the notes Hypothesis attaches to the exception: its "Falsifying example" and how to
+    drops the notes Hypothesis attaches to the exception: the failing example and how to
     reproduce it. Keep them, as a section of the failure."""
     report = yield
     exc = call.excinfo.value if call.excinfo is not None else None

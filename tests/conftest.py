@@ -53,5 +53,8 @@ def tiny_llama():
 
 @pytest.fixture
 def toy_importable(monkeypatch):
-    """`tests.toy_editors` importable by module path, as `--editor=tests.toy_editors:...` needs."""
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    """`tests.toy_editors` importable by module path, as `--editor=tests.toy_editors:...` needs, here
+    and in pytester's subprocesses (through PYTHONPATH)."""
+    root = str(Path(__file__).resolve().parents[1])
+    monkeypatch.syspath_prepend(root)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))

@@ -401,9 +401,10 @@ def test_mmlu_letters_are_single_tokens_and_the_fast_path_matches_on_smollm2(dat
 @pytest.mark.parametrize("args, message", [
     (["--downstream=piqa,wikitext"], "--downstream: unknown downstream task(s) wikitext; valid: piqa, hellaswag, "
                                      "lambada, mmlu, mmlu-5shot, nq-open, squad2"),
-    (["--downstream=piqa", "--downstream-n=0"], "--downstream-n must be at least 1, got 0"),
-    (["--downstream-min-retention=1.5"], "--downstream-min-retention must be in (0, 1], got 1.5"),
-    (["--downstream-precision=fp8"], "--downstream-precision must be one of auto, float32, bfloat16, got 'fp8'"),
+    (["--downstream=piqa", "--downstream-n=0"], "(--downstream-n): expected an integer ≥ 1, got '0'"),
+    (["--downstream-min-retention=1.5"], "(--downstream-min-retention): expected a finite number > 0 and ≤ 1, "
+                                         "got '1.5'"),
+    (["--downstream-precision=fp8"], "(--downstream-precision): expected one of auto, float32, bfloat16, got 'fp8'"),
 ])
 def test_plugin_rejects_bad_downstream_options(pytester, args, message):
     pytester.makepyfile(test_x="def test_x():\n    pass\n")

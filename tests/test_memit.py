@@ -19,7 +19,8 @@ def test_memit_layers_default_per_family_and_fit_small_models(tiny):
     assert get_editor("memit").hparams(tiny)["layers"] == (1, 2)
     assert get_editor("alphaedit", {"layers": [0, 3]}).touched_parameters(tiny, [PARIS]) == [
         tiny.family.rewrite_weight(0), tiny.family.rewrite_weight(3)]
-    with pytest.raises(ValueError, match=r"MEMIT layers \[2, 7\]: need distinct increasing layers within .*0\.\.3"):
+    with pytest.raises(ValueError,
+                       match=r"MEMIT hyperparameter 'layers' must be within the model's layers 0\.\.3, got \(2, 7\)"):
         get_editor("memit", {"layers": [2, 7]}).touched_parameters(tiny, [PARIS])
 
 

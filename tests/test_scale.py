@@ -99,7 +99,7 @@ def test_shared_baseline_is_measured_once_and_keyed_by_the_weights(monkeypatch, 
     sentences = ["The cat sat on the mat.", "Paris is the capital of France."]
     first = guard.measure_baseline(mue, sentences, "two", shared=True)
     calls = []
-    monkeypatch.setattr(guard, "perplexity", lambda *a: calls.append(a) or first.ppl)
+    monkeypatch.setattr(guard, "perplexity", lambda *a, **kw: calls.append(a) or first.ppl)
     again = guard.measure_baseline(mue, sentences, "two", shared=True)
     assert again.ppl == first.ppl and calls == []             # read from disk
     weight = mue.rewrite_matrix(mue.edit_layer)
