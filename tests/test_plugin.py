@@ -230,9 +230,11 @@ def test_fuzzing_an_unsafe_editor_shrinks_to_no_prefix_subject_first(suite):
                                        "--editguard-json=out/fuzz.json", "-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["Paris|- ('Paris is the capital of' -> 'Japan'): ‖ΔW‖/‖W‖ * > 0.35"])
-    # Hypothesis's own report of the shrunk example (its notes, whatever their wording in this
-    # version) stays beside editguard's explanation.
-    result.stdout.fnmatch_lines(["*- Hypothesis -*", "*case=*Paris*"])
+    # Hypothesis's own report of the shrunk example (its notes, whatever their wording and layout in
+    # this version) stays beside editguard's explanation.
+    out = result.stdout.str()
+    section = out[out.index("- Hypothesis -"):out.index("editguard collapse report")]
+    assert "Paris" in section and "reproduce_failure" in section
     # The report holds the shrunk example, the last one run.
     (case,) = json.loads((suite.path / "out" / "fuzz.json").read_text())["cases"]
     assert (case["case_id"] == "Paris|-" and case["prompt"] == "{} is the capital of"
