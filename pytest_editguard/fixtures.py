@@ -34,19 +34,16 @@ def model_under_edit(editguard_settings: EditguardSettings):
 def editor(editguard_settings: EditguardSettings, model_under_edit):
     """The editor under test; its hyperparameters are resolved for the model up front, so a
     bad --hparams key fails here, once, with the list of valid keys."""
-    from editguard.editors.api import editor_hparams
+    from editguard.editors.api import EditorNotReady, editor_hparams, prepare_editor
     from editguard.editors.registry import get_editor
 
     s = editguard_settings
-    from editguard.editors.mend.editor import MEND, MendNotTrained
-
     try:
         editor = get_editor(s.editor, s.hparams, data_dir=s.data_dir)
         editor_hparams(editor, model_under_edit)
-        if isinstance(editor, MEND):  # its network must be trained first: say so once, before any edit
-            editor.trained(model_under_edit)
+        prepare_editor(editor, model_under_edit)  # e.g. MEND's trained network: said once, before any edit
         return editor
-    except MendNotTrained as err:
+    except EditorNotReady as err:
         what, problem = f"use --editor={s.editor}", err
     except user_errors() as err:
         what, problem = f"set up --editor={s.editor}", err

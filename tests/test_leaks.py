@@ -4,7 +4,6 @@ buffer, replaced Parameter) with a cheap honest one; every faulty test fails nam
 every test after it sees the unedited model's bytes and Parameter objects."""
 
 import os
-from pathlib import Path
 
 LEAK_SUITE = '''
 import pytest
@@ -31,11 +30,9 @@ def test_no_leak(i, model_under_edit, baseline):
 '''
 
 
-def test_a_long_run_with_faulty_editors_leaks_no_change(pytester, data_dir, monkeypatch):
+def test_a_long_run_with_faulty_editors_leaks_no_change(pytester, data_dir, monkeypatch, toy_importable):
     n_tests = int(os.environ.get("EDITGUARD_LEAK_TESTS", "40"))  # 1000 by hand, see the README's Gates section
-    root = str(Path(__file__).resolve().parents[1])  # tests.toy_editors, in the subprocess too
     monkeypatch.setenv("EDITGUARD_DATA", str(data_dir))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     pytester.makepyfile(test_leak_suite=LEAK_SUITE.replace("N_TESTS", str(n_tests)))
     pytester.makefile(".txt", corpus="The cat sat on the mat.\nRivers flow into the sea.\n")  # cheap probes
     result = pytester.runpytest_subprocess("--model=tiny-llama", "--ppl-corpus=corpus.txt", "-p", "no:cacheprovider",

@@ -507,3 +507,12 @@ def test_a_case_too_long_or_an_editor_without_report_fails_cleanly(suite, change
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([f"*{message}"])
     assert "Traceback" not in result.stdout.str()
+
+
+def test_an_untrained_mend_fails_at_setup_with_the_command_that_trains_it(suite, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDITGUARD_CACHE", str(tmp_path / "empty-cache"))
+    result = suite.runpytest_subprocess("--model=tiny-llama", "--editor=mend", "--max-cases=1",
+                                        "-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*editguard could not use --editor=mend:*editguard train-mend --model tiny-llama*"])
+    assert "Traceback" not in result.stdout.str()

@@ -77,7 +77,26 @@ class Resettable(Protocol):
         """Forget earlier edits: the next edit starts from the unedited model."""
 
 
+@runtime_checkable
+class NeedsPreparation(Protocol):
+    """Optional: an editor that needs something before its first edit on a model (MEND: a trained
+    network); `prepare` raises EditorNotReady saying what to run."""
+
+    def prepare(self, model: ModelUnderEdit) -> None:
+        """Load what the edits need, or raise EditorNotReady."""
+
+
+class EditorNotReady(LookupError):
+    """The editor cannot edit this model yet; the message says what to run first."""
+
+
 REQUIRED_EDITOR_PARTS = ("name", "touched_parameters", "apply")
+
+
+def prepare_editor(editor: Editor, model: ModelUnderEdit) -> None:
+    """Get an editor ready for `model` before any edit (no-op for editors that need nothing)."""
+    if isinstance(editor, NeedsPreparation):
+        editor.prepare(model)
 
 
 def editor_hparams(editor: Editor, model: ModelUnderEdit) -> dict[str, Any]:

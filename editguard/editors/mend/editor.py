@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Sequence
 import torch
 
 from editguard.cases import EditCase
-from editguard.editors.api import EditReport
+from editguard.editors.api import EditorNotReady, EditReport
 from editguard.editors.mend.hparams import ARCHITECTURE_FIELDS, MendHparams, edited_matrices, resolve_hparams
 from editguard.editors.mend.store import cached_editors, load_trained, mend_cache_dir
 from editguard.editors.mend.training import TrainedMend, gradient_pairs
@@ -19,7 +19,7 @@ from editguard.models.loading import ModelUnderEdit
 from editguard.tokens import edit_batch
 
 
-class MendNotTrained(LookupError):
+class MendNotTrained(EditorNotReady):
     """No usable trained network is cached for the model and hyperparameters."""
 
 
@@ -46,6 +46,10 @@ class MEND:
 
     def touched_parameters(self, mue: ModelUnderEdit, cases: Sequence[EditCase]) -> list[str]:
         return [m.name for m in edited_matrices(mue, self._resolve(mue))]
+
+    def prepare(self, mue: ModelUnderEdit) -> None:
+        """Load the trained network before the first edit; MendNotTrained says how to train one."""
+        self.trained(mue)
 
     def trained(self, mue: ModelUnderEdit) -> TrainedMend:
         hp = self._resolve(mue)
