@@ -62,6 +62,13 @@ def unwritable_reason(path: str | os.PathLike, *, directory: bool = False) -> st
     return "" if os.access(parent, os.W_OK | os.X_OK) else f"cannot create {path}: {parent} is not writable"
 
 
+def output_path_problem(flag: str, path: str | os.PathLike | None, *, directory: bool = False) -> str:
+    """`"FLAG PATH: why; give a path you can write to"` when an output path cannot be written, else "":
+    both front ends check their report/plot paths with it before the work starts."""
+    problem = path and unwritable_reason(path, directory=directory)
+    return f"{flag} {path}: {problem}; give a path you can write to" if problem else ""
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """Hex sha256 of a file's bytes."""
     h = hashlib.sha256()

@@ -24,7 +24,7 @@ import json
 import os
 import sys
 
-from editguard.cache import unwritable_reason
+from editguard.cache import output_path_problem
 from editguard.catalog import registered_names
 from editguard.options import SINGLE_EDIT_PPL_CORPUS, add_cli_options, checked_type, data_dir
 
@@ -608,11 +608,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Output paths are checked before the work, not after it: a long mine/eval run must not be lost.
     for dest, directory in (("json", False), ("plots", True)):
-        path = getattr(args, dest, None)
-        problem = path and unwritable_reason(path, directory=directory)
+        problem = output_path_problem(f"--{dest}", getattr(args, dest, None), directory=directory)
         if problem:
-            print(f"editguard {args.command}: --{dest} {path}: {problem}; give a path you can write to",
-                  file=sys.stderr)
+            print(f"editguard {args.command}: {problem}", file=sys.stderr)
             return 2
     if "data" in vars(args):
         args.data = data_dir(args.data)

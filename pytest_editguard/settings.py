@@ -86,13 +86,12 @@ def option_value(config: pytest.Config, name: str) -> Any:
 
 def _check_output_paths(json_path: str | None, plots_dir: str | None) -> None:
     """Before the first edit, not after the last: an unwritable report path would lose the run."""
-    from editguard.cache import unwritable_reason
+    from editguard.cache import output_path_problem
 
     for name, path, directory in (("json", json_path, False), ("plots", plots_dir, True)):
-        problem = path and unwritable_reason(path, directory=directory)
+        problem = output_path_problem(OPTIONS_BY_NAME[name].pytest_flag, path, directory=directory)
         if problem:
-            raise pytest.UsageError(f"{OPTIONS_BY_NAME[name].pytest_flag} {path}: {problem}; give a path "
-                                    f"you can write to")
+            raise pytest.UsageError(problem)
 
 
 @dataclass
