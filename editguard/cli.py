@@ -8,6 +8,7 @@
     editguard filter suites/hardedit/cases.json --model smollm2-135m --editor rome
     editguard plot rome.json c-rome.json suites/hardcf/smollm2-135m.json --plots out/plots
     editguard merge shard1.json shard2.json --json all.json
+    editguard compare saved.json current.json --compare-fail ppl:10%
     editguard analyze positions --model smollm2-135m --editor rome --max-cases 10
     editguard analyze prefix --model smollm2-135m --editor c-rome --max-cases 10
     editguard train-mend --model smollm2-135m --steps 300
@@ -287,9 +288,31 @@ def cmd_merge(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    """SAVED CURRENT: the no-regression gate (the plugin's --editguard-compare), exit 1 on a
+    regression or a worsening beyond a --compare-fail margin; with --equal, the equality check."""
     from editguard.report import load_report
+    from editguard.report.compare import compare_runs, parse_fail_margins
     from editguard.report.merge import compare_reports
 
+    if not args.equal:
+        if args.rtol is not None:
+            raise ValueError("--rtol is the tolerance of --equal; the gate's margins are --compare-fail FIELD:N%")
+        margins = parse_fail_margins(args.compare_fail)
+        comparison = compare_runs(load_report(args.first), load_report(args.second), margins, name=args.first)
+        for line in comparison.lines(max_listed=args.max_lines):
+            print(line)
+        if args.markdown:
+            from pathlib import Path
+
+            from editguard.report.markdown import render_markdown
+
+            current = load_report(args.second)
+            Path(args.markdown).write_text(render_markdown(current["run"], current["cases"], comparison),
+                                           encoding="utf-8")
+        return 1 if comparison.failed else 0
+    if args.compare_fail:
+        raise ValueError("--compare-fail judges worsenings; --equal checks equality within --rtol: give one")
+    args.rtol = 1e-4 if args.rtol is None else args.rtol
     problems = compare_reports(load_report(args.first), load_report(args.second), rtol=args.rtol)
     for line in problems[: args.max_lines]:
         print(line)
@@ -552,11 +575,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", "-o", "--out", required=True, help="write the merged JSON report to this path")
     p.set_defaults(run=cmd_merge)
 
-    p = sub.add_parser("compare", help="check that two JSON reports hold the same cases, verdicts and numbers")
-    p.add_argument("first")
-    p.add_argument("second")
-    p.add_argument("--rtol", type=checked_type(float, minimum=0), default=1e-4,
-                   help="relative tolerance for numbers (default 1e-4)")
+    p = sub.add_parser("compare", help="the no-regression gate: judge a JSON report case by case against a saved "
+                                       "one (exit 1 on a regression); --equal: check that they are the same")
+    p.add_argument("first", metavar="SAVED", help="the saved report (the baseline)")
+    p.add_argument("second", metavar="CURRENT", help="the report to judge")
+    _add_options(p, "compare-fail", "markdown")
+    p.add_argument("--equal", action="store_true",
+                   help="instead: check that the two reports hold the same cases, verdicts and numbers (timings "
+                        "ignored); exit 1 on any difference")
+    p.add_argument("--rtol", type=checked_type(float, minimum=0), default=None,
+                   help="with --equal: relative tolerance for numbers (default 1e-4)")
     p.add_argument("--max-lines", type=NON_NEGATIVE, default=30)
     p.set_defaults(run=cmd_compare)
 
@@ -607,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     # Output paths are checked before the work, not after it: a long mine/eval run must not be lost.
-    for dest, directory in (("json", False), ("plots", True)):
+    for dest, directory in (("json", False), ("plots", True), ("markdown", False)):
         problem = output_path_problem(f"--{dest}", getattr(args, dest, None), directory=directory)
         if problem:
             print(f"editguard {args.command}: {problem}", file=sys.stderr)

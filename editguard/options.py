@@ -57,6 +57,7 @@ class Option:
     choices: tuple[str, ...] = ()   # the only values accepted, where the set is closed
     finite: bool = True                 # floats: refuse nan and inf
     metavar: str = ""                   # the value's name in help (NAME, PATH, N, ...); "" for flags
+    repeatable: bool = False            # may be given several times; the values are joined with commas
 
     def parse(self, raw: Any) -> Any:
         """`raw` (a command-line or ini string, or a value) converted to the option's type and
@@ -196,6 +197,19 @@ OPTIONS: tuple[Option, ...] = (
            default_help="none: every case"),
     Option("json", str, None, "write the JSON report to this path", namespaced=True, metavar="PATH",
            default_help="none: no JSON report"),
+    Option("markdown", str, None,
+           "write a Markdown summary (counts, worst cases, regressions) to this path, e.g. \"$GITHUB_STEP_SUMMARY\"",
+           namespaced=True, metavar="PATH", default_help="none: no Markdown summary"),
+    Option("compare", str, None,
+           "compare every case with this saved JSON report of the same model and suite (any editor): a case that "
+           "passed there and fails now is a regression and fails the run", namespaced=True, metavar="PATH",
+           default_help="none: no comparison"),
+    Option("compare-fail", str, None,
+           "with --editguard-compare, also fail on a case whose field worsened beyond a margin: FIELD:N% (relative "
+           "to the saved value) or FIELD:N (absolute), for ppl, corpus_ppl, update_norm_rel, blast_radius, "
+           "denominator_ratio, key_cosine; `efficacy` fails on a lost efficacy; comma-separated or repeated, "
+           "e.g. ppl:10%,update_norm_rel:0.05", namespaced=True, metavar="SPEC", default_help="none: regressions only",
+           repeatable=True),
     Option("fuzz-examples", int, 12,
            "examples per Hypothesis fuzz test in the derandomized CI profile 'editguard-ci' (suites/fuzz)",
            metavar="N", minimum=1),
@@ -240,6 +254,11 @@ def add_cli_options(parser, *names: str, shown_defaults: dict[str, str] | None =
         if option.is_flag:
             parser.add_argument(option.cli_flag, action="store_true",
                                 help=option.help_with_default(False, names=registered))
+        elif option.repeatable:
+            parser.add_argument(option.cli_flag, action="append", type=option.cli_type(), default=default,
+                                metavar=option.metavar or None,
+                                help=option.help_with_default(default, shown_defaults.get(option.dest, ""),
+                                                              registered))
         else:
             parser.add_argument(option.cli_flag, type=option.cli_type(), default=default,
                                 metavar=option.metavar or None, choices=option.choices or None,

@@ -3,7 +3,9 @@ controller), shown as the collapse report, written as the JSON report and plots;
 
 from __future__ import annotations
 
+import datetime
 import json
+import sys
 from io import StringIO
 from typing import Any
 
@@ -45,17 +47,48 @@ class ResultCollector:
         # that ran to an outcome: the difference is what an interrupted run did not get to.
         self.collected: list[str] | None = None
         self.finished: set[str] = set()
+        self._comparison: Any = None          # editguard.report.compare.Comparison, once judged
+        self.comparison_error = ""            # why the saved report could not be compared
+        # How this run was started (the controller's, not a worker's): taken now, the git commit
+        # looked up only when a report is written (not in every pytest run of a foreign project).
+        self.started = datetime.datetime.now(datetime.timezone.utc)
+        self.argv, self.cwd = list(sys.argv), str(config.invocation_params.dir)
+        self._invocation: dict[str, Any] | None = None
+
+    @property
+    def invocation(self) -> dict[str, Any]:
+        if self._invocation is None:
+            from editguard.report.json_report import invocation
+
+            self._invocation = invocation(self.argv, self.started, self.cwd)
+        return self._invocation
 
     @property
     def run(self) -> dict[str, Any]:
         from editguard.report.json_report import combine_runs
 
         if self.runs:
-            return combine_runs([self.runs[k] for k in sorted(self.runs)])
+            return {**combine_runs([self.runs[k] for k in sorted(self.runs)]), "invocation": self.invocation}
         # Nothing was edited (interrupted first, or every suite empty on purpose): the settings say
         # what would have run.
         s = self.config.stash[SETTINGS_KEY]
-        return {"editor": s.editor, "model": s.model, "thresholds": s.thresholds.to_dict(), "ppl_bos": s.ppl_bos}
+        return {"editor": s.editor, "model": s.model, "thresholds": s.thresholds.to_dict(), "ppl_bos": s.ppl_bos,
+                "invocation": self.invocation}
+
+    def comparison(self):
+        """The run judged against --editguard-compare's saved report (None without one, or when
+        nothing ran); a report that cannot be compared leaves `comparison_error`."""
+        settings = self.config.stash[SETTINGS_KEY]
+        if self._comparison is None and settings.compare_saved is not None and self.results \
+                and not self.comparison_error:
+            from editguard.report.compare import CompareError, compare_runs
+
+            try:
+                self._comparison = compare_runs(settings.compare_saved, {"run": self.run, "cases": self.results},
+                                                settings.compare_margins, name=settings.compare_path)
+            except CompareError as err:
+                self.comparison_error = f"--editguard-compare: {err}"
+        return self._comparison
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         if not is_xdist_worker(self.config) and session.items:
@@ -104,6 +137,15 @@ class ResultCollector:
         console.print(render_report(self.run, self.results))
         terminalreporter.write_sep("=", "editguard collapse report")
         terminalreporter.write(buffer.getvalue())
+        comparison = self.comparison()
+        if self.comparison_error:
+            terminalreporter.write_line(f"editguard: {self.comparison_error}", red=True, bold=True)
+        if comparison is not None:
+            terminalreporter.write_sep("-", f"compared with {comparison.baseline}")
+            for line in comparison.lines():
+                failing = line.startswith(("REGRESSION", "WORSE", "editguard compare: FAILED"))
+                terminalreporter.write_line(line, red=failing, bold=failing,
+                                            green=line.startswith("improved") or line.endswith("no regression"))
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         settings = self.config.stash[SETTINGS_KEY]
@@ -124,3 +166,17 @@ class ResultCollector:
             from editguard.report.plots import write_report_plots
 
             write_report_plots([{"run": self.run, "cases": self.results}], settings.plots_dir)
+        comparison = self.comparison()
+        if settings.markdown_path and (self.results or not completion["complete"] or empty):
+            from pathlib import Path
+
+            from editguard.report.markdown import render_markdown
+
+            Path(settings.markdown_path).parent.mkdir(parents=True, exist_ok=True)
+            Path(settings.markdown_path).write_text(
+                render_markdown(self.run, self.results, comparison, completion), encoding="utf-8")
+        # Judged here, from every worker's results: a regression fails the run even where every test passed.
+        if self.comparison_error and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+            session.exitstatus = pytest.ExitCode.USAGE_ERROR
+        elif comparison is not None and comparison.failed and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -32,7 +32,7 @@ def add_options(parser: pytest.Parser) -> None:
             parser.addini(option.ini_key, option.help_text(names), type="bool", default=option.default)
         else:
             help_text = option.help_with_default(option.default, names=names)
-            group.addoption(option.pytest_flag, action="store", default=None, dest=_dest(option.name), help=help_text,
+            group.addoption(option.pytest_flag, action="append" if option.repeatable else "store", default=None, dest=_dest(option.name), help=help_text,
                             metavar=option.metavar or option.name.upper().replace("-", "_"))
             parser.addini(option.ini_key, help_text, default=None)
 
@@ -61,7 +61,7 @@ def add_short_forms(parser: pytest.Parser) -> list[str]:
             group.addoption(short, action="store_true", default=None, dest=_dest(option.name),
                             help=f"short for {option.pytest_flag}")
         else:
-            group.addoption(short, action="store", default=None, dest=_dest(option.name),
+            group.addoption(short, action="append" if option.repeatable else "store", default=None, dest=_dest(option.name),
                             metavar=option.metavar or option.name.upper().replace("-", "_"),
                             help=f"short for {option.pytest_flag}")
     return left
@@ -74,6 +74,8 @@ def option_value(config: pytest.Config, name: str) -> Any:
     source = option.pytest_flag + (f" ({option.short_flag})" if option.short_flag else "")
     if value is None:
         value, source = config.getini(option.ini_key), f"ini key {option.ini_key}"
+    if isinstance(value, list):   # a repeatable option given several times
+        value = ",".join(value)
     if value in (None, ""):
         return option.default
     if option.is_flag:
@@ -84,14 +86,44 @@ def option_value(config: pytest.Config, name: str) -> Any:
         raise pytest.UsageError(f"{source}: {err}") from None
 
 
-def _check_output_paths(json_path: str | None, plots_dir: str | None) -> None:
+def _check_output_paths(json_path: str | None, plots_dir: str | None, markdown_path: str | None) -> None:
     """Before the first edit, not after the last: an unwritable report path would lose the run."""
     from editguard.cache import output_path_problem
 
-    for name, path, directory in (("json", json_path, False), ("plots", plots_dir, True)):
+    for name, path, directory in (("json", json_path, False), ("plots", plots_dir, True),
+                                  ("markdown", markdown_path, False)):
         problem = output_path_problem(OPTIONS_BY_NAME[name].pytest_flag, path, directory=directory)
         if problem:
             raise pytest.UsageError(problem)
+
+
+def _saved_report(config: pytest.Config, model: str) -> tuple[str | None, dict | None, list]:
+    """--editguard-compare's saved report (read and checked now, before any edit) and the
+    --editguard-compare-fail margins."""
+    path, specs = option_value(config, "compare"), option_value(config, "compare-fail")
+    if specs and not path:
+        raise pytest.UsageError("--editguard-compare-fail needs --editguard-compare PATH (the saved report to "
+                                "compare with)")
+    if not path:
+        return None, None, []
+    from editguard.report.compare import CompareError, parse_fail_margins
+    from editguard.report.json_report import load_report
+
+    try:
+        margins = parse_fail_margins(specs)
+    except CompareError as err:
+        raise pytest.UsageError(f"--editguard-compare-fail: {err}") from None
+    try:
+        saved = load_report(path)
+    except OSError as err:
+        raise pytest.UsageError(f"--editguard-compare {path}: cannot read it ({err.strerror or err}); give a "
+                                f"JSON report written by --editguard-json") from None
+    except ValueError as err:
+        raise pytest.UsageError(f"--editguard-compare: {err}") from None
+    if saved["run"].get("model") != model:
+        raise pytest.UsageError(f"--editguard-compare {path}: it was run on model {saved['run'].get('model')!r}, "
+                                f"this run is on {model!r}; compare runs of the same model")
+    return path, saved, margins
 
 
 @dataclass
@@ -118,6 +150,10 @@ class EditguardSettings:
     downstream_precision: str = "auto"
     ppl_bos: str = "never"                  # BOS rule of every perplexity (--ppl-bos)
     sequence_on_error: str = "stop"
+    markdown_path: str | None = None
+    compare_path: str | None = None         # the saved report to compare with (--editguard-compare)
+    compare_saved: dict | None = None       # its content, read at start-up
+    compare_margins: list | None = None     # --editguard-compare-fail, as editguard.report.compare.FailMargin
 
     def ppl_corpus_for(self, sequential: bool) -> str:
         if self.ppl_corpus:
@@ -167,7 +203,10 @@ class EditguardSettings:
         retention = option_value(config, "downstream-min-retention")
         precision = option_value(config, "downstream-precision")
         json_path, plots_dir = option_value(config, "json"), option_value(config, "plots")
-        _check_output_paths(json_path, plots_dir)
+        markdown_path = option_value(config, "markdown")
+        _check_output_paths(json_path, plots_dir, markdown_path)
+        model = option_value(config, "model")
+        compare_path, compare_saved, compare_margins = _saved_report(config, model)
         ppl_bos = option_value(config, "ppl-bos")
         on_error = option_value(config, "sequence-on-error")
         worker = config.workerinput["workerid"] if hasattr(config, "workerinput") else None
@@ -181,7 +220,7 @@ class EditguardSettings:
             cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
             device = worker_device(device, devices, worker_index, cuda_count)
         return cls(
-            editor=option_value(config, "editor"), model=option_value(config, "model"),
+            editor=option_value(config, "editor"), model=model,
             device=device, dtype=option_value(config, "dtype"), devices=devices, shard=shard,
             edit_layer=option_value(config, "edit-layer"), hparams=hparams,
             data_dir=data_dir(option_value(config, "data")),
@@ -190,6 +229,8 @@ class EditguardSettings:
             sequential=option_value(config, "sequential"), plots_dir=plots_dir,
             downstream=downstream or None, downstream_n=downstream_n, downstream_min_retention=retention,
             downstream_precision=precision, ppl_bos=ppl_bos, sequence_on_error=on_error,
+            markdown_path=markdown_path, compare_path=compare_path, compare_saved=compare_saved,
+            compare_margins=compare_margins,
         )
 
     def load_model(self):

@@ -516,3 +516,71 @@ def test_an_untrained_mend_fails_at_setup_with_the_command_that_trains_it(suite,
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*editguard could not use --editor=mend:*editguard train-mend --model tiny-llama*"])
     assert "Traceback" not in result.stdout.str()
+
+
+CHECK_ONLY_SUITE = SUITE.replace("edit_guard.assert_safe(edit_case)", "edit_guard.check(edit_case)  # records, never fails")
+
+
+def test_compare_fails_the_run_on_a_regression_even_when_every_test_passed(suite):
+    """The gate judges from the collected results (here every test passes: it only records), at
+    the end of the run; also under xdist, where the controller judges the workers' results."""
+    suite.makepyfile(unsafe_editor=UNSAFE_EDITOR, test_suite=CHECK_ONLY_SUITE)
+    saved = suite.runpytest_subprocess(*base_args("--max-cases=2", "--editor=c-rome", "--editguard-json=base.json"))
+    saved.assert_outcomes(passed=2)
+    assert all(c["passed"] for c in json.loads((suite.path / "base.json").read_text())["cases"])
+    for extra in ([], ["-n", "2"]):
+        result = suite.runpytest_subprocess("--model=tiny-llama", "--update-norm-max=5", "-p", "no:cacheprovider",
+                                            "--max-cases=2", "--editor=unsafe_editor:ScaleRow",
+                                            "--editguard-compare=base.json", "--editguard-markdown=s.md", *extra)
+        result.assert_outcomes(passed=2)
+        assert result.ret == 1, extra
+        result.stdout.fnmatch_lines([
+            "*editguard collapse report*", "*compared with base.json*",
+            "compared with base.json (c-rome on tiny-llama): 2 cases compared; 2 regressions*",
+            "REGRESSION case t1 (Paris): passed in base.json, * now (*update_norm*)",
+            "REGRESSION case t2 (Danielle Darrieux): passed in base.json, * now*",
+            "editguard compare: FAILED: 2 regressions, 0 worsened beyond a margin against base.json"])
+        markdown = (suite.path / "s.md").read_text()
+        assert markdown.startswith("## ❌ editguard: scale-row on tiny-llama (")
+        assert "- case t1 (Paris): passed in base.json" in markdown
+    # The saved run against itself: no regression, exit 0; a margin it cannot meet fails it.
+    same = suite.runpytest_subprocess(*base_args("--max-cases=2", "--editor=c-rome", "--editguard-compare=base.json",
+                                                 "--editguard-compare-fail=ppl:5%", "--editguard-compare-fail=efficacy"))
+    assert same.ret == 0, same.stdout.str()[-2000:]
+    same.stdout.fnmatch_lines(["editguard compare: no regression against base.json"])
+    doc = json.loads((suite.path / "base.json").read_text())
+    for case in doc["cases"]:
+        case["ppl"] /= 2    # a saved run twice as good as this one
+    (suite.path / "better.json").write_text(json.dumps(doc))
+    worse = suite.runpytest_subprocess(*base_args("--max-cases=2", "--editor=c-rome", "--editguard-compare=better.json",
+                                                  "--editguard-compare-fail=ppl:10%"))
+    assert worse.ret == 1
+    worse.stdout.fnmatch_lines(["WORSE beyond margin case t1 (Paris): ppl * (+100.0%), beyond the margin ppl:10%"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--editguard-compare=missing.json"], "--editguard-compare missing.json: cannot read it"),
+    (["--editguard-compare=gpt2.json"], "--editguard-compare gpt2.json: it was run on model 'tiny-gpt2', this run is "
+                                        "on 'tiny-llama'; compare runs of the same model"),
+    (["--editguard-compare-fail=ppl:10%"], "--editguard-compare-fail needs --editguard-compare PATH"),
+    (["--editguard-compare=gpt2.json", "--editguard-compare-fail=ppl"],
+     "--editguard-compare-fail: fail margin 'ppl': expected FIELD:VALUE"),
+    (["--editguard-markdown=hparams.json/x.md"], "--editguard-markdown hparams.json/x.md:"),
+])
+def test_compare_and_markdown_options_are_checked_before_any_edit(suite, args, message):
+    (suite.path / "gpt2.json").write_text(json.dumps({"run": {"model": "tiny-gpt2"}, "cases": []}))
+    result = suite.runpytest_subprocess(*base_args(*args))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert message in result.stderr.str(), result.stderr.str()
+
+
+def test_the_json_report_says_how_and_when_it_was_run(suite):
+    suite.runpytest_subprocess(*base_args("--max-cases=1", "--editor=c-rome", "--editguard-json=r.json"))
+    info = json.loads((suite.path / "r.json").read_text())["run"]["invocation"]
+    assert "--editguard-json=r.json" in info["argv"] and info["cwd"] == str(suite.path)
+    assert info["git"] is None          # pytester's directory is no git checkout
+    import datetime
+
+    started = datetime.datetime.fromisoformat(info["started_utc"])
+    assert started.utcoffset() == datetime.timedelta(0)
+    assert abs((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()) < 600

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
+import functools
 import json
+import os
 import platform
+import subprocess
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +26,38 @@ def versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             pass
     return out
+
+
+def git_commit(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """{"commit", "dirty"} of the git checkout holding `directory`; None where git is missing or
+    `directory` is not in a repository (a report never fails for want of git)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(directory), *args], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": dirty}
+
+
+def invocation(argv: list[str] | None = None, started: datetime.datetime | None = None,
+               cwd: str | None = None) -> dict[str, Any]:
+    """How a run was started: the command line (sys.argv), the working directory and its git
+    commit (None outside a repository), and the start time (ISO 8601, UTC; default now). The
+    editguard version is in `versions`."""
+    cwd = cwd or os.getcwd()
+    started = started or datetime.datetime.now(datetime.timezone.utc)
+    return {"argv": list(sys.argv if argv is None else argv), "cwd": cwd, "git": git_commit(cwd),
+            "started_utc": started.astimezone(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+@functools.cache
+def process_invocation() -> dict[str, Any]:
+    """This process's invocation, taken once (a run header is built per case)."""
+    return invocation()
 
 
 @dataclass
@@ -46,6 +83,8 @@ class RunInfo:
     # Per suite module: its own SUITE_FIELDS (a run may mix single-edit and sequential suites).
     suites: dict[str, dict[str, Any]] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=versions)
+    # Command line, working directory, git commit, start time (the plugin's controller puts its own).
+    invocation: dict[str, Any] = field(default_factory=lambda: dict(process_invocation()))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
