@@ -119,6 +119,10 @@ class Option:
             return f"{text} (default: off)"
         return f"{text} (default: {'none' if default is None else default})"
 
+    def argparse_help(self, default: Any, shown: str = "", names: dict[str, str] | None = None) -> str:
+        """`help_with_default` for an argparse parser (pytest's too), which %-formats help texts."""
+        return self.help_with_default(default, shown, names).replace("%", "%%")
+
     def help_text(self, names: dict[str, str] | None = None) -> str:
         """The help with its registry placeholders filled (or pointing at the error that lists them)."""
         fill = {key: "an unknown name lists them" for key in ("editors", "models", "tasks")}
@@ -253,16 +257,16 @@ def add_cli_options(parser, *names: str, shown_defaults: dict[str, str] | None =
         default = defaults.pop(option.dest, option.default)
         if option.is_flag:
             parser.add_argument(option.cli_flag, action="store_true",
-                                help=option.help_with_default(False, names=registered))
+                                help=option.argparse_help(False, names=registered))
         elif option.repeatable:
             parser.add_argument(option.cli_flag, action="append", type=option.cli_type(), default=default,
                                 metavar=option.metavar or None,
-                                help=option.help_with_default(default, shown_defaults.get(option.dest, ""),
-                                                              registered))
+                                help=option.argparse_help(default, shown_defaults.get(option.dest, ""),
+                                                          registered))
         else:
             parser.add_argument(option.cli_flag, type=option.cli_type(), default=default,
                                 metavar=option.metavar or None, choices=option.choices or None,
-                                help=option.help_with_default(default, shown_defaults.get(option.dest, ""),
-                                                              registered))
+                                help=option.argparse_help(default, shown_defaults.get(option.dest, ""),
+                                                          registered))
     if defaults:
         raise TypeError(f"defaults for options not added: {', '.join(defaults)}")

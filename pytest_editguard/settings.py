@@ -28,11 +28,13 @@ def add_options(parser: pytest.Parser) -> None:
     for option in OPTIONS:
         if option.is_flag:
             group.addoption(option.pytest_flag, action="store_true", default=None, dest=_dest(option.name),
-                            help=option.help_with_default(False, names=names))
+                            help=option.argparse_help(False, names=names))
             parser.addini(option.ini_key, option.help_text(names), type="bool", default=option.default)
         else:
             help_text = option.help_with_default(option.default, names=names)
-            group.addoption(option.pytest_flag, action="append" if option.repeatable else "store", default=None, dest=_dest(option.name), help=help_text,
+            action = "append" if option.repeatable else "store"
+            group.addoption(option.pytest_flag, action=action, default=None, dest=_dest(option.name),
+                            help=option.argparse_help(option.default, names=names),
                             metavar=option.metavar or option.name.upper().replace("-", "_"))
             parser.addini(option.ini_key, help_text, default=None)
 
@@ -61,7 +63,8 @@ def add_short_forms(parser: pytest.Parser) -> list[str]:
             group.addoption(short, action="store_true", default=None, dest=_dest(option.name),
                             help=f"short for {option.pytest_flag}")
         else:
-            group.addoption(short, action="append" if option.repeatable else "store", default=None, dest=_dest(option.name),
+            action = "append" if option.repeatable else "store"
+            group.addoption(short, action=action, default=None, dest=_dest(option.name),
                             metavar=option.metavar or option.name.upper().replace("-", "_"),
                             help=f"short for {option.pytest_flag}")
     return left

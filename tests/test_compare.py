@@ -129,7 +129,8 @@ def test_other_gates_or_dtype_are_noted_and_cases_on_one_side_listed_not_judged(
     assert comparison.only_in_run == ["case 5 (S5)"]
     lines = comparison.lines()
     assert "only in this run (not compared): 1 cases: case 5 (S5)" in lines
-    assert any(line.startswith("note: the gates differ (ppl_max=1000, ppl_max_ratio=2 there, ppl_max=500") for line in lines)
+    assert any(line.startswith("note: the gates differ (ppl_max=1000, ppl_max_ratio=2 there, ppl_max=500")
+               for line in lines)
     assert "note: dtype float32 there, bfloat16 here" in lines
 
 

@@ -294,7 +294,7 @@ def test_shards_merge_into_the_unsharded_report(suite):
     merged = json.loads((suite.path / "all.json").read_text())
     assert compare_reports(whole, merged) == []
     assert [m["shard"] for m in merged["run"]["merged_from"]] == ["1/2", "2/2"]
-    assert main(["compare", str(suite.path / "whole.json"), str(suite.path / "all.json")]) == 0
+    assert main(["compare", str(suite.path / "whole.json"), str(suite.path / "all.json"), "--equal"]) == 0
     # Overlapping shards are refused.
     assert main(["merge", str(suite.path / "s1.json"), str(suite.path / "s1.json"),
                  "--json", str(suite.path / "x.json")]) == 2
@@ -518,7 +518,8 @@ def test_an_untrained_mend_fails_at_setup_with_the_command_that_trains_it(suite,
     assert "Traceback" not in result.stdout.str()
 
 
-CHECK_ONLY_SUITE = SUITE.replace("edit_guard.assert_safe(edit_case)", "edit_guard.check(edit_case)  # records, never fails")
+# Records every case and never fails a test: only the comparison can fail the run.
+CHECK_ONLY_SUITE = SUITE.replace("edit_guard.assert_safe(edit_case)", "edit_guard.check(edit_case)")
 
 
 def test_compare_fails_the_run_on_a_regression_even_when_every_test_passed(suite):
@@ -545,7 +546,8 @@ def test_compare_fails_the_run_on_a_regression_even_when_every_test_passed(suite
         assert "- case t1 (Paris): passed in base.json" in markdown
     # The saved run against itself: no regression, exit 0; a margin it cannot meet fails it.
     same = suite.runpytest_subprocess(*base_args("--max-cases=2", "--editor=c-rome", "--editguard-compare=base.json",
-                                                 "--editguard-compare-fail=ppl:5%", "--editguard-compare-fail=efficacy"))
+                                                 "--editguard-compare-fail=ppl:5%",
+                                                 "--editguard-compare-fail=efficacy"))
     assert same.ret == 0, same.stdout.str()[-2000:]
     same.stdout.fnmatch_lines(["editguard compare: no regression against base.json"])
     doc = json.loads((suite.path / "base.json").read_text())

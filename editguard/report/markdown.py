@@ -60,7 +60,8 @@ def render_markdown(run: dict[str, Any], cases: list[dict[str, Any]], comparison
             v = verdict(c, ppl_max)
             ratio = c["ppl"] / c["ppl_baseline"] if c.get("ppl") is not None and c.get("ppl_baseline") else None
             lines.append("| " + " | ".join(_cell(x) for x in (
-                c["case_id"], prompt, c.get("target_new", ""), v if v == PASSED else f"**{v}**", _num(c.get("ppl"), ".1f"),
+                c["case_id"], prompt, c.get("target_new", ""), v if v == PASSED else f"**{v}**",
+                _num(c.get("ppl"), ".1f"),
                 _num(ratio, ".2f"), _num(c.get("update_norm_rel")), ", ".join(c.get("failed_gates") or []) or "–"))
                 + " |")
     if comparison is not None:
