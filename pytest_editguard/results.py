@@ -158,15 +158,16 @@ class ResultCollector:
             completion["empty_suites"] = empty
         # Also written when interrupted (Ctrl-C), when nothing ran, or when a suite was empty on
         # purpose, so that it says so.
+        comparison = self.comparison()
         if settings.json_path and (self.results or not completion["complete"] or empty):
             from editguard.report import write_report
 
-            write_report(settings.json_path, self.run, self.results, completion)
+            judged = {"comparison": comparison.to_json()} if comparison is not None else {}
+            write_report(settings.json_path, self.run, self.results, {**completion, **judged})
         if settings.plots_dir and self.results:
             from editguard.report.plots import write_report_plots
 
             write_report_plots([{"run": self.run, "cases": self.results}], settings.plots_dir)
-        comparison = self.comparison()
         if settings.markdown_path and (self.results or not completion["complete"] or empty):
             from pathlib import Path
 

@@ -532,7 +532,8 @@ def test_compare_fails_the_run_on_a_regression_even_when_every_test_passed(suite
     for extra in ([], ["-n", "2"]):
         result = suite.runpytest_subprocess("--model=tiny-llama", "--update-norm-max=5", "-p", "no:cacheprovider",
                                             "--max-cases=2", "--editor=unsafe_editor:ScaleRow",
-                                            "--editguard-compare=base.json", "--editguard-markdown=s.md", *extra)
+                                            "--editguard-compare=base.json", "--editguard-markdown=s.md",
+                                            "--editguard-json=now.json", *extra)
         result.assert_outcomes(passed=2)
         assert result.ret == 1, extra
         result.stdout.fnmatch_lines([
@@ -541,6 +542,9 @@ def test_compare_fails_the_run_on_a_regression_even_when_every_test_passed(suite
             "REGRESSION case t1 (Paris): passed in base.json, * now (*update_norm*)",
             "REGRESSION case t2 (Danielle Darrieux): passed in base.json, * now*",
             "editguard compare: FAILED: 2 regressions, 0 worsened beyond a margin against base.json"])
+        judged = json.loads((suite.path / "now.json").read_text())["comparison"]
+        assert judged["failed"] and [c["case"] for c in judged["regressions"]] == ["case t1 (Paris)",
+                                                                                  "case t2 (Danielle Darrieux)"]
         markdown = (suite.path / "s.md").read_text()
         assert markdown.startswith("## ❌ editguard: scale-row on tiny-llama (")
         assert "- case t1 (Paris): passed in base.json" in markdown
