@@ -590,3 +590,16 @@ def test_the_json_report_says_how_and_when_it_was_run(suite):
     started = datetime.datetime.fromisoformat(info["started_utc"])
     assert started.utcoffset() == datetime.timedelta(0)
     assert abs((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()) < 600
+
+
+def test_a_saved_report_of_another_suite_is_a_usage_error_at_the_end(suite):
+    """The suite is known once tests ran (their module's folder): the run then stops as a usage error."""
+    saved = {"run": {"model": "tiny-llama", "editor": "c-rome", "thresholds": {"ppl_max": 1000.0}, "suite": "hardedit",
+                     "suites": {"suites/hardedit/test_hardedit.py": {"suite": "hardedit"}}}, "cases": []}
+    (suite.path / "hardedit.json").write_text(json.dumps(saved))
+    result = suite.runpytest_subprocess(*base_args("--max-cases=1", "--editor=c-rome",
+                                                   "--editguard-compare=hardedit.json"))
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stdout.fnmatch_lines(["editguard: --editguard-compare: cannot compare with hardedit.json: it ran suite "
+                                 "hardedit, this run *; compare runs of the same suite"])
