@@ -54,3 +54,9 @@ def wilson_interval(successes: int, n: int, z: float = Z_ONE_SIDED_95) -> tuple[
     spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
     denom = 1 + z * z / n
     return max(0.0, (center - spread) / denom), min(1.0, (center + spread) / denom)
+
+
+def wilson_lower_bound(successes: int, n: int, z: float = Z_ONE_SIDED_95) -> float:
+    """The lower end of the Wilson score interval: with the default z, a one-sided 95% lower bound
+    on the success rate (what the edit-quality gates compare with their minimum). 0 for n = 0."""
+    return wilson_interval(successes, n, z)[0]

@@ -45,6 +45,7 @@ class ResultCollector:
         # that ran to an outcome: the difference is what an interrupted run did not get to.
         self.collected: list[str] | None = None
         self.finished: set[str] = set()
+        self.quality: dict[str, Any] | None = None  # the run's quality summary, judged at session end
 
     @property
     def run(self) -> dict[str, Any]:
@@ -55,7 +56,17 @@ class ResultCollector:
         # Nothing was edited (interrupted first, or every suite empty on purpose): the settings say
         # what would have run.
         s = self.config.stash[SETTINGS_KEY]
-        return {"editor": s.editor, "model": s.model, "thresholds": s.thresholds.to_dict(), "ppl_bos": s.ppl_bos}
+        return {"editor": s.editor, "model": s.model, "thresholds": s.thresholds.to_dict(), "ppl_bos": s.ppl_bos,
+                "quality": s.quality.to_dict() if s.quality.enabled else None}
+
+    def judge_quality(self) -> dict[str, Any] | None:
+        """Quality mode's suite-level verdict over every result of the run (on the controller, all
+        workers' results); None when quality mode is off or no edit ran."""
+        if self.quality is None and self.results:
+            from editguard.report.quality import quality_summary
+
+            self.quality = quality_summary(self.run, self.results)
+        return self.quality
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         if not is_xdist_worker(self.config) and session.items:
@@ -104,12 +115,23 @@ class ResultCollector:
         console.print(render_report(self.run, self.results))
         terminalreporter.write_sep("=", "editguard collapse report")
         terminalreporter.write(buffer.getvalue())
+        quality = self.judge_quality()
+        if quality is not None:
+            from editguard.report.quality import quality_lines
+
+            verdict = "held" if quality["passed"] else "FAILED: the run fails"
+            terminalreporter.write_sep("=", f"editguard edit quality: {verdict}")
+            for line, held in quality_lines(quality):
+                terminalreporter.write_line(("" if held else "FAILED ") + line, red=not held, green=held)
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         settings = self.config.stash[SETTINGS_KEY]
         if is_xdist_worker(self.config):
             return
         completion = self.completion(exitstatus)
+        quality = self.judge_quality()
+        if quality is not None and not quality["passed"] and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED   # a suite-level gate: no single test fails
         empty = {module: source["empty_reason"] for module, source in self.config.stash[SOURCES_KEY].items()
                  if source.get("empty_reason")}
         if empty:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from editguard.catalog import registered_names
+from editguard.gates import QualityGates
 from editguard.options import (
     OPTIONS,
     OPTIONS_BY_NAME,
@@ -118,6 +119,7 @@ class EditguardSettings:
     downstream_precision: str = "auto"
     ppl_bos: str = "never"                  # BOS rule of every perplexity (--ppl-bos)
     sequence_on_error: str = "stop"
+    quality: QualityGates = field(default_factory=QualityGates)   # quality mode's suite-level gates (off)
 
     def ppl_corpus_for(self, sequential: bool) -> str:
         if self.ppl_corpus:
@@ -149,6 +151,8 @@ class EditguardSettings:
             denominator_ratio_min=option_value(config, "denominator-ratio-min"),
             **({"update_norm_rel_max": update_max} if update_max is not None else {}),
         )
+        quality = QualityGates.mode(option_value(config, "quality"), option_value(config, "min-efficacy"),
+                                    option_value(config, "min-generalization"), option_value(config, "min-locality"))
         max_cases = option_value(config, "max-cases")
         shard = option_value(config, "shard")
         try:
@@ -189,7 +193,7 @@ class EditguardSettings:
             thresholds=thresholds, max_cases=max_cases, json_path=json_path,
             sequential=option_value(config, "sequential"), plots_dir=plots_dir,
             downstream=downstream or None, downstream_n=downstream_n, downstream_min_retention=retention,
-            downstream_precision=precision, ppl_bos=ppl_bos, sequence_on_error=on_error,
+            downstream_precision=precision, ppl_bos=ppl_bos, sequence_on_error=on_error, quality=quality,
         )
 
     def load_model(self):

@@ -23,7 +23,8 @@ PLUGIN_FLAGS = {
     "--editguard-download", "--ppl-corpus", "--sequential", "--ppl-threshold", "--ppl-max-ratio",
     "--denominator-ratio-min", "--update-norm-max", "--max-cases", "--editguard-shard", "--editguard-json",
     "--fuzz-examples", "--editguard-plots", "--downstream", "--downstream-n", "--downstream-min-retention",
-    "--downstream-precision", "--ppl-bos", "--sequence-on-error",
+    "--downstream-precision", "--ppl-bos", "--sequence-on-error", "--editguard-quality", "--editguard-min-efficacy",
+    "--editguard-min-generalization", "--editguard-min-locality",
 }
 
 
