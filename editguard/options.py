@@ -218,10 +218,10 @@ OPTIONS: tuple[Option, ...] = (
            "the CPU/GPU multiplies it fast, else float32)", metavar="PRECISION", choices=DOWNSTREAM_PRECISIONS),
     Option("quality", bool, False,
            "editor-quality mode: measure generalization (paraphrases) and locality (neighbourhood prompts) of "
-           "every edit and fail the run unless the efficacy rate's one-sided 95% Wilson lower bound over all "
+           "every edit and fail the run unless the efficacy rate's Wilson lower bound (one-sided, z = 1.645) over all "
            f"cases is ≥ --editguard-min-efficacy (default {QUALITY_MIN_EFFICACY:g} in this mode)", namespaced=True),
     Option("min-efficacy", float, None,
-           "fail the run unless the Wilson lower bound (one-sided 95%) of the efficacy rate over all cases is ≥ "
+           "fail the run unless the Wilson lower bound (one-sided, z = 1.645) of the efficacy rate over all cases is ≥ "
            "this; turns on quality mode", namespaced=True, metavar="RATE",
            default_help=f"off; {QUALITY_MIN_EFFICACY:g} with --editguard-quality", minimum=0, maximum=1),
     Option("min-generalization", float, None,
