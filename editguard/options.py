@@ -206,6 +206,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("plots", str, None,
            "write PNG plots (perplexity per case, edit anatomy, perplexity evolution of sequences) into this "
            "directory", namespaced=True, metavar="DIR", default_help="none: no plots"),
+    Option("stats-dir", str, None,
+           "covariance statistics downloaded for ROME/MEMIT: their layer_stats .npz files, laid out as "
+           "DIR/MODEL/wikipedia_stats/MODULE_float32_mom2_100000.npz; used where the editor uses C (ROME with "
+           "mom2_adjustment, MEMIT, AlphaEdit) instead of computing it on mom2_corpus", namespaced=True,
+           metavar="DIR", default_help="none: C is computed on the editor's mom2_corpus"),
     Option("downstream", str, None,
            "probe every edited model on these downstream tasks and gate on them, comma-separated: {tasks}",
            metavar="TASKS", default_help="off"),

@@ -95,6 +95,26 @@ def _check_output_paths(json_path: str | None, plots_dir: str | None) -> None:
             raise pytest.UsageError(problem)
 
 
+def _read_hparams(config: pytest.Config, path: str, editor: str) -> dict[str, Any]:
+    """The --hparams file's overrides; an EasyEdit file (it has `alg_name`) is translated to
+    editguard's names, what it ignores is said in a warning, and its algorithm must be --editor's."""
+    from editguard.editors.hparams import HparamsFileError, is_easyedit, load_hparams_file, translate_easyedit
+
+    try:
+        data = load_hparams_file(path)
+        if not is_easyedit(data):
+            return data
+        translation = translate_easyedit(data, path)
+    except HparamsFileError as err:
+        raise pytest.UsageError(f"--hparams {path}: {err}") from None
+    if editor not in translation.editors:
+        raise pytest.UsageError(f"--hparams {path}: an EasyEdit {translation.algorithm} file (alg_name), but "
+                                f"--editor={editor}; use it with --editor={' or '.join(translation.editors)}")
+    if translation.ignored or translation.notes:
+        config.issue_config_time_warning(pytest.PytestConfigWarning(translation.warning(path)), stacklevel=2)
+    return translation.overrides
+
+
 @dataclass
 class EditguardSettings:
     editor: str
@@ -138,12 +158,15 @@ class EditguardSettings:
         hparams: dict[str, Any] = {}
         hparams_file = option_value(config, "hparams")
         if hparams_file:
-            from editguard.editors.hparams import HparamsFileError, load_hparams_file
+            hparams = _read_hparams(config, hparams_file, option_value(config, "editor"))
+        stats_dir = option_value(config, "stats-dir")
+        if stats_dir:
+            from pathlib import Path
 
-            try:
-                hparams = load_hparams_file(hparams_file)
-            except HparamsFileError as err:
-                raise pytest.UsageError(f"--hparams {hparams_file}: {err}") from None
+            if not Path(stats_dir).is_dir():
+                raise pytest.UsageError(f"--editguard-stats-dir {stats_dir}: not a directory")
+            # The editors that use C read it from there (an editor without C says it has no such key).
+            hparams = {**hparams, "mom2_stats_dir": str(Path(stats_dir).resolve())}
         update_max = option_value(config, "update-norm-max")
         thresholds = Thresholds(
             ppl_max=option_value(config, "ppl-threshold"),
