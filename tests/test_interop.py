@@ -143,3 +143,11 @@ def test_missing_or_ambiguous_statistics_say_where_they_were_looked_for(tmp_path
         write_stats(tmp_path / "tiny-llama" / "wikipedia_stats" / name, np.eye(128), 1)
     with pytest.raises(StatsFileError, match="several statistics files"):
         find_stats_file(tmp_path, tiny_llama, 1)
+
+
+def test_stats_dir_that_is_no_directory_is_a_usage_error(pytester, tmp_path):
+    pytester.makepyfile(test_suite=SUITE)
+    result = pytester.runpytest_subprocess("--collect-only", f"--editguard-stats-dir={tmp_path / 'nowhere'}",
+                                           "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*--editguard-stats-dir {tmp_path / 'nowhere'}: not a directory*"])
