@@ -213,10 +213,10 @@ def _edit_and_measure(mue: ModelUnderEdit, editor: Editor, case: EditCase, basel
     t = time.perf_counter()
     eff = efficacy(mue, case.text, case.target_new, case.target_true, prefix=report.test_prefix)
     timings["efficacy"] = time.perf_counter() - t
-    scores = None
+    prompt_scores = None
     if measure_scores:   # quality mode only: the paraphrase and neighbourhood prompts cost a forward pass
         t = time.perf_counter()
-        scores = edit_scores(mue, case, prefix=report.test_prefix, with_edit_prompt=False)
+        prompt_scores = edit_scores(mue, case, prefix=report.test_prefix, with_edit_prompt=False)
         timings["generalization_locality"] = time.perf_counter() - t
     t = time.perf_counter()
     diagnostics = {k: v for k, v in report.diagnostics.items() if not k.startswith("seconds_")}
@@ -244,8 +244,8 @@ def _edit_and_measure(mue: ModelUnderEdit, editor: Editor, case: EditCase, basel
         efficacy=eff.success, efficacy_logprob_new=eff.logprob_new, efficacy_logprob_true=eff.logprob_true,
         test_prefix=report.test_prefix, seconds=time.perf_counter() - start, timings=timings,
         peak_memory_mb=peak_memory_mb(mue), downstream=downstream,
-        generalization=scores.generalization_hits if scores and case.target_true is not None else None,
-        locality=scores.locality_hits if scores and case.target_true is not None else None,
+        generalization=prompt_scores.generalization_hits if prompt_scores and case.target_true is not None else None,
+        locality=prompt_scores.locality_hits if prompt_scores and case.target_true is not None else None,
     )
 
 
