@@ -10,7 +10,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from editguard.metrics.downstream import SCORER_VERSION, TaskScore, evaluate, resolve_precision, subset
+from editguard.metrics.downstream import (
+    SCORER_VERSION,
+    TaskScore,
+    evaluate,
+    lm_eval_metrics,
+    resolve_precision,
+    subset,
+)
 from editguard.runinfo import model_fields
 from editguard.stats import Z_TWO_SIDED_95
 from editguard.tasks import get_task
@@ -64,7 +71,7 @@ def apply_edits(mue, editor, cases, baseline, sequential: bool, thresholds=None)
 
 def score_row(score: TaskScore) -> dict[str, Any]:
     low, high = score.interval(Z_TWO_SIDED_95)
-    return {**score.to_dict(), "ci95_low": low, "ci95_high": high}
+    return {**score.to_dict(), "ci95_low": low, "ci95_high": high, **lm_eval_metrics(score)}
 
 
 def render_table(title: str, scores: dict[str, TaskScore]):

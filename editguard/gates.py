@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from editguard.stats import Z_ONE_SIDED_95, wilson_interval
+from editguard.options import QUALITY_MIN_EFFICACY
+from editguard.stats import Z_ONE_SIDED_95, wilson_interval, wilson_lower_bound
 
 
 @dataclass(frozen=True)
@@ -132,3 +133,49 @@ def downstream_gates(edited: dict, unedited: dict, min_retention: float | None =
                                     f"{name}: accuracy {score.accuracy:.3f} (n={score.n}) {'≥' if kept else '<'} "
                                     f"{min_retention:g} × unedited {before.accuracy:.3f} = {bound:.3f}"))
     return gates
+
+
+@dataclass(frozen=True)
+class QualityGates:
+    """Suite-level edit-quality gates (off unless asked for): the one-sided 95% Wilson lower bound
+    of each rate over all cases of a run must reach its minimum. None: not gated."""
+
+    min_efficacy: float | None = None
+    min_generalization: float | None = None
+    min_locality: float | None = None
+    # Generalization and locality are measured per case (paraphrase and neighbourhood prompts).
+    measure_scores: bool = False
+
+    @classmethod
+    def mode(cls, quality: bool, min_efficacy: float | None = None, min_generalization: float | None = None,
+             min_locality: float | None = None) -> "QualityGates":
+        """Quality mode is on with `quality` or with any minimum set; then generalization and
+        locality are measured and efficacy is gated (at QUALITY_MIN_EFFICACY unless set)."""
+        on = quality or any(m is not None for m in (min_efficacy, min_generalization, min_locality))
+        if not on:
+            return cls()
+        return cls(QUALITY_MIN_EFFICACY if min_efficacy is None else min_efficacy, min_generalization,
+                   min_locality, measure_scores=True)
+
+    @property
+    def enabled(self) -> bool:
+        return self.measure_scores or self.min_efficacy is not None
+
+    def minimum(self, rate: str) -> float | None:
+        return getattr(self, f"min_{rate}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def rate_gate(name: str, hits: int, n: int, minimum: float, z: float = Z_ONE_SIDED_95) -> GateResult:
+    """A rate over a suite (hits of n) passes when its Wilson lower bound (one-sided 95% with the
+    default z) reaches `minimum`. No measurement (n = 0) fails: a gate asked for must be judged."""
+    if n == 0:
+        return GateResult(name, False, math.nan, minimum,
+                          f"{name}: no case measured it (cases need a true target and such prompts), "
+                          f"so the minimum {minimum:g} cannot be shown")
+    low = wilson_lower_bound(hits, n, z)
+    ok = low >= minimum
+    return GateResult(name, ok, low, minimum,
+                      f"{name} {hits}/{n}, Wilson lower bound {low:.2f} {'≥' if ok else '<'} {minimum:g}")

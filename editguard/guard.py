@@ -18,7 +18,7 @@ from editguard.cases import EditCase
 from editguard.editors.api import Editor, checked_report, reset_editor
 from editguard.gates import Thresholds, Verdict, downstream_gates, judge
 from editguard.metrics.anatomy import normal_text_keys, update_anatomy
-from editguard.metrics.efficacy import efficacy
+from editguard.metrics.efficacy import PromptHits, edit_scores, efficacy
 from editguard.metrics.perplexity import PerplexityResult, add_bos_for, perplexity
 from editguard.models.loading import ModelUnderEdit, original_parameters
 from editguard.models.snapshot import PristineModel, RestoreError, WeightSnapshot
@@ -93,6 +93,9 @@ class CaseResult:
     step: int | None = None       # 1-based position in it
     peak_memory_mb: float | None = None  # see peak_memory_mb()
     downstream: dict[str, Any] | None = None  # per task: edited accuracy, n, unedited accuracy (--downstream)
+    # Paraphrase / neighbourhood prompts that behaved (quality mode); None: not measured.
+    generalization: PromptHits | None = None
+    locality: PromptHits | None = None
 
     @property
     def passed(self) -> bool:
@@ -129,8 +132,17 @@ class CaseResult:
             "step": self.step,
             "peak_memory_mb": self.peak_memory_mb,
             "diagnostics": d,
+            **_hits_json("generalization", self.generalization),
+            **_hits_json("locality", self.locality),
             **({"downstream": self.downstream} if self.downstream is not None else {}),
         }
+
+
+def _hits_json(name: str, hits: PromptHits | None) -> dict[str, Any]:
+    """`name` (the rate, None when not measured or the case has no such prompt), `name_hits`, `name_n`."""
+    if hits is None:
+        return {name: None, f"{name}_hits": None, f"{name}_n": None}
+    return {name: hits.rate, f"{name}_hits": hits.hits, f"{name}_n": hits.n}
 
 
 # Sentences and rows of normal text the blast radius is measured on: enough for a stable mean,
@@ -181,9 +193,10 @@ class RestorePoint:
 
 def _edit_and_measure(mue: ModelUnderEdit, editor: Editor, case: EditCase, baseline: Baseline,
                       thresholds: Thresholds, snapshot: WeightSnapshot, timings: dict[str, float],
-                      start: float) -> CaseResult:
+                      start: float, measure_scores: bool = False) -> CaseResult:
     """Apply the edit on top of the model as it is, measure and judge; restores nothing.
-    `snapshot` holds the touched weights as they were just before this edit."""
+    `snapshot` holds the touched weights as they were just before this edit. With `measure_scores`,
+    generalization and locality are measured too (one batch of the case's other prompts)."""
     check_case_fits(mue, case)   # before any weight moves: a kilobyte prompt is refused, not edited for minutes
     if mue.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(mue.device)
@@ -200,6 +213,11 @@ def _edit_and_measure(mue: ModelUnderEdit, editor: Editor, case: EditCase, basel
     t = time.perf_counter()
     eff = efficacy(mue, case.text, case.target_new, case.target_true, prefix=report.test_prefix)
     timings["efficacy"] = time.perf_counter() - t
+    prompt_scores = None
+    if measure_scores:   # quality mode only: the paraphrase and neighbourhood prompts cost a forward pass
+        t = time.perf_counter()
+        prompt_scores = edit_scores(mue, case, prefix=report.test_prefix, with_edit_prompt=False)
+        timings["generalization_locality"] = time.perf_counter() - t
     t = time.perf_counter()
     diagnostics = {k: v for k, v in report.diagnostics.items() if not k.startswith("seconds_")}
     anatomy = measure_anatomy(snapshot, mue, keys)
@@ -226,6 +244,8 @@ def _edit_and_measure(mue: ModelUnderEdit, editor: Editor, case: EditCase, basel
         efficacy=eff.success, efficacy_logprob_new=eff.logprob_new, efficacy_logprob_true=eff.logprob_true,
         test_prefix=report.test_prefix, seconds=time.perf_counter() - start, timings=timings,
         peak_memory_mb=peak_memory_mb(mue), downstream=downstream,
+        generalization=prompt_scores.generalization_hits if prompt_scores and case.target_true is not None else None,
+        locality=prompt_scores.locality_hits if prompt_scores and case.target_true is not None else None,
     )
 
 
@@ -240,14 +260,16 @@ def peak_memory_mb(mue: ModelUnderEdit) -> float:
 
 
 def check(mue: ModelUnderEdit, editor: Editor, case: EditCase, baseline: Baseline,
-          thresholds: Thresholds = Thresholds()) -> CaseResult:
-    """Apply `editor` to `case`, measure, judge, and restore the model bit for bit."""
+          thresholds: Thresholds = Thresholds(), measure_scores: bool = False) -> CaseResult:
+    """Apply `editor` to `case`, measure, judge, and restore the model bit for bit. With
+    `measure_scores`, generalization and locality are measured too (quality mode)."""
     timings: dict[str, float] = {}
     start = time.perf_counter()
     restore_point = RestorePoint(mue, editor, editor.touched_parameters(mue, [case]), baseline)
     timings["snapshot"] = time.perf_counter() - start
     try:
-        result = _edit_and_measure(mue, editor, case, baseline, thresholds, restore_point.snapshot, timings, start)
+        result = _edit_and_measure(mue, editor, case, baseline, thresholds, restore_point.snapshot, timings, start,
+                                   measure_scores)
     finally:
         t = time.perf_counter()
         restore_point.restore()
@@ -280,11 +302,12 @@ class EditSequence:
     """
 
     def __init__(self, mue: ModelUnderEdit, editor: Editor, baseline: Baseline,
-                 thresholds: Thresholds = Thresholds(), name: str = "sequence", on_error: str = "stop"):
+                 thresholds: Thresholds = Thresholds(), name: str = "sequence", on_error: str = "stop",
+                 measure_scores: bool = False):
         if on_error not in SEQUENCE_ON_ERROR:
             raise ValueError(f"on_error must be one of {', '.join(SEQUENCE_ON_ERROR)}, got {on_error!r}")
         self.mue, self.editor, self.baseline, self.thresholds, self.name = mue, editor, baseline, thresholds, name
-        self.on_error = on_error
+        self.on_error, self.measure_scores = on_error, measure_scores
         self.original = RestorePoint(mue, editor, [], baseline)
         self.results: list[CaseResult] = []
         self.failed_steps: list[tuple[int, str, str]] = []   # (step, case id, error)
@@ -312,7 +335,7 @@ class EditSequence:
         timings["snapshot"] = time.perf_counter() - start
         try:
             result = _edit_and_measure(self.mue, self.editor, case, self.baseline, self.thresholds,
-                                       step_snapshot, timings, start)
+                                       step_snapshot, timings, start, self.measure_scores)
         except Exception as err:
             step_snapshot.restore()   # never build on a half-written edit
             self.failed_steps.append((step, case.case_id, f"{type(err).__name__}: {err}"))

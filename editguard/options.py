@@ -39,6 +39,10 @@ CALIBRATION_MODEL = "smollm2-135m"
 PPL_BOS_CHOICES = ("never", "tokenizer", "always")
 DEFAULT_PPL_BOS = "never"
 SEQUENCE_ON_ERROR = ("stop", "continue")  # what a sequence does after a step raises
+# Quality mode's efficacy minimum, compared with the one-sided 95% Wilson lower bound of the run's
+# efficacy (README "Edit quality"): 10 of 10 edits give a bound of 0.787, so a 10-case run can pass
+# 0.7; 0.8 needs at least 11 cases, all successful.
+QUALITY_MIN_EFFICACY = 0.7
 
 
 @dataclass(frozen=True)
@@ -220,6 +224,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("plots", str, None,
            "write PNG plots (perplexity per case, edit anatomy, perplexity evolution of sequences) into this "
            "directory", namespaced=True, metavar="DIR", default_help="none: no plots"),
+    Option("stats-dir", str, None,
+           "covariance statistics downloaded for ROME/MEMIT: their layer_stats .npz files, laid out as "
+           "DIR/MODEL/wikipedia_stats/MODULE_float32_mom2_100000.npz; used where the editor uses C (ROME with "
+           "mom2_adjustment, MEMIT, AlphaEdit) instead of computing it on mom2_corpus", namespaced=True,
+           metavar="DIR", default_help="none: C is computed on the editor's mom2_corpus"),
     Option("downstream", str, None,
            "probe every edited model on these downstream tasks and gate on them, comma-separated: {tasks}",
            metavar="TASKS", default_help="off"),
@@ -230,6 +239,22 @@ OPTIONS: tuple[Option, ...] = (
     Option("downstream-precision", str, "auto",
            f"precision of the downstream probes: {', '.join(DOWNSTREAM_PRECISIONS)} (auto: bfloat16 autocast where "
            "the CPU/GPU multiplies it fast, else float32)", metavar="PRECISION", choices=DOWNSTREAM_PRECISIONS),
+    Option("quality", bool, False,
+           "editor-quality mode: measure generalization (paraphrases) and locality (neighbourhood prompts) of "
+           "every edit and fail the run unless the efficacy rate's Wilson lower bound (one-sided, z = 1.645) over all "
+           f"cases is ≥ --editguard-min-efficacy (default {QUALITY_MIN_EFFICACY:g} in this mode)", namespaced=True),
+    Option("min-efficacy", float, None,
+           "fail the run unless the Wilson lower bound (one-sided, z = 1.645) of the efficacy rate over all cases is ≥ "
+           "this; turns on quality mode", namespaced=True, metavar="RATE",
+           default_help=f"off; {QUALITY_MIN_EFFICACY:g} with --editguard-quality", minimum=0, maximum=1),
+    Option("min-generalization", float, None,
+           "fail the run unless the Wilson lower bound of the generalization rate (paraphrase prompts preferring "
+           "the new target) is ≥ this; turns on quality mode", namespaced=True, metavar="RATE", default_help="off",
+           minimum=0, maximum=1),
+    Option("min-locality", float, None,
+           "fail the run unless the Wilson lower bound of the locality rate (neighbourhood prompts still preferring "
+           "the true target) is ≥ this; turns on quality mode", namespaced=True, metavar="RATE", default_help="off",
+           minimum=0, maximum=1),
 )
 
 OPTIONS_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}

@@ -54,3 +54,18 @@ def wilson_interval(successes: int, n: int, z: float = Z_ONE_SIDED_95) -> tuple[
     spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
     denom = 1 + z * z / n
     return max(0.0, (center - spread) / denom), min(1.0, (center + spread) / denom)
+
+
+def wilson_lower_bound(successes: int, n: int, z: float = Z_ONE_SIDED_95) -> float:
+    """The lower end of the Wilson score interval: with the default z, a one-sided 95% lower bound
+    on the success rate (what the edit-quality gates compare with their minimum). 0 for n = 0."""
+    return wilson_interval(successes, n, z)[0]
+
+
+def proportion_stderr(successes: int, n: int) -> float:
+    """Standard error of a mean of n 0/1 scores as lm-evaluation-harness reports it (`acc_stderr`):
+    the sample standard deviation (n − 1) over √n, i.e. √(p(1 − p)/(n − 1)); NaN for n < 2."""
+    if n < 2:
+        return float("nan")
+    p = successes / n
+    return math.sqrt(p * (1 - p) / (n - 1))

@@ -37,7 +37,7 @@ from editguard.data import DataError, data_file, read_json, resolve_data_dir
 
 __all__ = [
     "GenItem", "MCItem", "TASKS", "Task", "exact_match", "f1_score", "get_task", "load_task",
-    "normalize_answer", "parse_task_list",
+    "normalize_answer", "parse_task_list", "task_name", "LM_EVAL_TASKS",
 ]
 
 MULTIPLE_CHOICE, LAST_WORD, GENERATION = "multiple_choice", "last_word", "generation"
@@ -309,19 +309,53 @@ TASKS: dict[str, Task] = {t.name: t for t in [
 ]}
 
 
-def get_task(name: str) -> Task:
+# lm-evaluation-harness's task names (lm_eval --tasks) -> editguard's, by few-shot count
+# (lm_eval --num_fewshot; written NAME:N here, e.g. mmlu:5). Their scores keep editguard's name.
+LM_EVAL_TASKS: dict[str, dict[int, str]] = {
+    "piqa": {0: "piqa"}, "hellaswag": {0: "hellaswag"}, "lambada_openai": {0: "lambada"},
+    "mmlu": {0: "mmlu", 5: "mmlu-5shot"}, "nq_open": {0: "nq-open"}, "squadv2": {0: "squad2"},
+}
+
+
+def task_name(name: str) -> str:
+    """editguard's name of a task given by its own name or lm-evaluation-harness's, optionally with a
+    few-shot count (`mmlu:5` -> mmlu-5shot); ValueError listing the valid names otherwise."""
+    if name in TASKS:
+        return name
+    base, _, shots = name.partition(":")
+    by_shots = LM_EVAL_TASKS.get(base) or ({0: base} if base in TASKS else None)
+    if by_shots is None:
+        raise ValueError(f"unknown downstream task '{name}'; valid: {', '.join(TASKS)} (or lm-evaluation-harness's "
+                         f"{', '.join(LM_EVAL_TASKS)}, with :N for N-shot where editguard has it)")
     try:
-        return TASKS[name]
-    except KeyError:
-        raise ValueError(f"unknown downstream task '{name}'; valid: {', '.join(TASKS)}") from None
+        count = int(shots) if shots else 0
+    except ValueError:
+        raise ValueError(f"downstream task '{name}': the few-shot count after ':' must be an integer") from None
+    if count not in by_shots:
+        raise ValueError(f"downstream task '{name}': {base} is available {', '.join(f'{n}-shot' for n in by_shots)} "
+                         f"(write {', '.join(f'{base}:{n}' for n in by_shots)})")
+    return by_shots[count]
+
+
+def get_task(name: str) -> Task:
+    return TASKS[task_name(name)]
 
 
 def parse_task_list(spec: str) -> list[str]:
-    """'piqa, lambada' -> ['piqa', 'lambada']; unknown names raise with the valid ones listed."""
-    names = [s.strip() for s in spec.split(",") if s.strip()]
-    unknown = [n for n in names if n not in TASKS]
+    """'piqa, lambada_openai, mmlu:5' -> ['piqa', 'lambada', 'mmlu-5shot']: editguard's names, lm-evaluation-
+    harness's accepted as aliases; unknown names raise with the valid ones listed."""
+    names, unknown = [], []
+    for raw in (s.strip() for s in spec.split(",") if s.strip()):
+        try:
+            names.append(task_name(raw))
+        except ValueError:
+            if raw.partition(":")[0] in TASKS or raw.partition(":")[0] in LM_EVAL_TASKS:
+                raise   # a known task with a few-shot count editguard does not have: its own message
+            unknown.append(raw)
     if unknown:
-        raise ValueError(f"unknown downstream task(s) {', '.join(unknown)}; valid: {', '.join(TASKS)}")
+        raise ValueError(f"unknown downstream task(s) {', '.join(unknown)}; valid: {', '.join(TASKS)} "
+                         f"(or lm-evaluation-harness's {', '.join(LM_EVAL_TASKS)}, with :N for N-shot where "
+                         f"editguard has it)")
     if not names:
         raise ValueError(f"no downstream task named; valid: {', '.join(TASKS)}")
     return list(dict.fromkeys(names))

@@ -107,7 +107,7 @@ def edit_sequence(request, model_under_edit, editor, editguard_baselines, editgu
     s = editguard_settings
     sequence = EditSequence(model_under_edit, editor, editguard_baselines.get(s.ppl_corpus_for(sequential=True)),
                             s.thresholds, name=request.module.__name__.rpartition(".")[2].removeprefix("test_"),
-                            on_error=s.sequence_on_error)
+                            on_error=s.sequence_on_error, measure_scores=s.quality.measure_scores)
     yield sequence
     sequence.restore()
 
@@ -137,6 +137,7 @@ class EditGuard:
         info = edit_run_info(
             self.model, self.editor, self.baseline, self.settings.thresholds, suite=_suite_name(request.node),
             sequential=self.sequential, shard=self.settings.shard_label,
+            quality=self.settings.quality.to_dict() if self.settings.quality.enabled else None,
             **request.config.stash[SOURCES_KEY].get(request.module.__name__, {}),
         )
         info.suites = {self.module_path: {f: getattr(info, f) for f in SUITE_FIELDS}}
@@ -152,7 +153,8 @@ class EditGuard:
             result = sequence.apply(case)
         else:
             try:
-                result = check(self.model, self.editor, case, self.baseline, self.settings.thresholds)
+                result = check(self.model, self.editor, case, self.baseline, self.settings.thresholds,
+                               measure_scores=self.settings.quality.measure_scores)
             except user_errors() as err:   # a case too long, an editor returning no EditReport, ...
                 pytest.fail(f"{case.case_id}: {err}", pytrace=False)
         node = self._request.node

@@ -47,6 +47,7 @@ class ResultCollector:
         # that ran to an outcome: the difference is what an interrupted run did not get to.
         self.collected: list[str] | None = None
         self.finished: set[str] = set()
+        self.quality: dict[str, Any] | None = None  # the run's quality summary, judged at session end
         self._comparison: Any = None          # editguard.report.compare.Comparison, once judged
         self.comparison_error = ""            # why the saved report could not be compared
         # How this run was started (the controller's, not a worker's): taken now, the git commit
@@ -73,7 +74,8 @@ class ResultCollector:
         # what would have run.
         s = self.config.stash[SETTINGS_KEY]
         return {"editor": s.editor, "model": s.model, "thresholds": s.thresholds.to_dict(), "ppl_bos": s.ppl_bos,
-                "invocation": self.invocation}
+                "invocation": self.invocation,
+                "quality": s.quality.to_dict() if s.quality.enabled else None}
 
     def comparison(self):
         """The run judged against --editguard-compare's saved report (None without one, or when
@@ -89,6 +91,15 @@ class ResultCollector:
             except CompareError as err:
                 self.comparison_error = f"--editguard-compare: {err}"
         return self._comparison
+
+    def judge_quality(self) -> dict[str, Any] | None:
+        """Quality mode's suite-level verdict over every result of the run (on the controller, all
+        workers' results); None when quality mode is off or no edit ran."""
+        if self.quality is None and self.results:
+            from editguard.report.quality import quality_summary
+
+            self.quality = quality_summary(self.run, self.results)
+        return self.quality
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         if not is_xdist_worker(self.config) and session.items:
@@ -146,12 +157,23 @@ class ResultCollector:
                 failing = line.startswith(("REGRESSION", "WORSE", "editguard compare: FAILED"))
                 terminalreporter.write_line(line, red=failing, bold=failing,
                                             green=line.startswith("improved") or line.endswith("no regression"))
+        quality = self.judge_quality()
+        if quality is not None:
+            from editguard.report.quality import quality_lines
+
+            verdict = "held" if quality["passed"] else "FAILED: the run fails"
+            terminalreporter.write_sep("=", f"editguard edit quality: {verdict}")
+            for line, held in quality_lines(quality):
+                terminalreporter.write_line(("" if held else "FAILED ") + line, red=not held, green=held)
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         settings = self.config.stash[SETTINGS_KEY]
         if is_xdist_worker(self.config):
             return
         completion = self.completion(exitstatus)
+        quality = self.judge_quality()
+        if quality is not None and not quality["passed"] and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED   # a suite-level gate: no single test fails
         empty = {module: source["empty_reason"] for module, source in self.config.stash[SOURCES_KEY].items()
                  if source.get("empty_reason")}
         if empty:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from editguard.catalog import registered_names
+from editguard.gates import QualityGates
 from editguard.options import (
     OPTIONS,
     OPTIONS_BY_NAME,
@@ -129,6 +130,26 @@ def _saved_report(config: pytest.Config, model: str) -> tuple[str | None, dict |
     return path, saved, margins
 
 
+def _read_hparams(config: pytest.Config, path: str, editor: str) -> dict[str, Any]:
+    """The --hparams file's overrides; an EasyEdit file (it has `alg_name`) is translated to
+    editguard's names, what it ignores is said in a warning, and its algorithm must be --editor's."""
+    from editguard.editors.hparams import HparamsFileError, is_easyedit, load_hparams_file, translate_easyedit
+
+    try:
+        data = load_hparams_file(path)
+        if not is_easyedit(data):
+            return data
+        translation = translate_easyedit(data, path)
+    except HparamsFileError as err:
+        raise pytest.UsageError(f"--hparams {path}: {err}") from None
+    if editor not in translation.editors:
+        raise pytest.UsageError(f"--hparams {path}: an EasyEdit {translation.algorithm} file (alg_name), but "
+                                f"--editor={editor}; use it with --editor={' or '.join(translation.editors)}")
+    if translation.ignored or translation.notes:
+        config.issue_config_time_warning(pytest.PytestConfigWarning(translation.warning(path)), stacklevel=2)
+    return translation.overrides
+
+
 @dataclass
 class EditguardSettings:
     editor: str
@@ -157,6 +178,7 @@ class EditguardSettings:
     compare_path: str | None = None         # the saved report to compare with (--editguard-compare)
     compare_saved: dict | None = None       # its content, read at start-up
     compare_margins: list | None = None     # --editguard-compare-fail, as editguard.report.compare.FailMargin
+    quality: QualityGates = field(default_factory=QualityGates)   # quality mode's suite-level gates (off)
 
     def ppl_corpus_for(self, sequential: bool) -> str:
         if self.ppl_corpus:
@@ -175,12 +197,15 @@ class EditguardSettings:
         hparams: dict[str, Any] = {}
         hparams_file = option_value(config, "hparams")
         if hparams_file:
-            from editguard.editors.hparams import HparamsFileError, load_hparams_file
+            hparams = _read_hparams(config, hparams_file, option_value(config, "editor"))
+        stats_dir = option_value(config, "stats-dir")
+        if stats_dir:
+            from pathlib import Path
 
-            try:
-                hparams = load_hparams_file(hparams_file)
-            except HparamsFileError as err:
-                raise pytest.UsageError(f"--hparams {hparams_file}: {err}") from None
+            if not Path(stats_dir).is_dir():
+                raise pytest.UsageError(f"--editguard-stats-dir {stats_dir}: not a directory")
+            # The editors that use C read it from there (an editor without C says it has no such key).
+            hparams = {**hparams, "mom2_stats_dir": str(Path(stats_dir).resolve())}
         update_max = option_value(config, "update-norm-max")
         thresholds = Thresholds(
             ppl_max=option_value(config, "ppl-threshold"),
@@ -188,6 +213,8 @@ class EditguardSettings:
             denominator_ratio_min=option_value(config, "denominator-ratio-min"),
             **({"update_norm_rel_max": update_max} if update_max is not None else {}),
         )
+        quality = QualityGates.mode(option_value(config, "quality"), option_value(config, "min-efficacy"),
+                                    option_value(config, "min-generalization"), option_value(config, "min-locality"))
         max_cases = option_value(config, "max-cases")
         shard = option_value(config, "shard")
         try:
@@ -233,7 +260,7 @@ class EditguardSettings:
             downstream=downstream or None, downstream_n=downstream_n, downstream_min_retention=retention,
             downstream_precision=precision, ppl_bos=ppl_bos, sequence_on_error=on_error,
             markdown_path=markdown_path, compare_path=compare_path, compare_saved=compare_saved,
-            compare_margins=compare_margins,
+            compare_margins=compare_margins, quality=quality,
         )
 
     def load_model(self):

@@ -464,3 +464,59 @@ def test_eval_command_scores_edits_and_restores_the_weights(tasks_dir, data_dir,
     assert piqa["n"] == 2 and piqa["random"] == 0.5 and piqa["ci95_low"] <= piqa["accuracy"] <= piqa["ci95_high"]
     text = capsys.readouterr().out
     assert "weights restored and verified bit for bit" in text and "95% CI (Wilson)" in text
+
+
+# --- lm-evaluation-harness interop ----------------------------------------------------------------
+
+@pytest.mark.parametrize("alias, name", [
+    ("nq_open", "nq-open"), ("lambada_openai", "lambada"), ("squadv2", "squad2"), ("mmlu", "mmlu"),
+    ("mmlu:0", "mmlu"), ("mmlu:5", "mmlu-5shot"), ("piqa", "piqa"), ("hellaswag", "hellaswag"), ("piqa:0", "piqa"),
+    ("nq-open", "nq-open"), ("mmlu-5shot", "mmlu-5shot"),
+])
+def test_lm_eval_task_names_are_aliases(alias, name):
+    from editguard.tasks import get_task, task_name
+
+    assert task_name(alias) == name and get_task(alias).name == name
+
+
+def test_lm_eval_aliases_in_task_lists_and_their_errors():
+    assert parse_task_list("nq_open, mmlu:5, lambada_openai, lambada") == ["nq-open", "mmlu-5shot", "lambada"]
+    with pytest.raises(ValueError, match=r"downstream task 'mmlu:3': mmlu is available 0-shot, 5-shot "
+                                         r"\(write mmlu:0, mmlu:5\)"):
+        parse_task_list("piqa, mmlu:3")
+    with pytest.raises(ValueError, match=r"few-shot count after ':' must be an integer"):
+        parse_task_list("piqa:five")
+    with pytest.raises(ValueError, match=r"unknown downstream task.s. arc_easy; .*lm-evaluation-harness's .*nq_open"):
+        parse_task_list("arc_easy")
+
+
+def test_scores_carry_lm_eval_keys_beside_editguards():
+    from editguard.metrics.downstream import TaskScore, lm_eval_metrics
+    from editguard.stats import proportion_stderr
+
+    mc = TaskScore("hellaswag", "acc_norm", 200, 80, 0.25, {"acc": 0.35, "acc_norm": 0.4})
+    keys = lm_eval_metrics(mc)
+    assert keys["acc,none"] == 0.35 and keys["acc_norm,none"] == 0.4
+    # lm-evaluation-harness's stderr: sample standard deviation over √n
+    scores = [1.0] * 70 + [0.0] * 130
+    mean = sum(scores) / 200
+    sample_sd = (sum((x - mean) ** 2 for x in scores) / 199) ** 0.5
+    assert keys["acc_stderr,none"] == pytest.approx(sample_sd / 200 ** 0.5)
+    assert keys["acc_norm_stderr,none"] == pytest.approx(proportion_stderr(80, 200))
+    assert lm_eval_metrics(TaskScore("piqa", "acc", 10, 6, 0.5, {"acc": 0.6, "acc_norm": 0.5}))["acc,none"] == 0.6
+    assert lm_eval_metrics(TaskScore("lambada", "acc", 10, 4, 0.0)) == {"acc,none": 0.4,
+                                                                        "acc_stderr,none": proportion_stderr(4, 10)}
+    nq = lm_eval_metrics(TaskScore("nq-open", "exact_match", 50, 5, 0.0))
+    assert nq == {"exact_match,remove_whitespace": 0.1,
+                  "exact_match_stderr,remove_whitespace": proportion_stderr(5, 50)}
+    squad = lm_eval_metrics(TaskScore("squad2", "exact_match", 20, 10, 0.5, {"f1": 0.55}))
+    assert squad["exact,none"] == 50.0 and squad["f1,none"] == pytest.approx(55.0)
+
+
+def test_probe_json_has_lm_eval_keys_beside_editguards():
+    from editguard.metrics.downstream import DownstreamProbe, TaskScore
+
+    score = TaskScore("piqa", "acc", 100, 60, 0.5, {"acc": 0.6, "acc_norm": 0.55})
+    record = DownstreamProbe({}, {}, {"piqa": score}).to_json({"piqa": score})["piqa"]
+    assert record["accuracy"] == 0.6 and record["acc,none"] == 0.6 and record["acc_norm,none"] == 0.55
+    assert "acc_stderr,none" in record and "acc_norm_stderr,none" in record

@@ -24,7 +24,8 @@ PLUGIN_FLAGS = {
     "--denominator-ratio-min", "--update-norm-max", "--max-cases", "--editguard-shard", "--editguard-json",
     "--fuzz-examples", "--editguard-plots", "--downstream", "--downstream-n", "--downstream-min-retention",
     "--downstream-precision", "--ppl-bos", "--sequence-on-error", "--editguard-markdown", "--editguard-compare",
-    "--editguard-compare-fail",
+    "--editguard-compare-fail", "--editguard-quality", "--editguard-min-efficacy",
+    "--editguard-min-generalization", "--editguard-min-locality", "--editguard-stats-dir",
 }
 
 

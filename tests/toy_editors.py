@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import torch
 
 from editguard.editors.api import EditReport
+from editguard.editors.ft import FineTuneLInf
 from editguard.editors.hparams import Hparams
 
 
@@ -132,3 +133,28 @@ class PartialWriteEditor:
                 raise RuntimeError("the editor failed half-way")
             w[0] *= 1.01
         return EditReport(touched=self.touched_parameters(model, cases))
+
+
+class NoOpEditor:
+    """Declares the edited layer's matrix and leaves it as it is: every safety gate holds, and only
+    the edit-quality gates (quality mode) can tell that nothing was learned."""
+
+    name = "no-op"
+
+    def touched_parameters(self, model, cases):
+        return [model.family.rewrite_weight(model.edit_layer)]
+
+    def apply(self, model, cases):
+        return EditReport(touched=self.touched_parameters(model, cases))
+
+
+class ForceTargetEditor(FineTuneLInf):
+    """Forces the new target: fine-tuning of the edited matrix with no norm constraint, with no regard
+    for the model's other outputs. (A tiny random model's small unembedding caps how likely any token
+    can get, about −4.4 nats each on tiny-llama: a target wins where it has no more tokens than the
+    true one.)"""
+
+    name = "force-target"
+
+    def __init__(self, overrides: dict[str, Any] | None = None):
+        super().__init__({"steps": 30, "lr": 0.05, "norm_constraint": 100.0, **(overrides or {})})

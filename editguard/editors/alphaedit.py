@@ -100,9 +100,11 @@ class AlphaEdit(MEMIT):
         return 0 if keys is None else int(keys.shape[1])
 
     def projection(self, mue: ModelUnderEdit, hp: AlphaEditHparams, layer: int) -> tuple[torch.Tensor, int]:
-        key = (mue.fingerprint, layer, hp.mom2_corpus, hp.mom2_n_tokens, hp.nullspace_threshold, str(mue.device))
+        key = (mue.fingerprint, layer, hp.mom2_corpus, hp.mom2_n_tokens, hp.mom2_stats_dir, hp.nullspace_threshold,
+               str(mue.device))
         if key not in _PROJECTIONS:
-            mom2 = layer_second_moment(mue, layer, hp.mom2_corpus, hp.mom2_n_tokens, self.data_dir)
+            mom2 = layer_second_moment(mue, layer, hp.mom2_corpus, hp.mom2_n_tokens, self.data_dir,
+                                       hp.mom2_stats_dir)
             _PROJECTIONS[key] = nullspace_projection(mom2, hp.nullspace_threshold)
         return _PROJECTIONS[key]
 

@@ -84,6 +84,8 @@ class LayerRangeHparams(Hparams):
     early_stop_loss: float = ranged(5e-2, minimum=0)
     mom2_corpus: str = "wikitext-2-raw"
     mom2_n_tokens: int = ranged(100_000, minimum=1)
+    # ROME/MEMIT's downloaded statistics instead of the corpus (--editguard-stats-dir; covariance.find_stats_file)
+    mom2_stats_dir: str | None = None
     # MEMIT's context templates: "{}" plus 5 generated prefixes of 10 tokens (memit_main.py).
     context_template_length_params: tuple[tuple[int, int], ...] = ((10, 5),)
     template_seed: int = 0
@@ -172,7 +174,7 @@ class MEMIT:
 
     def _layer_update(self, mue: ModelUnderEdit, hp, layer: int, keys: torch.Tensor,
                       residual: torch.Tensor, diagnostics: dict[str, Any]) -> torch.Tensor:
-        mom2 = layer_second_moment(mue, layer, hp.mom2_corpus, hp.mom2_n_tokens, self.data_dir)
+        mom2 = layer_second_moment(mue, layer, hp.mom2_corpus, hp.mom2_n_tokens, self.data_dir, hp.mom2_stats_dir)
         return memit_solve(residual, keys, mom2, hp.mom2_update_weight)
 
     def _after_layer(self, mue: ModelUnderEdit, hp, layer: int, keys: torch.Tensor) -> None:

@@ -55,6 +55,8 @@ class RomeHparams(Hparams):
     mom2_adjustment: bool = False     # the papers ran EasyEdit's default (off); ROME's paper: on
     mom2_corpus: str = "wikitext-2-raw"
     mom2_n_tokens: int = ranged(100_000, minimum=1)
+    # ROME/MEMIT's downloaded statistics instead of the corpus (--editguard-stats-dir; covariance.find_stats_file)
+    mom2_stats_dir: str | None = None
     context_template_length_params: tuple[tuple[int, int], ...] = ((5, 10), (10, 10))
     template_seed: int = 0
 
@@ -272,7 +274,8 @@ class ROME:
         seconds_value, clock = time.perf_counter() - clock, time.perf_counter()
         left = keys.k_bar
         if hp.mom2_adjustment:
-            left = inverse_layer_second_moment(mue, hp.layer, hp.mom2_corpus, hp.mom2_n_tokens, self.data_dir) @ left
+            left = inverse_layer_second_moment(mue, hp.layer, hp.mom2_corpus, hp.mom2_n_tokens, self.data_dir,
+                                               hp.mom2_stats_dir) @ left
         k_used, value_used = (keys.k_bar, keys.v_bar) if self.consistent else (keys.k_unprefixed, keys.v_unprefixed)
         delta_w = rank_one_update(value.v_star, value_used, k_used, left)
         weight = mue.rewrite_matrix(hp.layer)

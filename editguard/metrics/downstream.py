@@ -20,7 +20,7 @@ from editguard.cache import cache_dir, cache_key, cached_json, safe_name
 from editguard.metrics.perplexity import add_bos_for
 from editguard.models.loading import ModelUnderEdit
 from editguard.options import DOWNSTREAM_PRECISIONS
-from editguard.stats import Z_ONE_SIDED_95, wilson_interval
+from editguard.stats import Z_ONE_SIDED_95, proportion_stderr, wilson_interval
 from editguard.tasks import GENERATION, LAST_WORD, GenItem, MCItem, Task, exact_match, f1_score, get_task
 
 # Bump when scoring changes what it computes: cached unedited scores of older code are then ignored.
@@ -348,7 +348,36 @@ class DownstreamProbe:
     def to_json(self, edited: dict[str, TaskScore]) -> dict:
         return {name: {"accuracy": s.accuracy, "n": s.n, "correct": s.correct, "metric": s.metric,
                        "random": s.random, "unedited": self.unedited[name].accuracy,
-                       **{k: v for k, v in s.extra.items() if k != "examples"}} for name, s in edited.items()}
+                       **{k: v for k, v in s.extra.items() if k != "examples"}, **lm_eval_metrics(s)}
+                for name, s in edited.items()}
+
+
+# lm-evaluation-harness's result keys ("metric,filter") for editguard's scores: its nq_open takes the
+# first line without surrounding whitespace (filter remove_whitespace); its squadv2 reports the
+# official SQuAD 2.0 script's exact and f1, in percent.
+_LM_EVAL_GENERATION_KEYS = {"nq-open": "exact_match,remove_whitespace", "squad2": "exact,none"}
+
+
+def lm_eval_metrics(score: TaskScore) -> dict[str, float]:
+    """The score under lm-evaluation-harness's keys, beside editguard's own: `acc,none` and
+    `acc_stderr,none` (and `acc_norm,...` for multiple choice), `exact_match,...` for generation."""
+    n = score.n
+    if score.task in _LM_EVAL_GENERATION_KEYS:
+        key = _LM_EVAL_GENERATION_KEYS[score.task]
+        metric, filter_name = key.split(",")
+        scale = 100.0 if score.task == "squad2" else 1.0
+        out = {key: scale * score.accuracy,
+               f"{metric}_stderr,{filter_name}": scale * proportion_stderr(score.correct, n)}
+        if "f1" in score.extra:
+            out["f1,none"] = scale * score.extra["f1"]
+        return out
+    out = {}
+    for metric in ("acc", "acc_norm"):
+        rate = score.extra.get(metric, score.accuracy if metric == score.metric else None)
+        if rate is not None:
+            out[f"{metric},none"] = rate
+            out[f"{metric}_stderr,none"] = proportion_stderr(round(rate * n), n)
+    return out
 
 
 def _items_digest(items: list) -> str:

@@ -36,34 +36,64 @@ def efficacy(mue: ModelUnderEdit, prompt_text: str, target_new: str, target_true
     return Efficacy(logps[0], logps[1] if target_true is not None else None, prefix)
 
 
+@torch.no_grad()
+def prefers_new(mue: ModelUnderEdit, prompts: list[str], target_new: str, target_true: str,
+                prefix: str = "") -> list[bool]:
+    """For each prompt (with `prefix` in front): P(target_new) > P(target_true), efficacy's
+    comparison; every prompt and both targets in one batch."""
+    if not prompts:
+        return []
+    texts = [prefix + p for p in prompts for _ in range(2)]
+    batch = target_batch(mue, texts, [target_new, target_true] * len(prompts))
+    logps = batch.target_logprobs(mue.model(**batch.inputs).logits)
+    return [logps[2 * i] > logps[2 * i + 1] for i in range(len(prompts))]
+
+
+@dataclass(frozen=True)
+class PromptHits:
+    """How many of a case's prompts of one kind behaved, out of how many."""
+
+    hits: int
+    n: int
+
+    @property
+    def rate(self) -> float | None:
+        return self.hits / self.n if self.n else None
+
+
 @dataclass(frozen=True)
 class EditScores:
     """CounterFact's three scores for one edit, each the fraction of its prompts that behave:
     efficacy (the edit prompt prefers target_new), generalization (paraphrases prefer it),
-    locality (neighbourhood prompts still prefer target_true). None where the case has no such prompts."""
+    locality (neighbourhood prompts still prefer target_true: ROME's neighborhood score). None
+    where the case has no such prompts (or no true target)."""
 
     efficacy: float | None
     generalization: float | None
     locality: float | None
     prefix: str
+    generalization_hits: PromptHits = PromptHits(0, 0)
+    locality_hits: PromptHits = PromptHits(0, 0)
 
 
-def edit_scores(mue: ModelUnderEdit, case, prefix: str = "") -> EditScores:
+def edit_scores(mue: ModelUnderEdit, case, prefix: str = "", with_edit_prompt: bool = True) -> EditScores:
     """Scores of the edited model on `case`, with `prefix` in front of every prompt (C-ROME's test-time
-    prefix) or without."""
+    prefix) or without, measured in one batch. Without `with_edit_prompt` the efficacy is left out
+    (None): the guard measures it on its own."""
     if case.target_true is None:
         return EditScores(None, None, None, prefix)
-
-    def prefers_new(prompt: str) -> bool:
-        new, true = target_logprobs(mue, prefix + prompt, [case.target_new, case.target_true])
-        return new > true
-
-    def fraction(values: list[bool]) -> float | None:
-        return sum(values) / len(values) if values else None
-
+    head = [case.text] if with_edit_prompt else []
+    prompts = head + list(case.paraphrases) + list(case.neighborhood)
+    new = prefers_new(mue, prompts, case.target_new, case.target_true, prefix)
+    efficacy_part, rest = new[:len(head)], new[len(head):]
+    para, neigh = rest[:len(case.paraphrases)], rest[len(case.paraphrases):]
+    generalization = PromptHits(sum(para), len(para))
+    locality = PromptHits(sum(not x for x in neigh), len(neigh))
     return EditScores(
-        efficacy=float(prefers_new(case.text)),
-        generalization=fraction([prefers_new(p) for p in case.paraphrases]),
-        locality=fraction([not prefers_new(p) for p in case.neighborhood]),
+        efficacy=float(efficacy_part[0]) if efficacy_part else None,
+        generalization=generalization.rate,
+        locality=locality.rate,
         prefix=prefix,
+        generalization_hits=generalization,
+        locality_hits=locality,
     )

@@ -82,6 +82,8 @@ class RunInfo:
     shard: str = ""            # "i/n" when this run is one shard of a larger one (--editguard-shard)
     # Per suite module: its own SUITE_FIELDS (a run may mix single-edit and sequential suites).
     suites: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Quality mode's suite-level gates (editguard.gates.QualityGates.to_dict()); None: off.
+    quality: dict[str, Any] | None = None
     versions: dict[str, str] = field(default_factory=versions)
     # Command line, working directory, git commit, start time (the plugin's controller puts its own).
     invocation: dict[str, Any] = field(default_factory=lambda: dict(process_invocation()))
@@ -116,12 +118,16 @@ def sort_cases(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def with_verdicts(run: dict[str, Any], cases: list[dict[str, Any]]) -> dict[str, Any]:
     """The report document: every case with its `verdict` (passed / failed gate / collapsed) and
-    `next_step`, and a `summary` of the counts (editguard.report.verdicts)."""
+    `next_step`, a `summary` of the counts (editguard.report.verdicts) and, in quality mode, the
+    run's `quality` rates and gates (editguard.report.quality)."""
+    from editguard.report.quality import quality_summary
     from editguard.report.verdicts import next_step, summarise, verdict
 
     ppl_max = run["thresholds"]["ppl_max"]
     cases = [{**c, "verdict": verdict(c, ppl_max), "next_step": next_step(c, run)} for c in sort_cases(cases)]
-    return {"schema": SCHEMA_VERSION, "run": run, "summary": summarise(run, cases), "cases": cases}
+    quality = quality_summary(run, cases)
+    return {"schema": SCHEMA_VERSION, "run": run, "summary": summarise(run, cases),
+            **({"quality": quality} if quality is not None else {}), "cases": cases}
 
 
 def write_report(path: str | Path, run: dict[str, Any], cases: list[dict[str, Any]],
