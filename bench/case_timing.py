@@ -1,8 +1,17 @@
 """Per-case time breakdown of a guarded ROME edit on the embedded model (run on demand).
 
-    python bench/case_timing.py [--editor rome] [--cases 4] [--threads N]
+    python bench/case_timing.py [--editor rome] [--cases 4] [--threads N] [--reference]
 
 Prints keys, v*, update, perplexity, efficacy/anatomy and restore seconds per case, and the mean.
+
+With `--reference`, the same cases then run through the reference path in the same process: the
+papers' algorithm as their EasyEdit-based code runs it, written here from their description and
+code (none of editguard's optimised functions): keys from a full forward pass, every v* step a
+full forward and backward pass over all positions with the LM head at every position, float32,
+their early stop (loss < 5e-2) and norm clamp; ME-PPL as their ppl.py batches it (all 50
+sentences padded together, logits at every position). Both paths' ΔW and edited perplexity are
+compared, and the last line reads `editguard X s/case; reference path Y s/case; speedup Z×`.
+The reference supports ROME (unprefixed key in the update, EasyEdit's default mom2 setting: off).
 """
 
 from __future__ import annotations
@@ -10,15 +19,171 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import time
 
 import torch
 
 from editguard import check, get_editor, load_model, measure_baseline
 from editguard.data import load_ppl_corpus
+from editguard.editors.keys import context_templates
 from editguard.suites import counterfact_hard
 
 COLUMNS = ["seconds_keys", "seconds_v_star", "seconds_update", "perplexity", "efficacy", "anatomy", "restore"]
+REFERENCE_COLUMNS = ["keys", "v_star", "update", "perplexity", "restore"]
+
+
+class RecordingEditor:
+    """The editor, keeping the last EditReport (its ΔW) for the comparison with the reference."""
+
+    def __init__(self, editor):
+        self.editor, self.last_report = editor, None
+
+    def __getattr__(self, name):
+        return getattr(self.editor, name)
+
+    def apply(self, mue, cases):
+        self.last_report = self.editor.apply(mue, cases)
+        return self.last_report
+
+
+# --- the reference path ----------------------------------------------------------------------
+
+def lookup_index(tok, template: str, subject: str) -> int:
+    """The subject's last token in template.format(subject), counted as ROME's repr_tools does."""
+    return len(tok(template[: template.index("{}")] + subject)["input_ids"]) - 1
+
+
+def fill(template: str, text: str) -> str:
+    return template.replace("{}", text, 1)
+
+
+def padded(tok, texts: list[str]) -> dict[str, torch.Tensor]:
+    ids = [tok(t)["input_ids"] for t in texts]
+    width = max(len(i) for i in ids)
+    input_ids = torch.full((len(ids), width), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for row, seq in enumerate(ids):
+        input_ids[row, : len(seq)], mask[row, : len(seq)] = torch.tensor(seq), 1
+    return {"input_ids": input_ids, "attention_mask": mask}
+
+
+@torch.no_grad()
+def reference_key_value(mue, layer: int, templates: list[str], subject: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean input and output of the rewrite projection at the subject's last token (full forward)."""
+    module = mue.module(mue.family.rewrite.format(layer))
+    seen = {}
+    handle = module.register_forward_hook(lambda _m, args, out: seen.update(k=args[0], v=out))
+    try:
+        mue.model(**padded(mue.tokenizer, [fill(t, subject) for t in templates]))
+    finally:
+        handle.remove()
+    rows = torch.arange(len(templates))
+    idx = torch.tensor([lookup_index(mue.tokenizer, t, subject) for t in templates])
+    return seen["k"][rows, idx].mean(0), seen["v"][rows, idx].mean(0)
+
+
+def reference_v_star(mue, hp: dict, layer: int, case, templates: list[str]) -> tuple[torch.Tensor, int]:
+    """compute_v as in the papers' code: all prompts padded together, δ added to the MLP output at
+    each prompt's subject token, full logits, NLL over the target tokens, KL at "{} is a"."""
+    tok = mue.tokenizer
+    target = tok(" " + case.target_new, add_special_tokens=False)["input_ids"]
+    rewriting = [fill(t, case.prompt) + tok.decode(target[:-1]) for t in templates]
+    prompts = rewriting + ["{} is a"]
+    inputs = padded(tok, [fill(p, case.subject) for p in prompts])
+    targets = torch.full((len(rewriting), inputs["input_ids"].shape[1]), -100, dtype=torch.long)
+    for i in range(len(rewriting)):
+        length = int(inputs["attention_mask"][i].sum())
+        targets[i, length - len(target) : length] = torch.tensor(target)
+    lookups = [lookup_index(tok, p, case.subject) for p in prompts]
+    delta = torch.zeros(mue.model.config.hidden_size, requires_grad=True)
+    target_init, kl_init = None, None
+
+    def edit_output(_module, _args, out):
+        nonlocal target_init
+        if target_init is None:
+            target_init = out[0, lookups[0]].detach().clone()
+        out = out.clone()
+        for i, idx in enumerate(lookups):
+            out[i, idx, :] += delta
+        return out
+
+    opt = torch.optim.Adam([delta], lr=hp["v_lr"])
+    mue.model.requires_grad_(False)
+    handle = mue.module(mue.family.mlp.format(layer)).register_forward_hook(edit_output)
+    try:
+        for it in range(hp["v_num_grad_steps"]):
+            opt.zero_grad()
+            logits = mue.model(**inputs).logits
+            kl_log_probs = torch.log_softmax(logits[len(rewriting):, lookups[-1]], dim=-1)
+            if kl_init is None:
+                kl_init = kl_log_probs.detach().clone()
+            log_probs = torch.log_softmax(logits[: len(rewriting)], dim=2)
+            token_lp = torch.gather(log_probs, 2, torch.where(targets != -100, targets, 0)[:, :, None])[:, :, 0]
+            mask = (targets != -100).float()
+            nll = (-(token_lp * mask).sum(1) / len(target)).mean()
+            kl = hp["kl_factor"] * torch.nn.functional.kl_div(kl_init, kl_log_probs, log_target=True,
+                                                              reduction="batchmean")
+            decay = hp["v_weight_decay"] * (torch.norm(delta) / torch.norm(target_init) ** 2)
+            loss = nll + kl + decay
+            if loss < 5e-2 or it == hp["v_num_grad_steps"] - 1:
+                break
+            loss.backward()
+            opt.step()
+            max_norm = hp["clamp_norm_factor"] * target_init.norm()
+            if delta.norm() > max_norm:
+                with torch.no_grad():
+                    delta[...] = delta * max_norm / delta.norm()
+    finally:
+        handle.remove()
+    return target_init + delta.detach(), it + 1
+
+
+@torch.no_grad()
+def reference_perplexity(mue, sentences: list[str]) -> float:
+    """ppl.py: every sentence without special tokens, all padded together, one forward pass,
+    the mean of per-sentence exp(mean NLL of tokens 2..n)."""
+    tok = mue.tokenizer
+    ids = [tok(s, add_special_tokens=False)["input_ids"] for s in sentences]
+    width = max(len(i) for i in ids)
+    input_ids = torch.full((len(ids), width), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for row, seq in enumerate(ids):
+        input_ids[row, : len(seq)], mask[row, : len(seq)] = torch.tensor(seq), 1
+    logits = mue.model(input_ids=input_ids, attention_mask=mask).logits
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), input_ids[:, 1:], reduction="none")
+    shift_mask = mask[:, 1:].float()
+    per_sentence = torch.exp((nll * shift_mask).sum(1) / shift_mask.sum(1))
+    return float(per_sentence.mean())
+
+
+def reference_case(mue, hp: dict, layer: int, case, templates: list[str], sentences: list[str]):
+    """ROME's edit and ME-PPL on the reference path; the weight is restored after."""
+    timings = {}
+    t = time.perf_counter()
+    k_bar, _ = reference_key_value(mue, layer, [fill(tpl, case.prompt) for tpl in templates], case.subject)
+    k_plain, v_plain = reference_key_value(mue, layer, [case.prompt], case.subject)
+    timings["keys"], t = time.perf_counter() - t, time.perf_counter()
+    v_star, steps = reference_v_star(mue, hp, layer, case, templates)
+    timings["v_star"], t = time.perf_counter() - t, time.perf_counter()
+    delta_w = torch.outer(v_star - v_plain, k_bar) / torch.dot(k_bar, k_plain)
+    weight = mue.rewrite_matrix(layer)
+    original = weight.detach().clone()
+    with torch.no_grad():
+        weight.add_(delta_w)
+    timings["update"], t = time.perf_counter() - t, time.perf_counter()
+    try:
+        ppl = reference_perplexity(mue, sentences)
+        timings["perplexity"], t = time.perf_counter() - t, time.perf_counter()
+    finally:
+        with torch.no_grad():
+            weight.copy_(original)
+    timings["restore"] = time.perf_counter() - t
+    return delta_w, ppl, steps, timings
+
+
+def load() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
 def main() -> None:
@@ -28,31 +193,68 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=4)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--data", default=os.environ.get("EDITGUARD_DATA"))
+    parser.add_argument("--reference", action="store_true",
+                        help="also run the papers' path on the same cases and compare (ROME only)")
     args = parser.parse_args()
+    if args.reference and args.editor != "rome":
+        parser.error(f"--reference runs the papers' ROME; --editor {args.editor} has no reference path here")
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    print(f"load before: {load()}")
     t = time.perf_counter()
     mue = load_model(args.model)
     print(f"load {args.model}: {time.perf_counter() - t:.1f}s; torch threads {torch.get_num_threads()}")
     t = time.perf_counter()
-    baseline = measure_baseline(mue, load_ppl_corpus("me-ppl-50", args.data), "me-ppl-50")
+    sentences = load_ppl_corpus("me-ppl-50", args.data)
+    baseline = measure_baseline(mue, sentences, "me-ppl-50")
     print(f"baseline ME-PPL_50 {baseline.ppl.ppl:.2f}: {time.perf_counter() - t:.1f}s")
-    editor = get_editor(args.editor, data_dir=args.data)
+    editor = RecordingEditor(get_editor(args.editor, data_dir=args.data))
     cases = counterfact_hard(args.data, mue.tokenizer)[: args.cases]
     # The first edit also generates and caches the context templates: time it apart.
     check(mue, editor, cases[0], baseline)
 
     header = f"{'case':<32}" + "".join(f"{c.replace('seconds_', ''):>11}" for c in COLUMNS) + f"{'total':>11}"
-    print(header)
-    totals = []
+    print(header + f"{'v steps':>9}")
+    totals, results, delta_ws = [], [], []
     for case in cases:
         result = check(mue, editor, case, baseline)
+        results.append(result)
+        delta_ws.append(editor.last_report.vectors["delta_w"].detach().clone())
         row = [result.timings.get(c, 0.0) for c in COLUMNS]
         totals.append(result.seconds)
         print(f"{(case.case_id + ' ' + case.subject)[:31]:<32}" + "".join(f"{v:>11.2f}" for v in row)
-              + f"{result.seconds:>11.2f}")
-    print(f"mean per case: {statistics.mean(totals):.2f}s over {len(totals)} cases")
+              + f"{result.seconds:>11.2f}{result.diagnostics['v_steps']:>9}")
+    mean_editguard = statistics.mean(totals)
+    print(f"mean per case: {mean_editguard:.2f}s over {len(totals)} cases")
+    print(f"load after editguard: {load()}")
+    if not args.reference:
+        return
+
+    hp = editor.hparams(mue)
+    layer = hp["layer"]
+    templates = context_templates(mue, tuple(tuple(p) for p in hp["context_template_length_params"]),
+                                  hp["template_seed"])
+    print("\nreference path (papers' algorithm: full forward/backward per v* step, float32, ppl.py batching)")
+    print(f"{'case':<32}" + "".join(f"{c:>11}" for c in REFERENCE_COLUMNS) + f"{'total':>11}{'v steps':>9}"
+          + f"{'ΔW rel diff':>13}{'ppl ref':>10}{'ppl eg':>10}{'ppl rel diff':>14}")
+    reference_totals, worst_dw, worst_ppl = [], 0.0, 0.0
+    for case, result, delta_w in zip(cases, results, delta_ws):
+        start = time.perf_counter()
+        ref_dw, ref_ppl, steps, timings = reference_case(mue, hp, layer, case, templates, sentences)
+        total = time.perf_counter() - start
+        reference_totals.append(total)
+        dw_rel = float((delta_w - ref_dw).norm() / ref_dw.norm())
+        ppl_rel = abs(result.ppl - ref_ppl) / ref_ppl
+        worst_dw, worst_ppl = max(worst_dw, dw_rel), max(worst_ppl, ppl_rel)
+        name = (case.case_id + " " + case.subject)[:31]
+        print(f"{name:<32}" + "".join(f"{timings[c]:>11.2f}" for c in REFERENCE_COLUMNS)
+              + f"{total:>11.2f}{steps:>9}{dw_rel:>13.2e}{ref_ppl:>10.2f}{result.ppl:>10.2f}{ppl_rel:>14.2e}")
+    mean_reference = statistics.mean(reference_totals)
+    print(f"largest relative difference: ΔW {worst_dw:.2e}, ME-PPL_50 {worst_ppl:.2e}")
+    print(f"load after reference: {load()}")
+    print(f"editguard {mean_editguard:.2f} s/case; reference path {mean_reference:.2f} s/case; "
+          f"speedup {mean_reference / mean_editguard:.2f}×")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,14 @@ import torch
 
 from editguard import get_editor, load_model
 from editguard.editors.keys import context_templates, fill, keys_and_values, subject_last_index
-from editguard.editors.rome import RomeHparams, _PrefixCachedBatch, rank_one_update
+from editguard.editors.rome import (
+    RomeHparams,
+    ValueObjective,
+    _PrefixCachedBatch,
+    descend,
+    optimize_value,
+    rank_one_update,
+)
 from editguard.models import WeightSnapshot
 from tests.tiny_edits import FAST_V, PARIS
 
@@ -93,6 +100,119 @@ def test_prefix_cache_matches_a_full_forward(tiny):
         for row, (seq, lk) in enumerate(zip(sequences, lookups)):
             full = tiny.model.base_model(input_ids=torch.tensor([seq])).last_hidden_state[0, lk:]
             assert torch.allclose(cached[row, : len(seq) - lk], full, atol=1e-4), f"row {row}"
+
+
+class FullValueObjective:
+    """The v* loss the papers' compute_v computes: every sequence run whole through every layer
+    (right-padded, no cache), δ added to the MLP output at the subject's last token, the LM head
+    at every position; the target tokens are the last ones of each rewriting sequence."""
+
+    def __init__(self, mue, hp, layer, case, templates):
+        tok = mue.tokenizer
+        self.mue, self.hp, self.layer = mue, hp, layer
+        self.target = tok(" " + case.target_new, add_special_tokens=False)["input_ids"]
+        prompts = [fill(t, case.prompt) for t in templates] + ["{} is a"]
+        self.n_rewrite = len(templates)
+        sequences = [tok(fill(p, case.subject))["input_ids"] for p in prompts]
+        sequences = [s + self.target[:-1] for s in sequences[:-1]] + [sequences[-1]]
+        self.lengths = [len(s) for s in sequences]
+        self.lookups = [subject_last_index(tok, p, case.subject) for p in prompts]
+        self.inputs = mue.pad_batch(sequences)
+        self.recorded, self.kl_init = {}, None
+
+    @property
+    def scale(self):
+        return self.recorded["v_init"]
+
+    def __call__(self, delta):
+        def add_delta(_module, _args, output):
+            if "v_init" not in self.recorded:
+                self.recorded["v_init"] = output[0, self.lookups[0]].detach().float().clone()
+            output = output.clone()
+            for row, idx in enumerate(self.lookups):
+                output[row, idx] = output[row, idx] + delta
+            return output
+
+        handle = self.mue.module(self.mue.family.mlp.format(self.layer)).register_forward_hook(add_delta)
+        try:
+            logits = self.mue.model(**self.inputs).logits.float()
+        finally:
+            handle.remove()
+        log_probs = torch.log_softmax(logits, dim=-1)
+        n_target = len(self.target)
+        nll = torch.stack([
+            -sum(log_probs[row, self.lengths[row] - n_target + j, token] for j, token in enumerate(self.target))
+            / n_target
+            for row in range(self.n_rewrite)
+        ])
+        kl_lp = log_probs[self.n_rewrite :, self.lookups[-1]]
+        if self.kl_init is None:
+            self.kl_init = kl_lp.detach().clone()
+        kl = self.hp.kl_factor * torch.nn.functional.kl_div(self.kl_init, kl_lp, log_target=True,
+                                                            reduction="batchmean")
+        decay = self.hp.v_weight_decay * (delta.norm() / self.scale.norm() ** 2)
+        return nll.mean() + kl + decay, nll
+
+
+def _value_setup(mue):
+    hp = RomeHparams.for_family(mue.family.name, FAST_V, mue.name, n_layers=mue.n_layers)
+    return hp, context_templates(mue, hp.context_template_length_params, hp.template_seed)
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_cached_value_objective_and_its_gradient_equal_the_full_computation(tiny, layer):
+    """Prefix cache, cached lower layers and the head at the needed positions only change nothing:
+    loss and gradient with respect to δ are the full computation's."""
+    hp, templates = _value_setup(tiny)
+    fast = ValueObjective(tiny, hp, layer, PARIS, templates)
+    full = FullValueObjective(tiny, hp, layer, PARIS, templates)
+    delta0 = torch.zeros(tiny.model.config.hidden_size)
+    with torch.no_grad():
+        fast(delta0), full(delta0)  # records v_init and the KL reference distribution
+    assert torch.allclose(fast.recorded["v_init"], full.recorded["v_init"], atol=1e-5)
+    delta = (0.5 * torch.randn(tiny.model.config.hidden_size, generator=torch.Generator().manual_seed(1))
+             ).requires_grad_(True)
+    fast_loss, fast_nll = fast(delta)
+    full_loss, full_nll = full(delta)
+    fast_grad, = torch.autograd.grad(fast_loss, delta)
+    full_grad, = torch.autograd.grad(full_loss, delta)
+    assert torch.allclose(fast_nll, full_nll, rtol=1e-4, atol=1e-5)
+    assert float(fast_loss) == pytest.approx(float(full_loss), rel=1e-5)
+    assert full_grad.norm() > 0
+    assert torch.allclose(fast_grad, full_grad, rtol=1e-3, atol=1e-6 * float(full_grad.abs().max()))
+
+
+def test_v_star_equals_the_full_computation(tiny):
+    hp, templates = _value_setup(tiny)
+    layer = tiny.edit_layer
+    assert layer > 0, "the tiny models' edit layer must have a layer below it to cache"
+    weights_before = {k: v.clone() for k, v in tiny.model.state_dict().items()}
+    fast = optimize_value(tiny, hp, layer, PARIS, templates)
+    tiny.model.requires_grad_(False)
+    full = descend(FullValueObjective(tiny, hp, layer, PARIS, templates), hp, tiny.model.config.hidden_size,
+                   tiny.device)
+    assert fast.steps == full.steps == hp.v_num_grad_steps
+    assert fast.losses == pytest.approx(full.losses, rel=1e-4)
+    assert torch.allclose(fast.v_star, full.v_star, rtol=1e-4, atol=1e-5)
+    assert all(torch.equal(v, weights_before[k]) for k, v in tiny.model.state_dict().items())
+    assert [type(m).__name__ for m in tiny.model.modules()].count("_SkippedLayer") == 0
+
+
+def test_v_search_stops_early_as_the_papers_code_does(tiny_llama):
+    """It stops at the first step whose loss is below early_stop_loss, before that step's backward
+    pass, and says how many steps it made."""
+    hp, templates = _value_setup(tiny_llama)
+    # No decay and a small step: on the tiny random model the loss then falls step by step.
+    hp = dataclasses.replace(hp, v_num_grad_steps=6, early_stop_loss=0.0, v_weight_decay=0.0, v_lr=0.005)
+    every_step = optimize_value(tiny_llama, hp, tiny_llama.edit_layer, PARIS, templates)
+    assert every_step.steps == 6 and len(every_step.losses) == 6
+    assert every_step.losses[0] > every_step.losses[1] > every_step.losses[2], every_step.losses
+    threshold = (every_step.losses[1] + every_step.losses[2]) / 2
+    stopped = optimize_value(tiny_llama, dataclasses.replace(hp, early_stop_loss=threshold),
+                             tiny_llama.edit_layer, PARIS, templates)
+    assert stopped.steps == 3
+    assert stopped.losses == pytest.approx(every_step.losses[:3], rel=1e-6)
+    assert stopped.loss < threshold
 
 
 def test_subject_first_one_token_prefix_is_empty():

@@ -86,6 +86,27 @@ def cache_kwargs(mue: ModelUnderEdit, cache) -> dict:
 
 
 @torch.no_grad()
+def input_and_output_of(mue: ModelUnderEdit, module: torch.nn.Module,
+                        **forward_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (first) input and the output of `module` in a forward pass of the base model that
+    stops right after it: the layers above and the LM head are not needed."""
+    captured = {}
+
+    def capture_and_stop(_module, args, output):
+        captured["input"], captured["output"] = args[0], output
+        raise _StopForward
+
+    handle = module.register_forward_hook(capture_and_stop)
+    try:
+        mue.model.base_model(**forward_kwargs)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    return captured["input"], captured["output"]
+
+
+@torch.no_grad()
 def keys_and_values(mue: ModelUnderEdit, layer: int, templates: list[str], subject: str,
                     batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys (inputs of the rewrite projection) and values (its outputs) at the subject's last
@@ -96,10 +117,9 @@ def keys_and_values(mue: ModelUnderEdit, layer: int, templates: list[str], subje
         chunk = templates[start : start + batch_size]
         idx = torch.tensor([subject_last_index(mue.tokenizer, t, subject) for t in chunk], device=mue.device)
         rows = torch.arange(len(chunk), device=mue.device)
-        with capture_io(module) as seen:
-            mue.model(**encode_batch(mue, [fill(t, subject) for t in chunk]))
-        keys.append(seen["input"][rows, idx].float())
-        values.append(seen["output"][rows, idx].float())
+        key, value = input_and_output_of(mue, module, **encode_batch(mue, [fill(t, subject) for t in chunk]))
+        keys.append(key[rows, idx].float())
+        values.append(value[rows, idx].float())
     return torch.cat(keys), torch.cat(values)
 
 

@@ -18,6 +18,7 @@ The three steps are split as in the original: `subject_keys` (k̄, kᵘ), `optim
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -29,7 +30,14 @@ from editguard.cases import EditCase
 from editguard.editors.api import EditReport
 from editguard.editors.covariance import inverse_layer_second_moment
 from editguard.editors.hparams import Hparams, ranged
-from editguard.editors.keys import cache_kwargs, context_templates, fill, keys_and_values, subject_last_index
+from editguard.editors.keys import (
+    cache_kwargs,
+    context_templates,
+    fill,
+    inputs_until,
+    keys_and_values,
+    subject_last_index,
+)
 from editguard.models.loading import ModelUnderEdit
 
 # The ROME/EasyEdit configs the papers used (gpt2-xl.yaml, gpt-j-6B.yaml, llama-7b.yaml).
@@ -82,14 +90,59 @@ class ValueResult:
     steps: int
     loss: float
     target_prob: float         # mean P(target_new) over the rewriting prompts at the end
+    losses: tuple[float, ...] = ()  # the loss at each step
+
+
+class _SkippedLayer(torch.nn.Module):
+    """Stands in for a decoder layer below the edited one during the v* search: the input of the
+    edited layer was computed once, so the layers below pass their input through untouched.
+    Attributes the model's layer loop reads (Gemma 3's `attention_type`) come from the layer."""
+
+    def __init__(self, layer: torch.nn.Module):
+        super().__init__()
+        object.__setattr__(self, "_replaced", layer)  # not a submodule: its weights stay the model's
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "_replaced"), name)
+
+
+@contextlib.contextmanager
+def _starting_at_layer(mue: ModelUnderEdit, layer: int, layer_input: torch.Tensor):
+    """Forward passes of the base model skip layers 0..layer-1 and feed `layer_input` to `layer`."""
+    container = mue.module(mue.family.layer.rsplit(".", 1)[0])  # "model.layers.{}" -> "model.layers"
+    originals = [container[i] for i in range(layer)]
+
+    def feed(_module, args, kwargs):
+        if args:
+            return (layer_input, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": layer_input}
+
+    handle = container[layer].register_forward_pre_hook(feed, with_kwargs=True)
+    try:
+        for i, original in enumerate(originals):
+            container[i] = _SkippedLayer(original)
+        yield
+    finally:
+        for i, original in enumerate(originals):
+            container[i] = original
+        handle.remove()
 
 
 class _PrefixCachedBatch:
     """Sequences split at the subject's last token: the part before it is run once and kept
     as a key/value cache, since a change at the subject cannot reach earlier positions.
-    Each optimisation step then runs only the suffixes (subject's last token onward)."""
+    The suffixes (subject's last token onward) are run once through the layers below `layer`
+    too: δ enters at `layer`'s MLP, so nothing below depends on it. Each optimisation step then
+    runs only the suffixes through layers `layer`.. (with `layer=None`: through every layer)."""
 
-    def __init__(self, mue: ModelUnderEdit, sequences: list[list[int]], lookups: list[int]):
+    def __init__(self, mue: ModelUnderEdit, sequences: list[list[int]], lookups: list[int],
+                 layer: int | None = None):
         device, pad = mue.device, mue.tokenizer.pad_token_id
         prefix_len = [lk for lk in lookups]
         suffixes = [seq[lk:] for seq, lk in zip(sequences, lookups)]
@@ -115,13 +168,139 @@ class _PrefixCachedBatch:
                     position_ids=prefix_positions.to(device), use_cache=True,
                 )
             self.cache = getattr(out, "cache", None) or out.past_key_values
+        self.layer = layer
+        self.layer_input = None
+        if layer:
+            self.layer_input = inputs_until(mue, mue.module(mue.family.layer.format(layer)), **self._suffix_inputs(mue))
+
+    def _suffix_inputs(self, mue: ModelUnderEdit) -> dict:
+        return {"input_ids": self.suffix_ids, "attention_mask": self.mask, "position_ids": self.suffix_positions,
+                **cache_kwargs(mue, copy.deepcopy(self.cache))}
 
     def hidden(self, mue: ModelUnderEdit) -> torch.Tensor:
         """Final hidden states at the suffix positions (batch, suffix width, hidden)."""
-        return mue.model.base_model(
-            input_ids=self.suffix_ids, attention_mask=self.mask, position_ids=self.suffix_positions,
-            **cache_kwargs(mue, copy.deepcopy(self.cache)),
-        ).last_hidden_state
+        if self.layer_input is None:
+            return mue.model.base_model(**self._suffix_inputs(mue)).last_hidden_state
+        with _starting_at_layer(mue, self.layer, self.layer_input):
+            return mue.model.base_model(**self._suffix_inputs(mue)).last_hidden_state
+
+
+class ValueObjective:
+    """The v* loss as a function of δ (the vector added to layer `layer`'s MLP output at the
+    subject's last token): mean NLL of target_new over the rewriting prompts, plus the KL term on
+    "{subject} is a" and the weight decay. Computed as the papers define it, but only where it
+    can change: prefixes and the layers below `layer` are run once (`_PrefixCachedBatch`), and the
+    LM head is applied only at the positions that predict a target token and at the KL position.
+
+    `scale_module`: see optimize_value."""
+
+    def __init__(self, mue: ModelUnderEdit, hp: RomeHparams, layer: int, case: EditCase,
+                 templates: list[str], scale_module: str | None = None):
+        tok = mue.tokenizer
+        self.mue, self.hp, self.layer, self.scale_module = mue, hp, layer, scale_module
+        target = tok(" " + case.target_new, add_special_tokens=False)["input_ids"]
+        rewrite_templates = [fill(t, case.prompt) for t in templates]
+        sequences = [tok(fill(t, case.subject))["input_ids"] + target[:-1] for t in rewrite_templates]
+        lookups = [subject_last_index(tok, t, case.subject) for t in rewrite_templates]
+        kl_template = "{} is a"
+        sequences.append(tok(fill(kl_template, case.subject))["input_ids"])
+        lookups.append(subject_last_index(tok, kl_template, case.subject))
+        self.batch = _PrefixCachedBatch(mue, sequences, lookups, layer)
+
+        # Where target token j of rewriting prompt i is predicted, in suffix coordinates.
+        self.n_rewrite, self.n_target = len(rewrite_templates), len(target)
+        rows, cols, labels = [], [], []
+        for i in range(self.n_rewrite):
+            last_prompt_token = len(sequences[i]) - len(target) - lookups[i]
+            for j, token in enumerate(target):
+                rows.append(i), cols.append(last_prompt_token + j), labels.append(token)
+        self.rows, self.cols = torch.tensor(rows, device=mue.device), torch.tensor(cols, device=mue.device)
+        self.labels = torch.tensor(labels, device=mue.device)
+        self.at_subject = torch.zeros(1, self.batch.suffix_ids.shape[1], 1, device=mue.device)
+        self.at_subject[0, 0, 0] = 1.0  # column 0 of every suffix is the subject's last token
+        self.recorded: dict[str, torch.Tensor] = {}
+        self.kl_init: torch.Tensor | None = None
+
+    @property
+    def scale(self) -> torch.Tensor:
+        """The vector the decay and the clamp are relative to (known after the first call)."""
+        return self.recorded.get("scale", self.recorded["v_init"])
+
+    def __call__(self, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, NLL per rewriting prompt) at δ = `delta`."""
+        mue, hp, recorded = self.mue, self.hp, self.recorded
+
+        def add_delta(_module, _args, output):
+            if "v_init" not in recorded:
+                recorded["v_init"] = output[0, 0].detach().float().clone()
+            return output + (self.at_subject * delta).to(output.dtype)
+
+        def record_scale(_module, _args, output):
+            if "scale" not in recorded:
+                hidden = output[0] if isinstance(output, tuple) else output
+                recorded["scale"] = hidden[0, 0].detach().float().clone()
+
+        handles = [mue.module(mue.family.mlp.format(self.layer)).register_forward_hook(add_delta)]
+        if self.scale_module:
+            handles.append(mue.module(self.scale_module).register_forward_hook(record_scale))
+        try:
+            hidden = self.batch.hidden(mue)
+        finally:
+            for handle in handles:
+                handle.remove()
+        head = mue.model.get_output_embeddings()
+        log_probs = torch.log_softmax(head(hidden[self.rows, self.cols]).float(), dim=-1)
+        token_lp = log_probs.gather(1, self.labels[:, None])[:, 0]
+        nll_per_prompt = -token_lp.view(self.n_rewrite, self.n_target).sum(1) / self.n_target
+        kl_lp = torch.log_softmax(head(hidden[self.n_rewrite:, 0]).float(), dim=-1)
+        if self.kl_init is None:
+            self.kl_init = kl_lp.detach().clone()
+        kl = hp.kl_factor * torch.nn.functional.kl_div(self.kl_init, kl_lp, log_target=True, reduction="batchmean")
+        decay = hp.v_weight_decay * (delta.norm() / self.scale.norm() ** 2)
+        return nll_per_prompt.mean() + kl + decay, nll_per_prompt
+
+
+@contextlib.contextmanager
+def _frozen(model: torch.nn.Module):
+    """No parameter of `model` requires a gradient inside; the flags are restored after."""
+    grad_flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    model.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for name, p in model.named_parameters():
+            p.requires_grad_(grad_flags[name])
+
+
+def descend(objective, hp: RomeHparams, hidden_size: int, device: torch.device) -> ValueResult:
+    """The papers' v* search over δ: Adam on `objective(δ)`, stopping as their compute_v stops —
+    at the first step whose loss is below `early_stop_loss` (5e-2 in their code) or at the last
+    step, before its backward pass — with δ clamped to ‖δ‖ ≤ clamp_norm_factor · ‖scale‖ after
+    each step. `steps` counts the forward passes made; `losses` holds each one's loss."""
+    delta = torch.zeros(hidden_size, device=device, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=hp.v_lr)
+    losses = []
+    for step in range(hp.v_num_grad_steps):
+        opt.zero_grad()
+        loss, nll_per_prompt = objective(delta)
+        losses.append(float(loss.item()))
+        if losses[-1] < hp.early_stop_loss or step == hp.v_num_grad_steps - 1:
+            break
+        loss.backward()
+        opt.step()
+        max_norm = hp.clamp_norm_factor * objective.scale.norm()
+        if delta.norm() > max_norm:
+            with torch.no_grad():
+                delta.mul_(max_norm / delta.norm())
+    v_init = objective.recorded["v_init"]
+    return ValueResult(
+        v_star=(v_init + delta.detach()).float(),
+        v_init=v_init,
+        steps=step + 1,
+        loss=losses[-1],
+        target_prob=float(torch.exp(-nll_per_prompt.detach()).mean()),
+        losses=tuple(losses),
+    )
 
 
 def optimize_value(mue: ModelUnderEdit, hp: RomeHparams, layer: int, case: EditCase,
@@ -134,86 +313,9 @@ def optimize_value(mue: ModelUnderEdit, hp: RomeHparams, layer: int, case: EditC
     to that module's output (MEMIT passes the decoder block: its v* is a residual-stream target;
     adding δ to the MLP output or to the block output is the same thing). `hp` needs the v_*
     fields, clamp_norm_factor, kl_factor and early_stop_loss."""
-    tok = mue.tokenizer
-    target = tok(" " + case.target_new, add_special_tokens=False)["input_ids"]
-    rewrite_templates = [fill(t, case.prompt) for t in templates]
-    sequences = [tok(fill(t, case.subject))["input_ids"] + target[:-1] for t in rewrite_templates]
-    lookups = [subject_last_index(tok, t, case.subject) for t in rewrite_templates]
-    kl_template = "{} is a"
-    sequences.append(tok(fill(kl_template, case.subject))["input_ids"])
-    lookups.append(subject_last_index(tok, kl_template, case.subject))
-    batch = _PrefixCachedBatch(mue, sequences, lookups)
-
-    # Where target token j of rewriting prompt i is predicted, in suffix coordinates.
-    n_rewrite = len(rewrite_templates)
-    rows, cols, labels = [], [], []
-    for i in range(n_rewrite):
-        last_prompt_token = len(sequences[i]) - len(target) - lookups[i]
-        for j, token in enumerate(target):
-            rows.append(i), cols.append(last_prompt_token + j), labels.append(token)
-    rows_t, cols_t = torch.tensor(rows, device=mue.device), torch.tensor(cols, device=mue.device)
-    labels_t = torch.tensor(labels, device=mue.device)
-
-    mlp = mue.module(mue.family.mlp.format(layer))
-    head = mue.model.get_output_embeddings()
-    hidden_size = mue.model.config.hidden_size
-    delta = torch.zeros(hidden_size, device=mue.device, requires_grad=True)
-    at_subject = torch.zeros(1, batch.suffix_ids.shape[1], 1, device=mue.device)
-    at_subject[0, 0, 0] = 1.0  # column 0 of every suffix is the subject's last token
-    recorded: dict[str, torch.Tensor] = {}
-
-    def add_delta(_module, _args, output):
-        if "v_init" not in recorded:
-            recorded["v_init"] = output[0, 0].detach().float().clone()
-        return output + (at_subject * delta).to(output.dtype)
-
-    def record_scale(_module, _args, output):
-        if "scale" not in recorded:
-            hidden = output[0] if isinstance(output, tuple) else output
-            recorded["scale"] = hidden[0, 0].detach().float().clone()
-
-    opt = torch.optim.Adam([delta], lr=hp.v_lr)
-    grad_flags = {name: p.requires_grad for name, p in mue.model.named_parameters()}
-    mue.model.requires_grad_(False)
-    handle = mlp.register_forward_hook(add_delta)
-    scale_handle = mue.module(scale_module).register_forward_hook(record_scale) if scale_module else None
-    kl_init = None
-    try:
-        for step in range(hp.v_num_grad_steps):
-            opt.zero_grad()
-            hidden = batch.hidden(mue)
-            log_probs = torch.log_softmax(head(hidden[rows_t, cols_t]).float(), dim=-1)
-            token_lp = log_probs.gather(1, labels_t[:, None])[:, 0]
-            nll_per_prompt = -token_lp.view(n_rewrite, len(target)).sum(1) / len(target)
-            nll = nll_per_prompt.mean()
-            kl_lp = torch.log_softmax(head(hidden[n_rewrite:, 0]).float(), dim=-1)
-            if kl_init is None:
-                kl_init = kl_lp.detach().clone()
-            kl = hp.kl_factor * torch.nn.functional.kl_div(kl_init, kl_lp, log_target=True, reduction="batchmean")
-            scale = recorded.get("scale", recorded["v_init"])
-            decay = hp.v_weight_decay * (delta.norm() / scale.norm() ** 2)
-            loss = nll + kl + decay
-            if loss.item() < hp.early_stop_loss or step == hp.v_num_grad_steps - 1:
-                break
-            loss.backward()
-            opt.step()
-            max_norm = hp.clamp_norm_factor * scale.norm()
-            if delta.norm() > max_norm:
-                with torch.no_grad():
-                    delta.mul_(max_norm / delta.norm())
-    finally:
-        handle.remove()
-        if scale_handle is not None:
-            scale_handle.remove()
-        for name, p in mue.model.named_parameters():
-            p.requires_grad_(grad_flags[name])
-    return ValueResult(
-        v_star=(recorded["v_init"] + delta.detach()).float(),
-        v_init=recorded["v_init"],
-        steps=step + 1,
-        loss=float(loss.item()),
-        target_prob=float(torch.exp(-nll_per_prompt.detach()).mean()),
-    )
+    with _frozen(mue.model):
+        objective = ValueObjective(mue, hp, layer, case, templates, scale_module)
+        return descend(objective, hp, mue.model.config.hidden_size, mue.device)
 
 
 def rank_one_update(v_star: torch.Tensor, value: torch.Tensor, key: torch.Tensor,
