@@ -118,6 +118,10 @@ class EditguardSettings:
     downstream_precision: str = "auto"
     ppl_bos: str = "never"                  # BOS rule of every perplexity (--ppl-bos)
     sequence_on_error: str = "stop"
+    sequence_length: int | None = None      # None: each sequential suite's default
+    ppl_every: int = 1
+    sequence_stop_on_collapse: bool = True
+    batch_size: int = 1                     # cases per edit (--batch-size)
 
     def ppl_corpus_for(self, sequential: bool) -> str:
         if self.ppl_corpus:
@@ -190,6 +194,9 @@ class EditguardSettings:
             sequential=option_value(config, "sequential"), plots_dir=plots_dir,
             downstream=downstream or None, downstream_n=downstream_n, downstream_min_retention=retention,
             downstream_precision=precision, ppl_bos=ppl_bos, sequence_on_error=on_error,
+            sequence_length=option_value(config, "sequence-length"), ppl_every=option_value(config, "ppl-every"),
+            sequence_stop_on_collapse=option_value(config, "sequence-stop-on-collapse") == "on",
+            batch_size=option_value(config, "batch-size"),
         )
 
     def load_model(self):
