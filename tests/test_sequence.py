@@ -169,3 +169,31 @@ def test_editors_without_batch_support_are_refused_by_name():
         with pytest.raises(ValueError, match=f"--batch-size 4: editor '{name}' applies one case per edit.*"
                                              "use --batch-size 1, or .*--editor=memit"):
             check_batch_size(get_editor(name), 4)
+
+
+class CountingProbe:
+    """A downstream probe with no tasks that counts when it is run."""
+
+    unedited, min_retention = {}, None
+
+    def __init__(self):
+        self.runs = 0
+
+    def run(self, mue):
+        self.runs += 1
+        return {}
+
+    def to_json(self, scores):
+        return {}
+
+
+def test_downstream_probes_run_on_the_perplexity_steps_only(setup):
+    mue, _, baseline = setup
+    probe = CountingProbe()
+    baseline.downstream = probe
+    try:
+        with EditSequence(mue, ScaleRowEditor({"factor": 1.01}), baseline, LOOSE, ppl_every=2, length=3) as seq:
+            results = [seq.apply(c) for c in CASES]
+    finally:
+        baseline.downstream = None
+    assert probe.runs == 2 and [r.downstream is not None for r in results] == [False, True, True]
