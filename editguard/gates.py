@@ -62,25 +62,28 @@ class Verdict:
         return f"{text}; {self.context}" if self.context else text
 
 
-def judge(ppl: float, baseline_ppl: float, diagnostics: dict, thresholds: Thresholds,
+def judge(ppl: float | None, baseline_ppl: float, diagnostics: dict, thresholds: Thresholds,
           subject_first: bool) -> Verdict:
     """Apply every gate that the available measurements allow. NaN/Inf perplexity, or NaN/Inf in
-    a touched weight (diagnostics["non_finite_weights"]), is a collapse."""
+    a touched weight (diagnostics["non_finite_weights"]), is a collapse. `ppl` None: perplexity was
+    not measured on this step (a sequence's --ppl-every), so the perplexity gate is not judged."""
     t = thresholds
     limit = min(t.ppl_max, t.ppl_max_ratio * baseline_ppl)
     non_finite = diagnostics.get("non_finite_weights") or []
-    collapsed = is_collapsed(ppl, t.ppl_max) or bool(non_finite)
-    if non_finite:
-        ppl_reason = f"weights {non_finite[:3]} hold NaN/Inf after the edit: collapsed"
-    elif not math.isfinite(ppl):
-        ppl_reason = f"perplexity {ppl} is not finite: collapsed"
-    elif collapsed:
-        ppl_reason = f"perplexity {ppl:.1f} > collapse line {t.ppl_max:g}"
-    elif ppl > t.ppl_max_ratio * baseline_ppl:
-        ppl_reason = f"perplexity {ppl:.1f} > {t.ppl_max_ratio:g} × baseline {baseline_ppl:.1f}"
-    else:
-        ppl_reason = f"perplexity {ppl:.1f} ≤ {limit:.1f}"
-    gates = [GateResult("perplexity", not collapsed and ppl <= limit, ppl, limit, ppl_reason)]
+    gates = []
+    if ppl is not None or non_finite:
+        collapsed = bool(non_finite) or is_collapsed(ppl, t.ppl_max)
+        if non_finite:
+            ppl_reason = f"weights {non_finite[:3]} hold NaN/Inf after the edit: collapsed"
+        elif not math.isfinite(ppl):
+            ppl_reason = f"perplexity {ppl} is not finite: collapsed"
+        elif collapsed:
+            ppl_reason = f"perplexity {ppl:.1f} > collapse line {t.ppl_max:g}"
+        elif ppl > t.ppl_max_ratio * baseline_ppl:
+            ppl_reason = f"perplexity {ppl:.1f} > {t.ppl_max_ratio:g} × baseline {baseline_ppl:.1f}"
+        else:
+            ppl_reason = f"perplexity {ppl:.1f} ≤ {limit:.1f}"
+        gates.append(GateResult("perplexity", not collapsed and ppl <= limit, ppl, limit, ppl_reason))
 
     if "denominator_ratio" in diagnostics:
         ratio = diagnostics["denominator_ratio"]

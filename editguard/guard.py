@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 from editguard.cache import cache_dir, cache_key, cached_json, safe_name
 from editguard.cases import EditCase
 from editguard.editors.api import Editor, checked_report, reset_editor
-from editguard.gates import Thresholds, Verdict, downstream_gates, judge
+from editguard.gates import Thresholds, Verdict, downstream_gates, is_collapsed, judge
 from editguard.metrics.anatomy import normal_text_keys, update_anatomy
 from editguard.metrics.efficacy import PromptHits, edit_scores, efficacy
 from editguard.metrics.perplexity import PerplexityResult, add_bos_for, perplexity
@@ -79,8 +79,8 @@ class CaseResult:
     editor: str
     model: str
     verdict: Verdict
-    ppl: float
-    corpus_ppl: float
+    ppl: float | None             # None: not measured on this sequence step (--ppl-every)
+    corpus_ppl: float | None
     ppl_baseline: float
     diagnostics: dict[str, Any]
     efficacy: bool | None
@@ -96,6 +96,10 @@ class CaseResult:
     # Paraphrase / neighbourhood prompts that behaved (quality mode); None: not measured.
     generalization: PromptHits | None = None
     locality: PromptHits | None = None
+    # A batched edit (--batch-size): every case of the one apply() call, and whether each one's new
+    # target won after it; `case` is the batch's first case and `efficacy` true only if all won.
+    batch: tuple[EditCase, ...] = ()
+    batch_efficacy: tuple[bool, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -103,6 +107,9 @@ class CaseResult:
 
     @property
     def explanation(self) -> str:
+        if self.batch:
+            ids = ", ".join(c.case_id for c in self.batch)
+            return f"batch of {len(self.batch)} cases ({ids}): {self.verdict.explain()}"
         return f"{self.case.case_id} ({self.case.text!r} -> {self.case.target_new!r}): {self.verdict.explain()}"
 
     def to_json(self) -> dict[str, Any]:
@@ -119,6 +126,7 @@ class CaseResult:
             "failed_gates": [g.name for g in self.verdict.failed],
             "reason": self.verdict.explain(),
             "ppl": self.ppl,
+            "ppl_probed": self.ppl is not None,
             "corpus_ppl": self.corpus_ppl,
             "ppl_baseline": self.ppl_baseline,
             "denominator_ratio": d.get("denominator_ratio"),
@@ -135,6 +143,8 @@ class CaseResult:
             **_hits_json("generalization", self.generalization),
             **_hits_json("locality", self.locality),
             **({"downstream": self.downstream} if self.downstream is not None else {}),
+            **({"batch": {"size": len(self.batch), "case_ids": [c.case_id for c in self.batch],
+                          "efficacy": list(self.batch_efficacy)}} if self.batch else {}),
         }
 
 
@@ -191,27 +201,44 @@ class RestorePoint:
         verify_pristine(self.mue, self.baseline, self.editor.name)
 
 
-def _edit_and_measure(mue: ModelUnderEdit, editor: Editor, case: EditCase, baseline: Baseline,
+def edit_batch_of(case: EditCase | Sequence[EditCase]) -> list[EditCase]:
+    """The cases one edit applies: a single case, or a batch (--batch-size) of them."""
+    cases = [case] if isinstance(case, EditCase) else list(case)
+    if not cases:
+        raise ValueError("an edit needs at least one case; got an empty batch")
+    return cases
+
+
+def _edit_and_measure(mue: ModelUnderEdit, editor: Editor, case: EditCase | Sequence[EditCase], baseline: Baseline,
                       thresholds: Thresholds, snapshot: WeightSnapshot, timings: dict[str, float],
-                      start: float, measure_scores: bool = False) -> CaseResult:
+                      start: float, probe: bool = True, measure_scores: bool = False) -> CaseResult:
     """Apply the edit on top of the model as it is, measure and judge; restores nothing.
-    `snapshot` holds the touched weights as they were just before this edit. With `measure_scores`,
-    generalization and locality are measured too (one batch of the case's other prompts)."""
-    check_case_fits(mue, case)   # before any weight moves: a kilobyte prompt is refused, not edited for minutes
+    `snapshot` holds the touched weights as they were just before this edit. Without `probe`
+    (a sequence step between --ppl-every probes) neither perplexity nor downstream is measured:
+    the step records the edit's diagnostics and efficacy, and only the gates those allow. With
+    `measure_scores`, generalization and locality are measured too (one batch of the case's other
+    prompts; of a batch's first case)."""
+    cases = edit_batch_of(case)
+    case = cases[0]
+    for each in cases:
+        check_case_fits(mue, each)   # before any weight moves: a kilobyte prompt is refused, not edited for minutes
     if mue.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(mue.device)
     t = time.perf_counter()
     keys = anatomy_keys(mue, baseline, snapshot.names)
     timings["anatomy_keys"] = time.perf_counter() - t
     t = time.perf_counter()
-    report = checked_report(editor, editor.apply(mue, [case]))
+    report = checked_report(editor, editor.apply(mue, cases))
     timings["edit"] = time.perf_counter() - t
     timings.update({k: v for k, v in report.diagnostics.items() if k.startswith("seconds_")})
+    ppl = None
+    if probe:
+        t = time.perf_counter()
+        ppl = perplexity(mue, baseline.sentences, bos=baseline.ppl_bos)
+        timings["perplexity"] = time.perf_counter() - t
     t = time.perf_counter()
-    ppl = perplexity(mue, baseline.sentences, bos=baseline.ppl_bos)
-    timings["perplexity"] = time.perf_counter() - t
-    t = time.perf_counter()
-    eff = efficacy(mue, case.text, case.target_new, case.target_true, prefix=report.test_prefix)
+    effs = [efficacy(mue, c.text, c.target_new, c.target_true, prefix=report.test_prefix) for c in cases]
+    eff = effs[0]
     timings["efficacy"] = time.perf_counter() - t
     prompt_scores = None
     if measure_scores:   # quality mode only: the paraphrase and neighbourhood prompts cost a forward pass
@@ -228,9 +255,10 @@ def _edit_and_measure(mue: ModelUnderEdit, editor: Editor, case: EditCase, basel
     if non_finite:
         diagnostics["non_finite_weights"] = non_finite
     timings["anatomy"] = time.perf_counter() - t
-    verdict = judge(ppl.ppl, baseline.ppl.ppl, diagnostics, thresholds, case.subject_first)
+    verdict = judge(ppl.ppl if ppl else None, baseline.ppl.ppl, diagnostics, thresholds,
+                    any(c.subject_first for c in cases))
     downstream = None
-    if baseline.downstream is not None:   # off by default: no probe, no cost
+    if baseline.downstream is not None and probe:   # off by default: no probe, no cost
         t = time.perf_counter()
         scores = baseline.downstream.run(mue)
         timings["downstream"] = time.perf_counter() - t
@@ -239,11 +267,12 @@ def _edit_and_measure(mue: ModelUnderEdit, editor: Editor, case: EditCase, basel
         verdict = Verdict(verdict.gates + tuple(downstream_gates(scores, probe.unedited, probe.min_retention)),
                           verdict.context)
     return CaseResult(
-        case=case, editor=editor.name, model=mue.name, verdict=verdict, ppl=ppl.ppl,
-        corpus_ppl=ppl.corpus_ppl, ppl_baseline=baseline.ppl.ppl, diagnostics=diagnostics,
-        efficacy=eff.success, efficacy_logprob_new=eff.logprob_new, efficacy_logprob_true=eff.logprob_true,
-        test_prefix=report.test_prefix, seconds=time.perf_counter() - start, timings=timings,
-        peak_memory_mb=peak_memory_mb(mue), downstream=downstream,
+        case=case, editor=editor.name, model=mue.name, verdict=verdict, ppl=ppl.ppl if ppl else None,
+        corpus_ppl=ppl.corpus_ppl if ppl else None, ppl_baseline=baseline.ppl.ppl, diagnostics=diagnostics,
+        efficacy=all(e.success for e in effs), efficacy_logprob_new=eff.logprob_new,
+        efficacy_logprob_true=eff.logprob_true, test_prefix=report.test_prefix, seconds=time.perf_counter() - start,
+        timings=timings, peak_memory_mb=peak_memory_mb(mue), downstream=downstream,
+        **({"batch": tuple(cases), "batch_efficacy": tuple(e.success for e in effs)} if len(cases) > 1 else {}),
         generalization=prompt_scores.generalization_hits if prompt_scores and case.target_true is not None else None,
         locality=prompt_scores.locality_hits if prompt_scores and case.target_true is not None else None,
     )
@@ -259,13 +288,14 @@ def peak_memory_mb(mue: ModelUnderEdit) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def check(mue: ModelUnderEdit, editor: Editor, case: EditCase, baseline: Baseline,
+def check(mue: ModelUnderEdit, editor: Editor, case: EditCase | Sequence[EditCase], baseline: Baseline,
           thresholds: Thresholds = Thresholds(), measure_scores: bool = False) -> CaseResult:
-    """Apply `editor` to `case`, measure, judge, and restore the model bit for bit. With
-    `measure_scores`, generalization and locality are measured too (quality mode)."""
+    """Apply `editor` to `case` (or to a batch of cases in one call), measure, judge, and restore
+    the model bit for bit. With `measure_scores`, generalization and locality are measured too
+    (quality mode)."""
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    restore_point = RestorePoint(mue, editor, editor.touched_parameters(mue, [case]), baseline)
+    restore_point = RestorePoint(mue, editor, editor.touched_parameters(mue, edit_batch_of(case)), baseline)
     timings["snapshot"] = time.perf_counter() - start
     try:
         result = _edit_and_measure(mue, editor, case, baseline, thresholds, restore_point.snapshot, timings, start,
@@ -299,15 +329,27 @@ class EditSequence:
     `failed_steps` with its number and raised as SequenceStepError. Then, with on_error="stop",
     every later `apply` raises SequenceStopped naming that step; with "continue", the next step
     builds on the weights as they were before the failed one and keeps its own number.
+
+    Long sequences: perplexity (and downstream) is measured on steps ppl_every, 2·ppl_every, …
+    and on the last step (`length`, when known); the other steps record the edit's diagnostics
+    and efficacy with ppl None. With `stop_on_collapse`, a measured perplexity above the collapse
+    line (or NaN/Inf) ends the sequence: later `apply` calls raise SequenceStopped, and
+    `stop` says where and why.
     """
 
     def __init__(self, mue: ModelUnderEdit, editor: Editor, baseline: Baseline,
                  thresholds: Thresholds = Thresholds(), name: str = "sequence", on_error: str = "stop",
+                 ppl_every: int = 1, length: int | None = None, stop_on_collapse: bool = False,
                  measure_scores: bool = False):
         if on_error not in SEQUENCE_ON_ERROR:
             raise ValueError(f"on_error must be one of {', '.join(SEQUENCE_ON_ERROR)}, got {on_error!r}")
+        if not (isinstance(ppl_every, int) and ppl_every >= 1):
+            raise ValueError(f"ppl_every must be an integer ≥ 1, got {ppl_every!r}")
         self.mue, self.editor, self.baseline, self.thresholds, self.name = mue, editor, baseline, thresholds, name
         self.on_error, self.measure_scores = on_error, measure_scores
+        self.ppl_every, self.length, self.stop_on_collapse = ppl_every, length, stop_on_collapse
+        self.collapsed_at: tuple[int, float | None] | None = None   # (step, perplexity) that stopped it
+        self.not_run: list[dict[str, Any]] = []   # steps after a stop, recorded by `skip`
         self.original = RestorePoint(mue, editor, [], baseline)
         self.results: list[CaseResult] = []
         self.failed_steps: list[tuple[int, str, str]] = []   # (step, case id, error)
@@ -315,37 +357,70 @@ class EditSequence:
         reset_editor(editor)  # editors with memory (AlphaEdit) start from the unedited model
 
     @property
-    def stopped_reason(self) -> str | None:
-        """Why later steps are not run (on_error="stop" after a failed step), else None."""
-        if self.on_error != "stop" or not self.failed_steps:
-            return None
-        step, case_id, error = self.failed_steps[0]
-        return f"sequence '{self.name}' stopped at step {step} ({case_id}), which failed: {error}"
+    def stop(self) -> dict[str, Any] | None:
+        """Where and why the sequence stopped early ({"step", "reason", "message"}), else None."""
+        if self.collapsed_at is not None:
+            step, ppl = self.collapsed_at
+            return {"step": step, "reason": "collapsed", "ppl": ppl,
+                    "message": f"sequence stopped at step {step}: collapsed (perplexity {ppl:.4g} > collapse line "
+                               f"{self.thresholds.ppl_max:g}; --sequence-stop-on-collapse)"}
+        if self.on_error == "stop" and self.failed_steps:
+            step, case_id, error = self.failed_steps[0]
+            return {"step": step, "reason": "failed", "message": f"sequence '{self.name}' stopped at step {step} "
+                                                                 f"({case_id}), which failed: {error}"}
+        return None
 
-    def apply(self, case: EditCase) -> CaseResult:
+    @property
+    def stopped_reason(self) -> str | None:
+        """Why later steps are not run (a failed step with on_error="stop", or a collapse with
+        stop_on_collapse), else None."""
+        return self.stop["message"] if self.stop else None
+
+    def skip(self, case: EditCase | Sequence[EditCase]) -> dict[str, Any]:
+        """Record that `case`, the next step, is not run because the sequence stopped; returns the
+        record ({"sequence", "step", "case_id", "reason", "stopped_at"}) for the report."""
+        stop = self.stop
+        if stop is None:
+            raise ValueError(f"sequence '{self.name}' has not stopped: its next step should be applied")
+        first = edit_batch_of(case)[0]
+        record = {"sequence": self.name, "step": self.steps_taken + len(self.not_run) + 1, "case_id": first.case_id,
+                  "reason": stop["message"], "stopped_at": stop["step"]}
+        self.not_run.append(record)
+        return record
+
+    def probes_step(self, step: int) -> bool:
+        """Whether perplexity (and downstream) is measured after `step` (1-based)."""
+        return step % self.ppl_every == 0 or step == self.length
+
+    def apply(self, case: EditCase | Sequence[EditCase]) -> CaseResult:
+        """The next step: one case, or a batch of cases edited in one call."""
         if self.stopped_reason:
             raise SequenceStopped(self.stopped_reason)
+        cases = edit_batch_of(case)
         self.steps_taken += 1
         step = self.steps_taken
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        touched = self.editor.touched_parameters(self.mue, [case])
+        touched = self.editor.touched_parameters(self.mue, cases)
         self.original.snapshot.extend(touched)
         step_snapshot = WeightSnapshot(self.mue.model, touched)  # this step's ΔW is measured against it
         timings["snapshot"] = time.perf_counter() - start
         try:
             result = _edit_and_measure(self.mue, self.editor, case, self.baseline, self.thresholds,
-                                       step_snapshot, timings, start, self.measure_scores)
+                                       step_snapshot, timings, start, probe=self.probes_step(step),
+                                       measure_scores=self.measure_scores)
         except Exception as err:
             step_snapshot.restore()   # never build on a half-written edit
-            self.failed_steps.append((step, case.case_id, f"{type(err).__name__}: {err}"))
+            self.failed_steps.append((step, cases[0].case_id, f"{type(err).__name__}: {err}"))
             then = "later steps are skipped" if self.on_error == "stop" else "the sequence continues from there"
-            raise SequenceStepError(f"step {step} ({case.case_id}) of sequence '{self.name}' failed: "
+            raise SequenceStepError(f"step {step} ({cases[0].case_id}) of sequence '{self.name}' failed: "
                                     f"{type(err).__name__}: {err}; its writes were undone, {then}") from err
         result.sequence, result.step = self.name, step
         result.diagnostics["cumulative_update_norm_rel"] = measure_anatomy(self.original.snapshot,
                                                                            self.mue)["update_norm_rel_max"]
         self.results.append(result)
+        if self.stop_on_collapse and result.ppl is not None and is_collapsed(result.ppl, self.thresholds.ppl_max):
+            self.collapsed_at = (step, result.ppl)
         return result
 
     def restore(self) -> None:

@@ -43,6 +43,7 @@ SEQUENCE_ON_ERROR = ("stop", "continue")  # what a sequence does after a step ra
 # efficacy (README "Edit quality"): 10 of 10 edits give a bound of 0.787, so a 10-case run can pass
 # 0.7; 0.8 needs at least 11 cases, all successful.
 QUALITY_MIN_EFFICACY = 0.7
+DEFAULT_SEQUENCE_LENGTH = 10  # steps of each sequential suite unless --sequence-length says otherwise
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,22 @@ OPTIONS: tuple[Option, ...] = (
     Option("sequence-on-error", str, "stop",
            "after a sequence step raises: stop (later steps are skipped, naming the failed step) or continue "
            "(from the weights as they were before the failed step)", metavar="ACTION", choices=SEQUENCE_ON_ERROR),
+    Option("sequence-length", int, None,
+           "cases in each sequence of the sequential suites (suites/sequential), drawn deterministically from the "
+           "suite's source: the hard list in order, a seeded sample of normal cases", metavar="N",
+           default_help=f"{DEFAULT_SEQUENCE_LENGTH}", minimum=1),
+    Option("ppl-every", int, 1,
+           "in sequences: measure perplexity (and downstream, and judge the perplexity gates) after steps K, 2K, … "
+           "and always after the last; other steps record the edit's diagnostics and efficacy, ppl null",
+           metavar="K", minimum=1),
+    Option("sequence-stop-on-collapse", str, "on",
+           "on: a sequence stops at the first measured perplexity above the collapse line (later steps skipped, "
+           "the model restored and verified, the JSON report says where); off: it runs to the end",
+           metavar="{on,off}", choices=("on", "off")),
+    Option("batch-size", int, 1,
+           "edit B cases in one call (editors that edit in batches: memit, alphaedit, ft, mend; the ROME family "
+           "refuses): a suite's cases are grouped into batches of B in order, one test and one verdict per batch; in "
+           "a sequence each step is one batch", metavar="B", minimum=1),
     Option("ppl-threshold", float, COLLAPSE_PPL, "collapse line for perplexity", metavar="PPL", above=0),
     Option("ppl-max-ratio", float, 2.0, "largest allowed edited/unedited perplexity ratio", metavar="RATIO",
            above=0),
@@ -197,7 +214,8 @@ OPTIONS: tuple[Option, ...] = (
            "largest allowed ‖ΔW‖_F/‖W‖_F of a touched matrix",
            default_help=f"{UPDATE_NORM_MAX:g}, calibrated on {CALIBRATION_MODEL} (3 × the largest of 20 normal ROME "
            "edits, README \"Gates\"); set it for other models", metavar="RATIO", above=0),
-    Option("max-cases", int, None, "use only the first N cases (in pytest: of each suite module; deterministic)",
+    Option("max-cases", int, None, "use only the first N cases (in pytest: of each suite module, after "
+           "--sequence-length drew a sequence; deterministic)",
            metavar="N", default_help="all", minimum=1),
     Option("shard", str, None,
            "run only shard i of n (e.g. 2/4) of the collected cases, split deterministically (a sequence stays "

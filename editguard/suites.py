@@ -99,6 +99,21 @@ def hardcf(model_name: str, data_dir=None, download: bool = False, load=None) ->
                            f"CounterFact cases by the collapse-risk screen (not confirmed by edits)")
 
 
+def hard_sequence(n: int, model_name: str, data_dir=None, download: bool = False, load=None) -> CaseList:
+    """The first `n` cases of the model's hard list (hardcf); where it holds fewer, the rest are the
+    next structural candidates (subject-first CounterFact cases, one-token subjects first) not in
+    it, so long sequences stay deterministic. `load()` gives the ModelUnderEdit (its tokenizer)."""
+    hard = hardcf(model_name, data_dir, download, load=load)
+    if len(hard) >= n:
+        return CaseList(hard[:n], f"the first {n} of: {hard.description}")
+    seen = {c.case_id for c in hard}
+    extra = [c for c in counterfact_hard(data_dir, load().tokenizer, download=download)
+             if c.case_id not in seen][: n - len(hard)]
+    return CaseList([*hard, *extra], f"{hard.description}; then {len(extra)} structural candidates (subject-first "
+                                     f"CounterFact cases, one-token subjects first, not confirmed by edits) to make "
+                                     f"a sequence of {len(hard) + len(extra)}")
+
+
 def normal_sample(n: int, data_dir=None, download: bool = False, seed: int = 0) -> CaseList:
     """A seeded sample of n CounterFact cases whose subject does not start the prompt."""
     pool = counterfact_normal(data_dir, download=download)

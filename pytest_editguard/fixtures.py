@@ -34,12 +34,13 @@ def model_under_edit(editguard_settings: EditguardSettings):
 def editor(editguard_settings: EditguardSettings, model_under_edit):
     """The editor under test; its hyperparameters are resolved for the model up front, so a
     bad --hparams key fails here, once, with the list of valid keys."""
-    from editguard.editors.api import EditorNotReady, editor_hparams, prepare_editor
+    from editguard.editors.api import EditorNotReady, check_batch_size, editor_hparams, prepare_editor
     from editguard.editors.registry import get_editor
 
     s = editguard_settings
     try:
         editor = get_editor(s.editor, s.hparams, data_dir=s.data_dir)
+        check_batch_size(editor, s.batch_size)  # refused once, before any edit
         editor_hparams(editor, model_under_edit)
         prepare_editor(editor, model_under_edit)  # e.g. MEND's trained network: said once, before any edit
         return editor
@@ -105,9 +106,12 @@ def edit_sequence(request, model_under_edit, editor, editguard_baselines, editgu
     from editguard.guard import EditSequence
 
     s = editguard_settings
+    length = request.config.stash[SOURCES_KEY].get(request.module.__name__, {}).get("cases_selected")
     sequence = EditSequence(model_under_edit, editor, editguard_baselines.get(s.ppl_corpus_for(sequential=True)),
                             s.thresholds, name=request.module.__name__.rpartition(".")[2].removeprefix("test_"),
-                            on_error=s.sequence_on_error, measure_scores=s.quality.measure_scores)
+                            on_error=s.sequence_on_error, ppl_every=s.ppl_every, length=length,
+                            stop_on_collapse=s.sequence_stop_on_collapse,
+                            measure_scores=s.quality.measure_scores)
     yield sequence
     sequence.restore()
 
@@ -144,11 +148,16 @@ class EditGuard:
         return info.to_json()
 
     def check(self, case):
+        """`case`: an EditCase, or a batch of them (--batch-size) edited in one call."""
+        from editguard.cases import EditCase
         from editguard.guard import check
 
+        sequence = None
         if self.sequential:
             sequence = self._request.getfixturevalue("edit_sequence")
             if sequence.stopped_reason:
+                not_run = {**sequence.skip(case), "suite_module": self.module_path}
+                self._request.node.user_properties.append(("editguard_not_run", json.dumps(not_run)))
                 pytest.skip(sequence.stopped_reason)
             result = sequence.apply(case)
         else:
@@ -156,9 +165,13 @@ class EditGuard:
                 result = check(self.model, self.editor, case, self.baseline, self.settings.thresholds,
                                measure_scores=self.settings.quality.measure_scores)
             except user_errors() as err:   # a case too long, an editor returning no EditReport, ...
-                pytest.fail(f"{case.case_id}: {err}", pytrace=False)
+                first = case if isinstance(case, EditCase) else case[0]
+                pytest.fail(f"{first.case_id}{'' if first is case else f' (batch of {len(case)})'}: {err}",
+                            pytrace=False)
         node = self._request.node
         record = {**result.to_json(), "suite_module": self.module_path}
+        if sequence is not None and sequence.stop and sequence.stop["step"] == result.step:
+            record["sequence_stop"] = sequence.stop   # the step that ended the sequence says so
         node.user_properties.append(("editguard_case", json.dumps(record)))
         node.user_properties.append(("editguard_run", json.dumps(self.run_info())))
         # Flat numbers as well, so junit XML (--junitxml) shows them as <property> elements.

@@ -75,6 +75,13 @@ def _case_id(case) -> str:
     return f"{case.case_id}-{subject}"
 
 
+def batch_id(case_ids: list[str]) -> str:
+    """The id of a batched edit: its size and first and last cases."""
+    if len(case_ids) == 1:
+        return f"batch1-{case_ids[0]}"
+    return f"batch{len(case_ids)}-{case_ids[0]}-to-{case_ids[-1]}"
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "edit_case" not in metafunc.fixturenames:
         return
@@ -111,11 +118,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # with how many cases the source holds and how many were selected (--max-cases).
     metafunc.config.stash[SOURCES_KEY][metafunc.module.__name__] = {
         "suite_source": getattr(loaded, "description", "") or "", "cases_total": total, "cases_selected": len(cases)}
+    ids = [_case_id(c) for c in cases]
+    if settings.batch_size > 1:
+        # --batch-size B: one test (one edit, one verdict) per B consecutive cases.
+        b = settings.batch_size
+        ids = [batch_id(ids[i:i + b]) for i in range(0, len(cases), b)]
+        cases = [tuple(cases[i:i + b]) for i in range(0, len(cases), b)]
     if is_sequential(metafunc.config, metafunc.module):
         # One sequence per module: its step ids keep it on one xdist worker, in order (scheduling.py).
-        metafunc.parametrize("edit_case", cases, ids=[step_id(i, _case_id(c)) for i, c in enumerate(cases, 1)])
-    else:
-        metafunc.parametrize("edit_case", cases, ids=[_case_id(c) for c in cases])
+        ids = [step_id(i, case_id, len(cases)) for i, case_id in enumerate(ids, 1)]
+    metafunc.parametrize("edit_case", cases, ids=ids)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -32,6 +32,21 @@ def junit_properties(record: dict[str, Any]) -> list[tuple[str, str]]:
     return props
 
 
+def sequence_stops(results: list[dict[str, Any]], not_run: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per suite module whose sequence stopped early (a collapse, or a failed step): the step, why,
+    and the steps not run."""
+    stops: dict[str, Any] = {}
+    for s in sorted(not_run, key=lambda s: s["step"]):
+        stop = stops.setdefault(s["suite_module"], {"sequence": s["sequence"], "step": s["stopped_at"],
+                                                    "message": s["reason"], "steps_not_run": []})
+        stop["steps_not_run"].append({"step": s["step"], "case_id": s["case_id"]})
+    for record in results:
+        if record.get("sequence_stop"):
+            stop = stops.setdefault(record["suite_module"], {"sequence": record["sequence"], "steps_not_run": []})
+            stop.update(record["sequence_stop"])
+    return dict(sorted(stops.items()))
+
+
 def is_xdist_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
@@ -63,6 +78,7 @@ class ResultCollector:
 
             self._invocation = invocation(self.argv, self.started, self.cwd)
         return self._invocation
+        self.not_run_steps: list[dict[str, Any]] = []   # sequence steps skipped after the sequence stopped
 
     @property
     def run(self) -> dict[str, Any]:
@@ -119,6 +135,8 @@ class ResultCollector:
         if report.when != "call":
             return
         props = dict(report.user_properties)
+        if "editguard_not_run" in props:
+            self.not_run_steps.append(json.loads(props["editguard_not_run"]))
         if "editguard_case" in props:
             record = json.loads(props["editguard_case"])
             self.results.append(record)
@@ -178,6 +196,9 @@ class ResultCollector:
                  if source.get("empty_reason")}
         if empty:
             completion["empty_suites"] = empty
+        stops = sequence_stops(self.results, self.not_run_steps)
+        if stops:
+            completion["sequences_stopped"] = stops
         # Also written when interrupted (Ctrl-C), when nothing ran, or when a suite was empty on
         # purpose, so that it says so.
         comparison = self.comparison()

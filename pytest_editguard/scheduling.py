@@ -15,9 +15,11 @@ import re
 SEQUENCE_STEP_ID = re.compile(r"\[step\d+-")
 
 
-def step_id(index: int, case_id: str) -> str:
-    """The pytest id of step `index` (1-based) of a sequence."""
-    return f"step{index:02d}-{case_id}"
+def step_id(index: int, case_id: str, length: int = 0) -> str:
+    """The pytest id of step `index` (1-based) of a sequence of `length` steps, zero-padded to the
+    width of the last step (at least 2), so that ids sort in step order: step007 before step100."""
+    width = max(2, len(str(length)))
+    return f"step{index:0{width}d}-{case_id}"
 
 
 def work_unit(nodeid: str) -> str:

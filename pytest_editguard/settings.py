@@ -179,6 +179,10 @@ class EditguardSettings:
     compare_saved: dict | None = None       # its content, read at start-up
     compare_margins: list | None = None     # --editguard-compare-fail, as editguard.report.compare.FailMargin
     quality: QualityGates = field(default_factory=QualityGates)   # quality mode's suite-level gates (off)
+    sequence_length: int | None = None      # None: each sequential suite's default
+    ppl_every: int = 1
+    sequence_stop_on_collapse: bool = True
+    batch_size: int = 1                     # cases per edit (--batch-size)
 
     def ppl_corpus_for(self, sequential: bool) -> str:
         if self.ppl_corpus:
@@ -261,6 +265,9 @@ class EditguardSettings:
             downstream_precision=precision, ppl_bos=ppl_bos, sequence_on_error=on_error,
             markdown_path=markdown_path, compare_path=compare_path, compare_saved=compare_saved,
             compare_margins=compare_margins, quality=quality,
+            sequence_length=option_value(config, "sequence-length"), ppl_every=option_value(config, "ppl-every"),
+            sequence_stop_on_collapse=option_value(config, "sequence-stop-on-collapse") == "on",
+            batch_size=option_value(config, "batch-size"),
         )
 
     def load_model(self):

@@ -128,6 +128,25 @@ def test_plots_mark_verdicts_label_ids_in_numeric_order_and_keep_sequences_apart
     assert len({(line.get_linestyle(), line.get_marker()) for line in lines}) == 2
 
 
+def test_sequence_plot_draws_probed_steps_only_and_downstream_beside_perplexity(tmp_path, monkeypatch):
+    from editguard.report import plots
+
+    figures = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or save(fig, path))
+    scores = {"piqa": {"accuracy": 0.6, "unedited": 0.65}}
+    steps = [{**_case(f"s{i}", 100.0 * i if i % 2 == 0 else None, True), "step": i, "ppl_probed": i % 2 == 0,
+              **({"downstream": scores} if i % 2 == 0 else {})} for i in range(1, 7)]
+    path = plots.plot_sequences([("memit · hard", steps)], tmp_path / "s.png")
+    assert path.stat().st_size > 5000
+    ppl_axis, downstream_axis = figures[-1].axes
+    line = next(line for line in ppl_axis.get_lines() if line.get_label() == "memit · hard")
+    assert list(line.get_xdata()) == [0, 2, 4, 6]   # the unedited start and the probed steps
+    assert "collapse line (1000)" in [t.get_text() for t in ppl_axis.get_legend().get_texts()]
+    accuracy = next(line for line in downstream_axis.get_lines() if line.get_label() == "memit · hard · piqa")
+    assert list(accuracy.get_xdata()) == [0, 2, 4, 6] and list(accuracy.get_ydata()) == [0.65, 0.6, 0.6, 0.6]
+
+
 def test_an_unwritable_output_path_is_refused_before_the_work(tmp_path, capsys):
     from editguard.cli import main
 

@@ -208,6 +208,71 @@ def test_sequential_with_xdist_keeps_a_sequence_on_one_worker_in_order(suite):
     assert [(c["step"], c["case_id"]) for c in steps] == [(1, "t1"), (2, "t2"), (3, "t3")]
 
 
+def test_ppl_every_and_a_collapse_stop_the_sequence_skip_the_rest_and_restore(suite, toy_importable):
+    """Step 1 is not probed (ppl null), step 2 is (every 2nd) and collapses: the sequence stops,
+    step 3 is skipped naming step 2, the JSON says so, and the model is the unedited one after."""
+    suite.makepyfile(test_zz_after=AFTER_SEQUENCE)
+    result = suite.runpytest_subprocess("--model=tiny-llama", "--editor=tests.toy_editors:CollapsesAtStepEditor",
+                                        "--sequential", "--ppl-corpus=me-ppl-50", "--ppl-every=2", "-rs",
+                                        "--editguard-json=out/seq.json", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, failed=1, skipped=1)
+    result.stdout.fnmatch_lines(["SKIPPED*sequence stopped at step 2: collapsed (perplexity *"])
+    doc = json.loads((suite.path / "out" / "seq.json").read_text())
+    steps = sorted(doc["cases"], key=lambda c: c["step"])
+    assert [(c["step"], c["ppl_probed"]) for c in steps] == [(1, False), (2, True)]
+    assert steps[0]["ppl"] is None and steps[0]["efficacy"] is not None and steps[0]["verdict"] == "passed"
+    assert steps[1]["verdict"] == "collapsed" and steps[1]["sequence_stop"]["step"] == 2
+    stop = doc["sequences_stopped"]["test_suite.py"]
+    assert stop["step"] == 2 and stop["reason"] == "collapsed"
+    assert stop["steps_not_run"] == [{"step": 3, "case_id": "t3"}]
+
+
+def test_without_stop_on_collapse_and_with_a_last_step_probe(suite, toy_importable):
+    result = suite.runpytest_subprocess("--model=tiny-llama", "--editor=tests.toy_editors:CollapsesAtStepEditor",
+                                        "--sequential", "--ppl-corpus=me-ppl-50", "--ppl-every=5",
+                                        "--sequence-stop-on-collapse=off", "--editguard-json=out/seq.json",
+                                        "--update-norm-max=100",   # the collapse scales the final norm ×30
+                                        "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1, passed=2)   # only the last step (3) is probed, and it is collapsed
+    doc = json.loads((suite.path / "out" / "seq.json").read_text())
+    assert [c["ppl_probed"] for c in sorted(doc["cases"], key=lambda c: c["step"])] == [False, False, True]
+    assert "sequences_stopped" not in doc
+
+
+def test_batch_size_groups_cases_into_one_edit_each(suite):
+    result = suite.runpytest_subprocess("--model=tiny-llama", "--editor=ft", "--update-norm-max=5", "--batch-size=2",
+                                        "--ppl-corpus=me-ppl-50", "--editguard-json=out/b.json",
+                                        "-v", "-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines(["*test_edit[[]batch2-t1-Paris-to-t2-Danielle_Darrieux[]]*",
+                                 "*test_edit[[]batch1-t3-Windows[]]*"])
+    cases = json.loads((suite.path / "out" / "b.json").read_text())["cases"]
+    assert sorted((c["case_id"], (c.get("batch") or {}).get("case_ids")) for c in cases) == [
+        ("t1", ["t1", "t2"]), ("t3", None)]
+
+
+def test_batch_size_is_refused_for_an_editor_that_edits_one_case_at_a_time(suite):
+    result = suite.runpytest_subprocess(*base_args("--editor=rome", "--batch-size=2"))
+    assert result.ret != 0
+    result.stdout.fnmatch_lines(["*--batch-size 2: editor 'rome' applies one case per edit*use --batch-size 1*"])
+
+
+@pytest.mark.parametrize("length, first, last", [(12, "step01-", "step12-"), (100, "step001-", "step100-")])
+def test_sequence_length_draws_the_normal_sequence_and_max_cases_cuts_it(suite, length, first, last):
+    from pathlib import Path
+
+    path = str(Path(__file__).resolve().parents[1] / "suites" / "sequential" / "test_normal_sequence.py")
+    result = suite.runpytest_subprocess(path, "--collect-only", "-q", "--sequence-length", str(length),
+                                        "-p", "no:cacheprovider")
+    ids = [line for line in result.stdout.lines if "::test_step_keeps_model_intact[" in line]
+    assert len(ids) == length and f"[{first}" in ids[0] and f"[{last}" in ids[-1]
+    cut = suite.runpytest_subprocess(path, "--collect-only", "-q", "--sequence-length", str(length),
+                                     "--max-cases", "5", "-p", "no:cacheprovider")
+    def cases(lines):   # the case part of each id: step numbers are padded to the sequence's own length
+        return [line.partition("[step")[2].partition("-")[2] for line in lines if "::test_step_keeps" in line]
+
+    assert cases(cut.stdout.lines) == cases(ids[:5])
+
+
 FUZZ_SUITE = '''
 from hypothesis import given
 from editguard.strategies import Fact, edit_cases, fuzz_settings

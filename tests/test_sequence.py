@@ -5,10 +5,12 @@ import pytest
 import torch
 
 from editguard import EditCase, get_editor, load_model
+from editguard.editors.api import check_batch_size, edits_in_batches
 from editguard.gates import Thresholds
 from editguard.guard import EditSequence, SequenceStepError, SequenceStopped, check, measure_baseline
 from editguard.models.snapshot import WeightSnapshot, weight_digests
-from tests.toy_editors import PartialWriteEditor
+from editguard.report.verdicts import verdict
+from tests.toy_editors import CollapsesAtStepEditor, PartialWriteEditor, ScaleRowEditor
 
 FAST = {"v_num_grad_steps": 3, "context_template_length_params": [[5, 5]]}
 CASES = [
@@ -101,3 +103,97 @@ def test_continue_after_a_failed_step_builds_on_the_weights_before_it(setup):
     assert [r.step for r in seq.results] == [1, 3] and weight_digests(mue.model) == baseline.pristine.digests
     with pytest.raises(ValueError, match="on_error must be one of stop, continue"):
         EditSequence(mue, PartialWriteEditor(), baseline, on_error="ignore")
+
+
+def test_ppl_every_measures_on_multiples_and_the_last_step_only(setup):
+    mue, _, baseline = setup
+    with EditSequence(mue, ScaleRowEditor({"factor": 1.01}), baseline, LOOSE, ppl_every=2, length=3) as seq:
+        results = [seq.apply(c) for c in CASES]
+    assert [r.ppl is not None for r in results] == [False, True, True]   # step 2 (every 2nd), step 3 (the last)
+    first = results[0].to_json()
+    assert first["ppl"] is None and first["corpus_ppl"] is None and first["ppl_probed"] is False
+    assert "perplexity" not in [g.name for g in results[0].verdict.gates]
+    assert results[0].efficacy is not None and "update_norm_rel" in results[0].diagnostics   # still recorded
+    assert verdict(first, LOOSE.ppl_max) == "passed"   # not measured is not collapsed
+    assert "perplexity" in [g.name for g in results[1].verdict.gates]
+    with pytest.raises(ValueError, match="ppl_every must be an integer ≥ 1"):
+        EditSequence(mue, ScaleRowEditor(), baseline, ppl_every=0)
+
+
+def test_a_collapse_stops_the_sequence_and_later_steps_are_recorded_as_not_run(setup):
+    mue, _, baseline = setup
+    editor = CollapsesAtStepEditor()
+    with EditSequence(mue, editor, baseline, LOOSE, name="s", stop_on_collapse=True) as seq:
+        seq.apply(CASES[0])
+        collapsed = seq.apply(CASES[1])
+        assert collapsed.ppl > LOOSE.ppl_max and not collapsed.passed
+        assert seq.stop["step"] == 2 and seq.stop["reason"] == "collapsed"
+        assert seq.stopped_reason.startswith("sequence stopped at step 2: collapsed (perplexity ")
+        with pytest.raises(SequenceStopped, match="sequence stopped at step 2: collapsed"):
+            seq.apply(CASES[2])
+        assert seq.skip(CASES[2]) == {"sequence": "s", "step": 3, "case_id": "3", "reason": seq.stopped_reason,
+                                      "stopped_at": 2}
+    assert weight_digests(mue.model) == baseline.pristine.digests
+
+
+def test_without_stop_on_collapse_the_sequence_runs_on(setup):
+    mue, _, baseline = setup
+    with EditSequence(mue, CollapsesAtStepEditor(), baseline, LOOSE) as seq:
+        results = [seq.apply(c) for c in CASES]
+    assert seq.stop is None and [r.step for r in results] == [1, 2, 3]
+
+
+def test_a_batch_is_one_edit_judged_once_and_names_its_cases(setup):
+    mue, _, baseline = setup
+    editor = CollapsesAtStepEditor()
+    editor.collapse_at = 0
+    result = check(mue, editor, CASES, baseline, LOOSE)
+    assert editor.calls == 1 and result.diagnostics["n_cases"] == 3
+    record = result.to_json()
+    assert record["batch"]["case_ids"] == ["1", "2", "3"] and len(record["batch"]["efficacy"]) == 3
+    assert record["efficacy"] == all(record["batch"]["efficacy"])
+    assert "batch of 3 cases (1, 2, 3)" in result.explanation
+    with EditSequence(mue, editor, baseline, LOOSE) as seq:
+        step = seq.apply(CASES[:2])
+    assert step.step == 1 and [c.case_id for c in step.batch] == ["1", "2"]
+    assert weight_digests(mue.model) == baseline.pristine.digests
+    with pytest.raises(ValueError, match="empty batch"):
+        check(mue, editor, [], baseline)
+
+
+def test_editors_without_batch_support_are_refused_by_name():
+    check_batch_size(get_editor("memit"), 100)
+    check_batch_size(get_editor("rome"), 1)
+    assert edits_in_batches(get_editor("ft")) and edits_in_batches(get_editor("alphaedit"))
+    for name in ("rome", "c-rome", "r-rome"):
+        with pytest.raises(ValueError, match=f"--batch-size 4: editor '{name}' applies one case per edit.*"
+                                             "use --batch-size 1, or .*--editor=memit"):
+            check_batch_size(get_editor(name), 4)
+
+
+class CountingProbe:
+    """A downstream probe with no tasks that counts when it is run."""
+
+    unedited, min_retention = {}, None
+
+    def __init__(self):
+        self.runs = 0
+
+    def run(self, mue):
+        self.runs += 1
+        return {}
+
+    def to_json(self, scores):
+        return {}
+
+
+def test_downstream_probes_run_on_the_perplexity_steps_only(setup):
+    mue, _, baseline = setup
+    probe = CountingProbe()
+    baseline.downstream = probe
+    try:
+        with EditSequence(mue, ScaleRowEditor({"factor": 1.01}), baseline, LOOSE, ppl_every=2, length=3) as seq:
+            results = [seq.apply(c) for c in CASES]
+    finally:
+        baseline.downstream = None
+    assert probe.runs == 2 and [r.downstream is not None for r in results] == [False, True, True]

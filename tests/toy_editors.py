@@ -158,3 +158,30 @@ class ForceTargetEditor(FineTuneLInf):
 
     def __init__(self, overrides: dict[str, Any] | None = None):
         super().__init__({"steps": 30, "lr": 0.05, "norm_constraint": 100.0, **(overrides or {})})
+
+
+class CollapsesAtStepEditor:
+    """Harmless edits (row 0 of the edited matrix × 1.01) until its `collapse_at`-th apply() call,
+    which scales the final norm by 30: the model's perplexity explodes (tiny-llama: ~5.6e6), as a
+    sequence's collapse would. Edits in batches."""
+
+    name = "collapses-at-step"
+    batch_edits = True
+    collapse_at = 2
+
+    def __init__(self):
+        self.calls = 0
+
+    def touched_parameters(self, model, cases):
+        return [model.family.rewrite_weight(model.edit_layer), f"{model.family.final_norm}.weight"]
+
+    def reset(self):
+        self.calls = 0
+
+    def apply(self, model, cases):
+        self.calls += 1
+        with torch.no_grad():
+            model.rewrite_matrix(model.edit_layer)[0] *= 1.01
+            if self.calls == self.collapse_at:
+                model.parameter(f"{model.family.final_norm}.weight").mul_(30.0)
+        return EditReport(touched=self.touched_parameters(model, cases), diagnostics={"n_cases": len(cases)})

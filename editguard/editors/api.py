@@ -15,10 +15,11 @@ A user's editing algorithm is one class with `name`, `touched_parameters` and `a
 and is selected with `--editor=package.module:ScaleRow` or registered under the entry point
 group `editguard.editors` (see editguard.editors.registry).
 
-Two parts are optional and declared as protocols of their own: `hparams(model)` (the values an
-edit runs with, for the report: `HasHparams`) and `reset()` (an editor with memory across
-sequential edits, such as AlphaEdit: `Resettable`). Callers go through `editor_hparams` and
-`reset_editor`, never through hasattr.
+Optional parts are declared as protocols of their own: `hparams(model)` (the values an edit
+runs with, for the report: `HasHparams`), `reset()` (an editor with memory across sequential
+edits, such as AlphaEdit: `Resettable`), `prepare(model)` (`NeedsPreparation`) and the class
+attribute `batch_edits = True` (several cases per `apply`: `BatchEditing`). Callers go through
+`editor_hparams`, `reset_editor`, `prepare_editor` and `edits_in_batches`, never through hasattr.
 """
 
 from __future__ import annotations
@@ -84,6 +85,28 @@ class NeedsPreparation(Protocol):
 
     def prepare(self, model: ModelUnderEdit) -> None:
         """Load what the edits need, or raise EditorNotReady."""
+
+
+@runtime_checkable
+class BatchEditing(Protocol):
+    """Optional: an editor whose `apply` edits several cases in one call (MEMIT, AlphaEdit, FT-L∞,
+    MEND) says so with a class attribute `batch_edits = True`; any other editor is given one case
+    per call (--batch-size 1)."""
+
+    batch_edits: bool
+
+
+def edits_in_batches(editor: Editor) -> bool:
+    return isinstance(editor, BatchEditing) and bool(editor.batch_edits)
+
+
+def check_batch_size(editor: Editor, batch_size: int) -> None:
+    """ValueError naming the editor when it cannot apply `batch_size` cases in one call."""
+    if batch_size > 1 and not edits_in_batches(editor):
+        name = getattr(editor, "name", type(editor).__name__)
+        raise ValueError(f"--batch-size {batch_size}: editor '{name}' applies one case per edit (it does not declare "
+                         f"batch_edits = True); use --batch-size 1, or an editor that edits in batches such as "
+                         f"--editor=memit (also alphaedit, ft, mend)")
 
 
 class EditorNotReady(LookupError):

@@ -73,6 +73,7 @@ class FineTuneLInf:
     data_dir: Any = None
 
     name: ClassVar[str] = "ft"
+    batch_edits: ClassVar[bool] = True   # several cases per apply() (--batch-size)
 
     def __post_init__(self):
         FtHparams.check_overrides(self.overrides)  # fail at construction, not at the first edit

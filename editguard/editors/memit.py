@@ -151,6 +151,7 @@ class MEMIT:
     data_dir: Any = None
 
     name: ClassVar[str] = "memit"
+    batch_edits: ClassVar[bool] = True   # several cases per apply() (--batch-size)
     HPARAMS: ClassVar[type[LayerRangeHparams]] = MemitHparams
 
     def __post_init__(self):

@@ -107,25 +107,41 @@ def plot_ppl_scatter(run: dict[str, Any], cases: list[dict[str, Any]], path: str
 
 def plot_sequences(series: list[tuple[str, list[dict[str, Any]]]], path: str | Path,
                    ppl_max: float = 1000.0, baseline_ppl: float | None = None) -> Path:
-    """Perplexity after each edit, one line per (label, steps) series, each with its own dash and
-    marker so that coinciding lines stay visible; steps that failed a gate or collapsed marked."""
+    """Perplexity (log) after each edit, one line per (label, steps) series, each with its own dash
+    and marker so that coinciding lines stay visible; steps that failed a gate or collapsed marked.
+    Only steps whose perplexity was measured are drawn (--ppl-every). Where steps carry downstream
+    scores (--downstream), a second panel shows each task's accuracy on the same steps."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    series = [(label, sorted((c for c in steps if c.get("ppl_probed", True)), key=lambda c: c["step"]))
+              for label, steps in series]
+    tasks = sorted({task for _, steps in series for c in steps for task in (c.get("downstream") or {})})
+    if tasks:
+        fig, (ax, ax_down) = plt.subplots(2, 1, figsize=(10, 7.5), sharex=True, height_ratios=(3, 2))
+    else:
+        fig, ax = plt.subplots(figsize=(9, 4.5))
     all_ppl = [c["ppl"] for _, steps in series for c in steps]
     top = _y_for_nan(all_ppl + [ppl_max])
     flagged: dict[str, list[tuple[int, float]]] = {FAILED_GATE: [], COLLAPSED: []}
     for k, (label, steps) in enumerate(series):
-        steps = sorted(steps, key=lambda c: c["step"])
         xs = [0] + [c["step"] for c in steps]
         start = steps[0]["ppl_baseline"] if steps else baseline_ppl
         ys = [start] + [c["ppl"] if _finite(c["ppl"]) else top for c in steps]
         dash, marker = SERIES_STYLES[k % len(SERIES_STYLES)]
+        color = SERIES_COLORS[k % len(SERIES_COLORS)]
         ax.plot(xs, ys, linestyle=dash, marker=marker, markersize=5 + 1.5 * (k % 3), fillstyle="none",
-                color=SERIES_COLORS[k % len(SERIES_COLORS)], linewidth=1.4, alpha=0.9, label=label, zorder=10 + k)
+                color=color, linewidth=1.4, alpha=0.9, label=label, zorder=10 + k)
         for c, y in zip(steps, ys[1:]):
             v = verdict(c, ppl_max)
             if v in flagged:
                 flagged[v].append((c["step"], y))
+        for t, task in enumerate(tasks):
+            scored = [c for c in steps if task in (c.get("downstream") or {})]
+            pts = [(0, c["downstream"][task]["unedited"]) for c in scored[:1]]
+            pts += [(c["step"], c["downstream"][task]["accuracy"]) for c in scored]
+            if pts:
+                ax_down.plot([x for x, _ in pts], [y for _, y in pts], linestyle=dash, color=color,
+                             marker=SERIES_STYLES[t % len(SERIES_STYLES)][1], fillstyle="none", linewidth=1.2,
+                             label=f"{label} · {task}")
     for v, pts in flagged.items():
         if pts:
             style = VERDICT_STYLE[v]
@@ -134,11 +150,16 @@ def plot_sequences(series: list[tuple[str, list[dict[str, Any]]]], path: str | P
                        alpha=0.6, label=f"step {style['label']}", zorder=5)
     ax.axhline(ppl_max, color="tab:red", linestyle="--", linewidth=1, label=f"collapse line ({ppl_max:g})")
     ax.set_yscale("log")
-    ax.set_xlabel("number of edits (0: unedited)")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("perplexity")
-    ax.set_title("perplexity during sequential editing")
+    ax.set_title("perplexity during sequential editing" + (" and downstream accuracy" if tasks else ""))
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    bottom = ax
+    if tasks:
+        ax_down.set_ylabel("downstream accuracy")
+        ax_down.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        bottom = ax_down
+    bottom.set_xlabel("number of edits (0: unedited)")
     return _save(fig, path)
 
 

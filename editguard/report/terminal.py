@@ -18,6 +18,10 @@ def _num(value: Any, fmt: str = ".3g") -> str:
     return "–" if value is None else format(value, fmt)
 
 
+def _ratio(ppl: float | None, baseline: float) -> float | None:
+    return None if ppl is None else ppl / baseline
+
+
 def _cases_line(fields: dict[str, Any], ran: int, label: str) -> str:
     """What a suite module selected and what ran: "3 of 100 ran (the first 3, --max-cases); source: ..."."""
     source = fields.get("suite_source") or ""
@@ -80,7 +84,7 @@ def render_report(run: dict[str, Any], cases: list[dict[str, Any]], max_rows: in
         v = verdict(c, ppl_max)
         table.add_row(
             str(c["case_id"]), prompt, c.get("target_new", ""), Text(v, style=VERDICT_STYLE[v]), _num(c["ppl"], ".1f"),
-            _num(c["ppl"] / c["ppl_baseline"], ".2f"), _num(c.get("denominator_ratio")),
+            _num(_ratio(c["ppl"], c["ppl_baseline"]), ".2f"), _num(c.get("denominator_ratio")),
             _num(c.get("key_cosine"), ".2f"), _num(c.get("update_norm_rel")), _num(c.get("blast_radius")), eff,
             ", ".join(c["failed_gates"]),
         )
@@ -118,7 +122,7 @@ def _sequence_tables(cases: list[dict[str, Any]], ppl_max: float) -> list[Table]
         for c in steps:
             eff = {True: "✓", False: "✗", None: "–"}[c.get("efficacy")]
             table.add_row(str(c["step"]), str(c["case_id"]), c["subject"], _num(c["ppl"], ".1f"),
-                          _num(c["ppl"] / c["ppl_baseline"], ".2f"), eff,
+                          _num(_ratio(c["ppl"], c["ppl_baseline"]), ".2f"), eff,
                           Text(_gates_cell(c, ppl_max), style=VERDICT_STYLE[verdict(c, ppl_max)]))
         tables.append(table)
     return tables

@@ -18,8 +18,10 @@ ROME_FAMILY = ("rome", "r-rome", "memit", "alphaedit")
 
 
 def verdict(case: dict[str, Any], ppl_max: float) -> str:
-    """passed / failed gate / collapsed; a collapsed case is not counted as a mere gate failure."""
-    if is_collapsed(case.get("ppl"), ppl_max):
+    """passed / failed gate / collapsed; a collapsed case is not counted as a mere gate failure. A
+    sequence step whose perplexity was not measured (--ppl-every: "ppl_probed" false) is judged by
+    the gates it had."""
+    if case.get("ppl_probed", True) and is_collapsed(case.get("ppl"), ppl_max):
         return COLLAPSED
     return PASSED if case["passed"] else FAILED_GATE
 

@@ -34,6 +34,7 @@ class MEND:
     data_dir: Any = None
 
     name: ClassVar[str] = "mend"
+    batch_edits: ClassVar[bool] = True   # several cases per apply() (--batch-size)
 
     def __post_init__(self):
         MendHparams.check_overrides(self.overrides)  # fail at construction, not at the first edit
