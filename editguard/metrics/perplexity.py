@@ -89,14 +89,39 @@ def token_nlls(mue: ModelUnderEdit, batch: list[list[int]]) -> list[torch.Tensor
     return list(torch.split(nll, lengths))
 
 
+def length_batches(sorted_lengths: list[int], tokens_per_batch: int,
+                   tokens_per_forward: int = 64) -> list[tuple[int, int]]:
+    """Split sequences sorted by length into batches [i, j) that cost least: each batch costs its
+    padded size (count × longest) plus `tokens_per_forward`, the fixed cost of one more forward
+    pass counted in tokens, and holds at most `tokens_per_batch` padded tokens (a longer sequence
+    goes alone). ME-PPL_50 on SmolLM2 padded in one batch is 103% padding (2,750 tokens for
+    1,352); split this way, 16% in four batches."""
+    n = len(sorted_lengths)
+    best = [0.0] + [math.inf] * n        # best[j]: least cost of the first j sequences
+    start = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j - 1, -1, -1):
+            padded = (j - i) * sorted_lengths[j - 1]
+            if padded > tokens_per_batch and i < j - 1:
+                break
+            cost = best[i] + padded + tokens_per_forward
+            if cost < best[j]:
+                best[j], start[j] = cost, i
+    batches, j = [], n
+    while j > 0:
+        batches.append((start[j], j))
+        j = start[j]
+    return batches[::-1]
+
+
 @torch.no_grad()
 def perplexity(mue: ModelUnderEdit, sentences: list[str], *, bos: str = DEFAULT_PPL_BOS,
                max_length: int = 1024, tokens_per_batch: int = 8192, progress=None) -> PerplexityResult:
     """ME-PPL of `sentences` under the model as it is now (edited or not), with the BOS rule `bos`
     (see add_bos_for; the default is the papers').
 
-    Sentences are sorted by length and packed into batches of at most `tokens_per_batch`
-    padded tokens. `progress`, if given, is called with the number of sentences done.
+    Sentences are sorted by length and split into batches of at most `tokens_per_batch` padded
+    tokens with little padding (length_batches). `progress`, if given, is called with the number of sentences done.
     """
     if not sentences:
         raise ValueError("perplexity needs at least one sentence")
@@ -107,17 +132,12 @@ def perplexity(mue: ModelUnderEdit, sentences: list[str], *, bos: str = DEFAULT_
     encoded = encode_sentences(mue, sentences, add_bos, max_length)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     per_sentence_nll: list[torch.Tensor | None] = [None] * len(encoded)
-    i = 0
-    while i < len(order):
-        j = i + 1
-        while j < len(order) and (j + 1 - i) * len(encoded[order[j]]) <= tokens_per_batch:
-            j += 1
+    for i, j in length_batches([len(encoded[k]) for k in order], tokens_per_batch):
         chunk = order[i:j]
         for idx, nll in zip(chunk, token_nlls(mue, [encoded[k] for k in chunk])):
             per_sentence_nll[idx] = nll.double().cpu()
         if progress is not None:
             progress(j - i)
-        i = j
     per_sentence = tuple(math.exp(float(n.mean())) for n in per_sentence_nll)
     total = sum(float(n.sum()) for n in per_sentence_nll)
     count = sum(n.numel() for n in per_sentence_nll)
