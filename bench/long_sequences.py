@@ -96,11 +96,11 @@ def run(args) -> None:
 
 def table(args) -> None:
     rows = json.loads(results_path(args.model).read_text())["rows"]
-    print("| editor | sequence | batch | steps run | ME-PPL at steps (every probe) | first collapse step | "
+    print("| editor | sequence | batch | steps run | perplexity at each probed step (corpus) | first collapse step | "
           "efficacy | s/edit |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        ppl = ", ".join(f"{k}: {v:.4g}" for k, v in r["ppl_by_step"].items())
+        ppl = ", ".join(f"{k}: {v:.4g}" for k, v in r["ppl_by_step"].items()) + f" ({r['ppl_corpus']})"
         stop = f" (stopped at {r['stopped_at']})" if r.get("stopped_at") else ""
         planned = r["sequence_length"] // r["batch_size"]
         print(f"| {r['editor']} | {r['sequence']} | {r['batch_size']} | {r['steps']}/{planned}{stop} | {ppl} | "
@@ -113,8 +113,8 @@ def plot(args) -> None:
     from editguard.report.plots import plot_sequences
 
     rows = json.loads(results_path(args.model).read_text())["rows"]
-    series = [(f"{r['editor']} · {r['sequence']}" + (f" · batch {r['batch_size']}" if r["batch_size"] > 1 else ""),
-               r["step_records"]) for r in rows if r["batch_size"] == 1]
+    series = [(f"{r['editor']} · {r['sequence']} ({r['ppl_corpus']})", r["step_records"])
+              for r in rows if r["batch_size"] == 1]
     path = Path(args.out or RESULTS / "plots" / f"long-sequences-{args.model}.png")
     print(plot_sequences(series, path, rows[0]["collapse_line"]))
 

@@ -211,9 +211,9 @@ def edit_batch_of(case: EditCase | Sequence[EditCase]) -> list[EditCase]:
 
 def _edit_and_measure(mue: ModelUnderEdit, editor: Editor, case: EditCase | Sequence[EditCase], baseline: Baseline,
                       thresholds: Thresholds, snapshot: WeightSnapshot, timings: dict[str, float],
-                      start: float, probe: bool = True, measure_scores: bool = False) -> CaseResult:
+                      start: float, probe_step: bool = True, measure_scores: bool = False) -> CaseResult:
     """Apply the edit on top of the model as it is, measure and judge; restores nothing.
-    `snapshot` holds the touched weights as they were just before this edit. Without `probe`
+    `snapshot` holds the touched weights as they were just before this edit. Without `probe_step`
     (a sequence step between --ppl-every probes) neither perplexity nor downstream is measured:
     the step records the edit's diagnostics and efficacy, and only the gates those allow. With
     `measure_scores`, generalization and locality are measured too (one batch of the case's other
@@ -232,7 +232,7 @@ def _edit_and_measure(mue: ModelUnderEdit, editor: Editor, case: EditCase | Sequ
     timings["edit"] = time.perf_counter() - t
     timings.update({k: v for k, v in report.diagnostics.items() if k.startswith("seconds_")})
     ppl = None
-    if probe:
+    if probe_step:
         t = time.perf_counter()
         ppl = perplexity(mue, baseline.sentences, bos=baseline.ppl_bos)
         timings["perplexity"] = time.perf_counter() - t
@@ -255,10 +255,10 @@ def _edit_and_measure(mue: ModelUnderEdit, editor: Editor, case: EditCase | Sequ
     if non_finite:
         diagnostics["non_finite_weights"] = non_finite
     timings["anatomy"] = time.perf_counter() - t
-    verdict = judge(ppl.ppl if ppl else None, baseline.ppl.ppl, diagnostics, thresholds,
+    verdict = judge(None if ppl is None else ppl.ppl, baseline.ppl.ppl, diagnostics, thresholds,
                     any(c.subject_first for c in cases))
     downstream = None
-    if baseline.downstream is not None and probe:   # off by default: no probe, no cost
+    if baseline.downstream is not None and probe_step:   # off by default: no probe, no cost
         t = time.perf_counter()
         scores = baseline.downstream.run(mue)
         timings["downstream"] = time.perf_counter() - t
@@ -267,8 +267,8 @@ def _edit_and_measure(mue: ModelUnderEdit, editor: Editor, case: EditCase | Sequ
         verdict = Verdict(verdict.gates + tuple(downstream_gates(scores, probe.unedited, probe.min_retention)),
                           verdict.context)
     return CaseResult(
-        case=case, editor=editor.name, model=mue.name, verdict=verdict, ppl=ppl.ppl if ppl else None,
-        corpus_ppl=ppl.corpus_ppl if ppl else None, ppl_baseline=baseline.ppl.ppl, diagnostics=diagnostics,
+        case=case, editor=editor.name, model=mue.name, verdict=verdict, ppl=None if ppl is None else ppl.ppl,
+        corpus_ppl=None if ppl is None else ppl.corpus_ppl, ppl_baseline=baseline.ppl.ppl, diagnostics=diagnostics,
         efficacy=all(e.success for e in effs), efficacy_logprob_new=eff.logprob_new,
         efficacy_logprob_true=eff.logprob_true, test_prefix=report.test_prefix, seconds=time.perf_counter() - start,
         timings=timings, peak_memory_mb=peak_memory_mb(mue), downstream=downstream,
@@ -407,7 +407,7 @@ class EditSequence:
         timings["snapshot"] = time.perf_counter() - start
         try:
             result = _edit_and_measure(self.mue, self.editor, case, self.baseline, self.thresholds,
-                                       step_snapshot, timings, start, probe=self.probes_step(step),
+                                       step_snapshot, timings, start, probe_step=self.probes_step(step),
                                        measure_scores=self.measure_scores)
         except Exception as err:
             step_snapshot.restore()   # never build on a half-written edit
