@@ -14,7 +14,7 @@ import unicodedata
 import torch
 
 from editguard.cache import cache_dir, cached_json
-from editguard.models.loading import ModelUnderEdit
+from editguard.models.loading import ModelUnderEdit, token_grid
 
 
 def fill(template: str, text: str) -> str:
@@ -75,7 +75,7 @@ def inputs_until(mue: ModelUnderEdit, module: torch.nn.Module, **forward_kwargs)
         pass
     finally:
         handle.remove()
-    return captured["input"]
+    return token_grid(captured["input"], forward_kwargs["input_ids"].shape[0])
 
 
 def cache_kwargs(mue: ModelUnderEdit, cache) -> dict:
@@ -98,8 +98,8 @@ def keys_and_values(mue: ModelUnderEdit, layer: int, templates: list[str], subje
         rows = torch.arange(len(chunk), device=mue.device)
         with capture_io(module) as seen:
             mue.model(**encode_batch(mue, [fill(t, subject) for t in chunk]))
-        keys.append(seen["input"][rows, idx].float())
-        values.append(seen["output"][rows, idx].float())
+        keys.append(token_grid(seen["input"], len(chunk))[rows, idx].float())
+        values.append(token_grid(seen["output"], len(chunk))[rows, idx].float())
     return torch.cat(keys), torch.cat(values)
 
 

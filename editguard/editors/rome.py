@@ -30,7 +30,7 @@ from editguard.editors.api import EditReport
 from editguard.editors.covariance import inverse_layer_second_moment
 from editguard.editors.hparams import Hparams, ranged
 from editguard.editors.keys import cache_kwargs, context_templates, fill, keys_and_values, subject_last_index
-from editguard.models.loading import ModelUnderEdit
+from editguard.models.loading import ModelUnderEdit, token_grid
 
 # The ROME/EasyEdit configs the papers used (gpt2-xl.yaml, gpt-j-6B.yaml, llama-7b.yaml).
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -161,9 +161,10 @@ def optimize_value(mue: ModelUnderEdit, hp: RomeHparams, layer: int, case: EditC
     recorded: dict[str, torch.Tensor] = {}
 
     def add_delta(_module, _args, output):
+        grid = token_grid(output, batch.suffix_ids.shape[0])
         if "v_init" not in recorded:
-            recorded["v_init"] = output[0, 0].detach().float().clone()
-        return output + (at_subject * delta).to(output.dtype)
+            recorded["v_init"] = grid[0, 0].detach().float().clone()
+        return (grid + (at_subject * delta).to(output.dtype)).view(output.shape)
 
     def record_scale(_module, _args, output):
         if "scale" not in recorded:
