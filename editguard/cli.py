@@ -26,6 +26,7 @@ import sys
 
 from editguard.cache import output_path_problem
 from editguard.catalog import registered_names
+from editguard.models.registry import ppl_bos_for
 from editguard.options import SINGLE_EDIT_PPL_CORPUS, add_cli_options, checked_type, data_dir
 
 # The screen's default, without importing torch for `editguard --help`.
@@ -614,6 +615,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if "data" in vars(args):
         args.data = data_dir(args.data)
+    if "ppl_bos" in vars(args):
+        args.ppl_bos = ppl_bos_for(args.model, args.ppl_bos)
     if args.command == "analyze" and args.editor is None:
         args.editor = "rome" if args.what == "positions" else "c-rome"
     try:

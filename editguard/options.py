@@ -169,10 +169,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("ppl-corpus", str, None, "perplexity corpus: me-ppl-50, me-ppl-1k, me-ppl, or a path (.json/.txt)",
            default_help=f"{SINGLE_EDIT_PPL_CORPUS} for single edits, {SEQUENCE_PPL_CORPUS} for sequences, "
            "as the papers", metavar="NAME|PATH"),
-    Option("ppl-bos", str, DEFAULT_PPL_BOS,
+    Option("ppl-bos", str, None,
            "BOS before each perplexity sentence: never (as the papers computed ME-PPL, on every model), tokenizer "
-           "(where the model's tokenizer adds one itself, e.g. Llama-2) or always", metavar="RULE",
-           choices=PPL_BOS_CHOICES),
+           "(where the model's tokenizer adds one itself, e.g. Llama-2, Gemma) or always", metavar="RULE",
+           choices=PPL_BOS_CHOICES,
+           default_help=f"the model's registered rule: {DEFAULT_PPL_BOS}, tokenizer for gemma3-270m (always run "
+                        "with its BOS)"),
     Option("sequential", bool, False,
            "apply each suite module's cases as one sequence without restoring in between (the model is "
            "restored and verified after the module); suites/sequential is always sequential"),

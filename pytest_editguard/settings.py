@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from editguard.catalog import registered_names
+from editguard.models.registry import ppl_bos_for
 from editguard.options import (
     OPTIONS,
     OPTIONS_BY_NAME,
@@ -168,7 +169,7 @@ class EditguardSettings:
         precision = option_value(config, "downstream-precision")
         json_path, plots_dir = option_value(config, "json"), option_value(config, "plots")
         _check_output_paths(json_path, plots_dir)
-        ppl_bos = option_value(config, "ppl-bos")
+        ppl_bos = ppl_bos_for(option_value(config, "model"), option_value(config, "ppl-bos"))
         on_error = option_value(config, "sequence-on-error")
         worker = config.workerinput["workerid"] if hasattr(config, "workerinput") else None
         worker_index = int(worker.removeprefix("gw")) if worker else None

@@ -135,3 +135,10 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 DEFAULT_MODEL = "smollm2-135m"
+
+
+def ppl_bos_for(model: str, rule: str | None = None) -> str:
+    """Perplexity's BOS rule: `rule` where given (--ppl-bos), else the model's registered one
+    (never, the papers' ME-PPL, for a model that is not registered)."""
+    spec = MODELS.get(model)
+    return rule or (spec.ppl_bos if spec is not None else "never")
