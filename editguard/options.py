@@ -34,6 +34,10 @@ DTYPES = ("float32", "bfloat16", "float16")
 # editguard.gates.Thresholds holds the same number, tests/test_options.py checks they agree).
 UPDATE_NORM_MAX = 0.35
 CALIBRATION_MODEL = "smollm2-135m"
+# `editguard calibrate`: how many normal CounterFact cases it edits, and its sample's seed (the
+# normal suite samples with seed 0; the calibration takes other cases).
+DEFAULT_CALIBRATION_CASES = 20
+DEFAULT_CALIBRATION_SEED = 1
 # BOS before each perplexity sentence: never (the papers' ppl.py, on every model), where the
 # tokenizer itself adds one (Llama-2, Gemma; not GPT-2 or SmolLM2), or always.
 PPL_BOS_CHOICES = ("never", "tokenizer", "always")

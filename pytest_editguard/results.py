@@ -55,7 +55,8 @@ class ResultCollector:
         # Nothing was edited (interrupted first, or every suite empty on purpose): the settings say
         # what would have run.
         s = self.config.stash[SETTINGS_KEY]
-        return {"editor": s.editor, "model": s.model, "thresholds": s.thresholds.to_dict(), "ppl_bos": s.ppl_bos}
+        return {"editor": s.editor, "model": s.model, "thresholds": s.thresholds.to_dict(), "ppl_bos": s.ppl_bos,
+                "calibration": s.calibration}
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         if not is_xdist_worker(self.config) and session.items:
