@@ -192,8 +192,9 @@ OPTIONS: tuple[Option, ...] = (
            metavar="RATIO", minimum=0),
     Option("update-norm-max", float, UPDATE_NORM_MAX,
            "largest allowed ‖ΔW‖_F/‖W‖_F of a touched matrix",
-           default_help=f"{UPDATE_NORM_MAX:g}, calibrated on {CALIBRATION_MODEL} (3 × the largest of 20 normal ROME "
-           "edits, README \"Gates\"); set it for other models", metavar="RATIO", above=0),
+           default_help=f"the model's calibration (editguard calibrate), else {UPDATE_NORM_MAX:g}, calibrated on "
+           f"{CALIBRATION_MODEL} (3 × the largest of 20 normal ROME edits, README \"Gates\")", metavar="RATIO",
+           above=0),
     Option("max-cases", int, None, "use only the first N cases (in pytest: of each suite module; deterministic)",
            metavar="N", default_help="all", minimum=1),
     Option("shard", str, None,
