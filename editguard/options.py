@@ -34,6 +34,10 @@ DTYPES = ("float32", "bfloat16", "float16")
 # editguard.gates.Thresholds holds the same number, tests/test_options.py checks they agree).
 UPDATE_NORM_MAX = 0.35
 CALIBRATION_MODEL = "smollm2-135m"
+# `editguard calibrate`: how many normal CounterFact cases it edits, and its sample's seed (the
+# normal suite samples with seed 0; the calibration takes other cases).
+DEFAULT_CALIBRATION_CASES = 20
+DEFAULT_CALIBRATION_SEED = 1
 # BOS before each perplexity sentence: never (the papers' ppl.py, on every model), where the
 # tokenizer itself adds one (Llama-2, Gemma; not GPT-2 or SmolLM2), or always.
 PPL_BOS_CHOICES = ("never", "tokenizer", "always")
@@ -179,10 +183,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("ppl-corpus", str, None, "perplexity corpus: me-ppl-50, me-ppl-1k, me-ppl, or a path (.json/.txt)",
            default_help=f"{SINGLE_EDIT_PPL_CORPUS} for single edits, {SEQUENCE_PPL_CORPUS} for sequences, "
            "as the papers", metavar="NAME|PATH"),
-    Option("ppl-bos", str, DEFAULT_PPL_BOS,
+    Option("ppl-bos", str, None,
            "BOS before each perplexity sentence: never (as the papers computed ME-PPL, on every model), tokenizer "
-           "(where the model's tokenizer adds one itself, e.g. Llama-2) or always", metavar="RULE",
-           choices=PPL_BOS_CHOICES),
+           "(where the model's tokenizer adds one itself, e.g. Llama-2, Gemma) or always", metavar="RULE",
+           choices=PPL_BOS_CHOICES,
+           default_help=f"the model's registered rule: {DEFAULT_PPL_BOS}, tokenizer for gemma3-270m (always run "
+                        "with its BOS)"),
     Option("sequential", bool, False,
            "apply each suite module's cases as one sequence without restoring in between (the model is "
            "restored and verified after the module); suites/sequential is always sequential"),
@@ -212,8 +218,9 @@ OPTIONS: tuple[Option, ...] = (
            metavar="RATIO", minimum=0),
     Option("update-norm-max", float, UPDATE_NORM_MAX,
            "largest allowed ‖ΔW‖_F/‖W‖_F of a touched matrix",
-           default_help=f"{UPDATE_NORM_MAX:g}, calibrated on {CALIBRATION_MODEL} (3 × the largest of 20 normal ROME "
-           "edits, README \"Gates\"); set it for other models", metavar="RATIO", above=0),
+           default_help=f"the model's calibration (editguard calibrate), else {UPDATE_NORM_MAX:g}, calibrated on "
+           f"{CALIBRATION_MODEL} (3 × the largest of 20 normal ROME edits, README \"Gates\")", metavar="RATIO",
+           above=0),
     Option("max-cases", int, None, "use only the first N cases (in pytest: of each suite module, after "
            "--sequence-length drew a sequence; deterministic)",
            metavar="N", default_help="all", minimum=1),

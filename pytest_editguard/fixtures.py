@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,15 @@ def editguard_settings(request: pytest.FixtureRequest) -> EditguardSettings:
 def model_under_edit(editguard_settings: EditguardSettings):
     """The model, loaded once per session (per xdist worker)."""
     try:
-        return editguard_settings.load_model()
+        mue = editguard_settings.load_model()
+        warning = editguard_settings.apply_calibration(mue)
     except user_errors() as err:
         _fail_cleanly(f"load --model={editguard_settings.model}", err)
+    if warning:
+        from editguard.calibration import CalibrationWarning
+
+        warnings.warn(warning, CalibrationWarning, stacklevel=1)
+    return mue
 
 
 @pytest.fixture(scope="session")
@@ -140,6 +147,7 @@ class EditGuard:
         request = self._request
         info = edit_run_info(
             self.model, self.editor, self.baseline, self.settings.thresholds, suite=_suite_name(request.node),
+            calibration=self.settings.calibration,
             sequential=self.sequential, shard=self.settings.shard_label,
             quality=self.settings.quality.to_dict() if self.settings.quality.enabled else None,
             **request.config.stash[SOURCES_KEY].get(request.module.__name__, {}),

@@ -91,7 +91,8 @@ class ResultCollector:
         s = self.config.stash[SETTINGS_KEY]
         return {"editor": s.editor, "model": s.model, "thresholds": s.thresholds.to_dict(), "ppl_bos": s.ppl_bos,
                 "invocation": self.invocation,
-                "quality": s.quality.to_dict() if s.quality.enabled else None}
+                "quality": s.quality.to_dict() if s.quality.enabled else None,
+                "calibration": s.calibration}
 
     def comparison(self):
         """The run judged against --editguard-compare's saved report (None without one, or when

@@ -9,6 +9,7 @@ import pytest
 
 from editguard.catalog import registered_names
 from editguard.gates import QualityGates
+from editguard.models.registry import ppl_bos_for
 from editguard.options import (
     OPTIONS,
     OPTIONS_BY_NAME,
@@ -88,6 +89,17 @@ def option_value(config: pytest.Config, name: str) -> Any:
         return option.parse(value)
     except ValueError as err:
         raise pytest.UsageError(f"{source}: {err}") from None
+
+
+def option_given(config: pytest.Config, name: str) -> bool:
+    """Whether the user set option `name` (command line or ini key), rather than its default."""
+    option = OPTIONS_BY_NAME[name]
+    return config.getoption(_dest(name)) is not None or config.getini(option.ini_key) not in (None, "")
+
+
+# The gate options and the Thresholds fields they set: given explicitly, they win over a calibration.
+THRESHOLD_OPTIONS = {"ppl-threshold": "ppl_max", "ppl-max-ratio": "ppl_max_ratio",
+                     "denominator-ratio-min": "denominator_ratio_min", "update-norm-max": "update_norm_rel_max"}
 
 
 def _check_output_paths(json_path: str | None, plots_dir: str | None, markdown_path: str | None) -> None:
@@ -173,6 +185,10 @@ class EditguardSettings:
     downstream_min_retention: float | None = None
     downstream_precision: str = "auto"
     ppl_bos: str = "never"                  # BOS rule of every perplexity (--ppl-bos)
+    # Gate options the user gave (Thresholds field -> value): they win over the model's calibration.
+    explicit_thresholds: dict[str, float] | None = None
+    # Where the gate bounds come from (the report header), set with the calibration when the model loads.
+    calibration: str = ""
     sequence_on_error: str = "stop"
     markdown_path: str | None = None
     compare_path: str | None = None         # the saved report to compare with (--editguard-compare)
@@ -241,7 +257,7 @@ class EditguardSettings:
         _check_output_paths(json_path, plots_dir, markdown_path)
         model = option_value(config, "model")
         compare_path, compare_saved, compare_margins = _saved_report(config, model)
-        ppl_bos = option_value(config, "ppl-bos")
+        ppl_bos = ppl_bos_for(model, option_value(config, "ppl-bos"))
         on_error = option_value(config, "sequence-on-error")
         worker = config.workerinput["workerid"] if hasattr(config, "workerinput") else None
         worker_index = int(worker.removeprefix("gw")) if worker else None
@@ -268,6 +284,8 @@ class EditguardSettings:
             sequence_length=option_value(config, "sequence-length"), ppl_every=option_value(config, "ppl-every"),
             sequence_stop_on_collapse=option_value(config, "sequence-stop-on-collapse") == "on",
             batch_size=option_value(config, "batch-size"),
+            explicit_thresholds={field: option_value(config, name) for name, field in THRESHOLD_OPTIONS.items()
+                                 if option_given(config, name)},
         )
 
     def load_model(self):
@@ -275,6 +293,20 @@ class EditguardSettings:
         from editguard.models import load_model
 
         return load_model(self.model, self.device, self.dtype, self.edit_layer)
+
+    def apply_calibration(self, mue) -> str:
+        """Set the gate bounds to the model's calibration for the editor (where one is stored), the
+        explicit options on top; returns a warning when the defaults serve a model they were not
+        calibrated on ('' otherwise)."""
+        from editguard.calibration import calibrated_thresholds, calibration_note, find_calibration
+
+        # A calibration holds for the editor's default hyperparameters on the model: not for --hparams.
+        calibration = None if self.hparams else find_calibration(mue.name, mue.fingerprint, self.editor)
+        self.thresholds = calibrated_thresholds(self.thresholds, calibration, self.explicit_thresholds or {})
+        self.calibration, warning = calibration_note(mue.name, calibration, hparams_given=bool(self.hparams))
+        if self.explicit_thresholds:
+            self.calibration += "; given explicitly: " + ", ".join(sorted(self.explicit_thresholds))
+        return warning
 
 
 SHORT_FORMS_LEFT = pytest.StashKey[list]()  # short forms another plugin or conftest owns

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from editguard import load_model
-from tests.tiny_edits import TINY_MODELS
+from tests.tiny_edits import EVERY_TINY_MODEL, TINY_MODELS
 
 pytest_plugins = ["pytester"]
 
@@ -42,6 +42,12 @@ def one_thread():
 @pytest.fixture(params=TINY_MODELS)
 def tiny(request):
     """Each family's tiny random model in turn: a test that takes it runs once per family."""
+    return load_model(request.param)
+
+
+@pytest.fixture(params=EVERY_TINY_MODEL)
+def tiny_family(request):
+    """Every known model type's tiny random model in turn (the per-family unit tests)."""
     return load_model(request.param)
 
 

@@ -26,9 +26,14 @@ def llama_with_bos():
                                _modules={})
 
 
-def test_the_default_is_the_papers_rule():
-    assert OPTIONS_BY_NAME["ppl-bos"].default == "never"
+def test_the_default_is_the_papers_rule_except_where_a_model_registers_its_own():
+    from editguard.models.registry import ppl_bos_for
+
+    assert OPTIONS_BY_NAME["ppl-bos"].default is None  # resolved per model by ppl_bos_for
     assert PPL_BOS_CHOICES == ("never", "tokenizer", "always")
+    assert ppl_bos_for("smollm2-135m") == ppl_bos_for("tiny-llama") == ppl_bos_for("/some/dir") == "never"
+    assert ppl_bos_for("gemma3-270m") == "tokenizer"  # Gemma is only ever run after its BOS
+    assert ppl_bos_for("gemma3-270m", "never") == "never"  # an explicit rule wins
 
 
 @pytest.mark.parametrize("tokens_per_batch", [32, 8192], ids=["many-batches", "one-batch"])

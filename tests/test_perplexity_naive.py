@@ -8,6 +8,7 @@ import torch
 from editguard import load_model
 from editguard.data import load_ppl_corpus
 from editguard.metrics.perplexity import length_batches, perplexity
+from tests.tiny_edits import EVERY_TINY_MODEL
 
 SENTENCES = [
     "A short one.",
@@ -32,7 +33,7 @@ def naive(mue, sentences, bos=False):
     return sum(per_sentence) / len(per_sentence), math.exp(total / count), per_sentence
 
 
-@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-gptj", "tiny-llama"])
+@pytest.mark.parametrize("name", EVERY_TINY_MODEL)
 @pytest.mark.parametrize("tokens_per_batch", [32, 8192], ids=["many-batches", "one-batch"])
 def test_batched_equals_naive(name, tokens_per_batch):
     mue = load_model(name)
@@ -41,6 +42,17 @@ def test_batched_equals_naive(name, tokens_per_batch):
     assert result.ppl == pytest.approx(ppl, rel=1e-4)
     assert result.corpus_ppl == pytest.approx(corpus_ppl, rel=1e-4)
     assert result.per_sentence == pytest.approx(per_sentence, rel=1e-4)  # original order kept
+
+
+@pytest.mark.parametrize("name", ["tiny-gemma", "tiny-gemma2", "tiny-gemma3"])
+def test_tokenizer_rule_on_a_gemma_scores_after_its_bos(name):
+    """Gemma's tokenizer puts a BOS first: under the `tokenizer` rule (Gemma 3's default) each
+    sentence is scored after it, as the naive loop with a BOS does."""
+    mue = load_model(name)
+    assert mue.tokenizer("a")["input_ids"][0] == mue.tokenizer.bos_token_id
+    result = perplexity(mue, SENTENCES, bos="tokenizer")
+    assert result.ppl == pytest.approx(naive(mue, SENTENCES, bos=True)[0], rel=1e-4)
+    assert result.ppl != pytest.approx(perplexity(mue, SENTENCES, bos="never").ppl, rel=1e-4)
 
 
 def test_me_ppl_50_on_a_tiny_model_equals_naive(data_dir):

@@ -1,5 +1,5 @@
-"""ROME, C-ROME and r-ROME on the tiny models of all three families: the update is the one the
-definition gives, keys and values are where the method says, and the v* search's prefix cache
+"""ROME, C-ROME and r-ROME on the tiny models (every known family for the update's definition):
+the update is the one the definition gives, keys and values are where the method says, and the v* search's prefix cache
 is exact."""
 
 import dataclasses
@@ -34,7 +34,8 @@ def test_rank_one_update_maps_the_key_to_v_star():
 
 
 @pytest.mark.parametrize("consistent", [False, True], ids=["rome", "c-rome"])
-def test_update_equals_its_definition(tiny, consistent):
+def test_update_equals_its_definition(tiny_family, consistent):
+    tiny = tiny_family
     editor = get_editor("c-rome" if consistent else "rome", FAST_V)
     layer = tiny.edit_layer
     hp = RomeHparams.for_family(tiny.family.name, FAST_V)

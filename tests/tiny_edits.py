@@ -5,9 +5,13 @@ themselves are fixtures in tests/conftest.py (`tiny`, `tiny_llama`)."""
 import torch
 
 from editguard import EditCase
+from editguard.models.registry import TINY_MODEL_TYPES
 
-# The tiny random models, one per family (seeded, built in memory, no download).
+# The tiny random models, one per family (seeded, built in memory, no download). TINY_MODELS, the
+# three the editor tests run on; EVERY_TINY_MODEL, one per known model type (llama, mistral,
+# qwen2/3, gemma/2/3, phi3, gpt2, gptj, gpt_neox, opt), for the per-family unit tests.
 TINY_MODELS = ["tiny-gpt2", "tiny-gptj", "tiny-llama"]
+EVERY_TINY_MODEL = [f"tiny-{name}" for name in TINY_MODEL_TYPES]
 
 PARIS = EditCase("t1", "{} is the capital of", "Paris", "Rome", "France")
 CASES = [

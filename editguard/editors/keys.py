@@ -14,7 +14,7 @@ import unicodedata
 import torch
 
 from editguard.cache import cache_dir, cached_json
-from editguard.models.loading import ModelUnderEdit
+from editguard.models.loading import ModelUnderEdit, token_grid
 
 
 def fill(template: str, text: str) -> str:
@@ -75,7 +75,7 @@ def inputs_until(mue: ModelUnderEdit, module: torch.nn.Module, **forward_kwargs)
         pass
     finally:
         handle.remove()
-    return captured["input"]
+    return token_grid(captured["input"], forward_kwargs["input_ids"].shape[0])
 
 
 def cache_kwargs(mue: ModelUnderEdit, cache) -> dict:
@@ -103,7 +103,8 @@ def input_and_output_of(mue: ModelUnderEdit, module: torch.nn.Module,
         pass
     finally:
         handle.remove()
-    return captured["input"], captured["output"]
+    rows = forward_kwargs["input_ids"].shape[0]
+    return token_grid(captured["input"], rows), token_grid(captured["output"], rows)
 
 
 @torch.no_grad()

@@ -38,7 +38,7 @@ from editguard.editors.keys import (
     keys_and_values,
     subject_last_index,
 )
-from editguard.models.loading import ModelUnderEdit
+from editguard.models.loading import ModelUnderEdit, token_grid
 
 # The ROME/EasyEdit configs the papers used (gpt2-xl.yaml, gpt-j-6B.yaml, llama-7b.yaml).
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -231,9 +231,10 @@ class ValueObjective:
         mue, hp, recorded = self.mue, self.hp, self.recorded
 
         def add_delta(_module, _args, output):
+            grid = token_grid(output, self.batch.suffix_ids.shape[0])   # OPT's MLP sees a flattened batch
             if "v_init" not in recorded:
-                recorded["v_init"] = output[0, 0].detach().float().clone()
-            return output + (self.at_subject * delta).to(output.dtype)
+                recorded["v_init"] = grid[0, 0].detach().float().clone()
+            return (grid + (self.at_subject * delta).to(output.dtype)).view(output.shape)
 
         def record_scale(_module, _args, output):
             if "scale" not in recorded:

@@ -22,7 +22,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from editguard.models.loading import ModelUnderEdit
+from editguard.models.loading import ModelUnderEdit, token_grid
 
 
 @torch.no_grad()
@@ -52,7 +52,7 @@ def normal_text_keys(mue: ModelUnderEdit, modules: Sequence[str], sentences: lis
             mue.model(**enc)
             real = enc["attention_mask"].bool()
             for path in wanted:
-                seen[path].append(current[path][real].float())
+                seen[path].append(token_grid(current[path], real.shape[0])[real].float())
             total += int(real.sum())
             if total >= max_keys:
                 break

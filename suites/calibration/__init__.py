@@ -1,0 +1,1 @@
+"""Per-model gate calibrations (`editguard calibrate --model NAME`), shipped beside the mined lists."""
