@@ -63,6 +63,7 @@ class ResultCollector:
         self.collected: list[str] | None = None
         self.finished: set[str] = set()
         self.quality: dict[str, Any] | None = None  # the run's quality summary, judged at session end
+        self.not_run_steps: list[dict[str, Any]] = []   # sequence steps skipped after the sequence stopped
         self._comparison: Any = None          # editguard.report.compare.Comparison, once judged
         self.comparison_error = ""            # why the saved report could not be compared
         # How this run was started (the controller's, not a worker's): taken now, the git commit
