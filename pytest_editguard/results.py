@@ -66,14 +66,15 @@ class ResultCollector:
         self.not_run_steps: list[dict[str, Any]] = []   # sequence steps skipped after the sequence stopped
         self._comparison: Any = None          # editguard.report.compare.Comparison, once judged
         self.comparison_error = ""            # why the saved report could not be compared
-        # How this run was started (the controller's, not a worker's): taken now, the git commit
-        # looked up only when a report is written (not in every pytest run of a foreign project).
+        # How this run was started (the controller's, not a worker's): taken now; the git commit is
+        # looked up once the run is known to edit (collected edit tests, or the first result), not
+        # in every pytest run of a foreign project.
         self.started = datetime.datetime.now(datetime.timezone.utc)
         self.argv, self.cwd = list(sys.argv), str(config.invocation_params.dir)
         self._invocation: dict[str, Any] | None = None
 
-    @property
     def invocation(self) -> dict[str, Any]:
+        """argv, cwd, git commit and start time; the commit looked up on the first call."""
         if self._invocation is None:
             from editguard.report.json_report import invocation
 
@@ -86,12 +87,12 @@ class ResultCollector:
         from editguard.report.json_report import combine_runs
 
         if self.runs:
-            return {**combine_runs([self.runs[k] for k in sorted(self.runs)]), "invocation": self.invocation}
+            return {**combine_runs([self.runs[k] for k in sorted(self.runs)]), "invocation": self.invocation()}
         # Nothing was edited (interrupted first, or every suite empty on purpose): the settings say
         # what would have run.
         s = self.config.stash[SETTINGS_KEY]
         return {"editor": s.editor, "model": s.model, "thresholds": s.thresholds.to_dict(), "ppl_bos": s.ppl_bos,
-                "invocation": self.invocation,
+                "invocation": self.invocation(),
                 "quality": s.quality.to_dict() if s.quality.enabled else None,
                 "calibration": s.calibration}
 
@@ -123,6 +124,8 @@ class ResultCollector:
         if not is_xdist_worker(self.config) and session.items:
             self.collected = [item.nodeid for item in session.items
                               if "edit_guard" in getattr(item, "fixturenames", ())]
+            if self.collected:
+                self.invocation()   # the commit the run starts from
 
     def completion(self, exitstatus: int) -> dict[str, Any]:
         """Whether every collected edit test ran: {"complete", "cases_done", "cases_not_run"}."""
@@ -141,6 +144,8 @@ class ResultCollector:
             self.not_run_steps.append(json.loads(props["editguard_not_run"]))
         if "editguard_case" in props:
             record = json.loads(props["editguard_case"])
+            if not self.results and not is_xdist_worker(self.config):
+                self.invocation()   # under xdist the controller collects nothing: look it up now
             self.results.append(record)
             if record["suite_module"] not in self.runs:
                 self.runs[record["suite_module"]] = json.loads(props["editguard_run"])

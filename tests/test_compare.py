@@ -75,6 +75,11 @@ def test_margins_fail_a_worsening_beyond_them_only(spec, before, after, worse):
     assert [c.metric for c in comparison.worsenings] == ([field] if worse else [])
 
 
+def test_a_change_of_many_times_reads_as_a_factor():
+    comparison = compare_runs(_report([_case("1")]), _report([_case("1", ppl=5000.0)]), parse_fail_margins("ppl:10%"))
+    assert comparison.worsenings[0].text == "ppl 20 → 5000 (×250), beyond the margin ppl:10%"
+
+
 def test_a_field_missing_on_one_side_is_not_judged():
     saved = _report([_case("1", denominator_ratio=None)])   # an editor without ROME's anatomy
     assert not compare_runs(saved, _report([_case("1", denominator_ratio=0.0)]),

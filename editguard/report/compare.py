@@ -239,7 +239,8 @@ def _margin_change(margin: FailMargin, before: Any, after: Any) -> tuple[int, st
     worse_by = (after - before) if metric.higher_is_worse else (before - after)
     change = f"{metric.name} {_fmt(before)} → {_fmt(after)}"
     if before:
-        change += f" ({(after - before) / abs(before) * 100:+.1f}%)"
+        percent = (after - before) / abs(before) * 100
+        change += f" ({percent:+.1f}%)" if abs(percent) < 1000 else f" (×{after / before:.3g})"
     limit = margin.limit(before)
     if worse_by > limit:
         return 1, f"{change}, beyond the margin {margin}"
