@@ -299,7 +299,7 @@ def check(mue: ModelUnderEdit, editor: Editor, case: EditCase | Sequence[EditCas
     timings["snapshot"] = time.perf_counter() - start
     try:
         result = _edit_and_measure(mue, editor, case, baseline, thresholds, restore_point.snapshot, timings, start,
-                                   measure_scores)
+                                   measure_scores=measure_scores)
     finally:
         t = time.perf_counter()
         restore_point.restore()
