@@ -60,22 +60,33 @@ class _StopForward(Exception):
 
 
 @torch.no_grad()
-def inputs_until(mue: ModelUnderEdit, module: torch.nn.Module, **forward_kwargs) -> torch.Tensor:
-    """The input of `module` in a forward pass of the base model that stops right there."""
+def _forward_stopping_at(mue: ModelUnderEdit, module: torch.nn.Module, after: bool, **forward_kwargs) -> dict:
+    """A forward pass of the base model that stops at `module` (before it runs, or with `after`
+    right after it), returning its first input (and output) as (rows, tokens, width)."""
     captured = {}
 
-    def capture_and_stop(_module, args):
+    def stop_before(_module, args):
         captured["input"] = args[0]
         raise _StopForward
 
-    handle = module.register_forward_pre_hook(capture_and_stop)
+    def stop_after(_module, args, output):
+        captured["input"], captured["output"] = args[0], output
+        raise _StopForward
+
+    handle = module.register_forward_hook(stop_after) if after else module.register_forward_pre_hook(stop_before)
     try:
         mue.model.base_model(**forward_kwargs)
     except _StopForward:
         pass
     finally:
         handle.remove()
-    return token_grid(captured["input"], forward_kwargs["input_ids"].shape[0])
+    rows = forward_kwargs["input_ids"].shape[0]
+    return {name: token_grid(tensor, rows) for name, tensor in captured.items()}
+
+
+def inputs_until(mue: ModelUnderEdit, module: torch.nn.Module, **forward_kwargs) -> torch.Tensor:
+    """The input of `module` in a forward pass of the base model that stops right there."""
+    return _forward_stopping_at(mue, module, False, **forward_kwargs)["input"]
 
 
 def cache_kwargs(mue: ModelUnderEdit, cache) -> dict:
@@ -85,26 +96,12 @@ def cache_kwargs(mue: ModelUnderEdit, cache) -> dict:
     return {name: cache, "use_cache": cache is not None}
 
 
-@torch.no_grad()
 def input_and_output_of(mue: ModelUnderEdit, module: torch.nn.Module,
                         **forward_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
     """The (first) input and the output of `module` in a forward pass of the base model that
     stops right after it: the layers above and the LM head are not needed."""
-    captured = {}
-
-    def capture_and_stop(_module, args, output):
-        captured["input"], captured["output"] = args[0], output
-        raise _StopForward
-
-    handle = module.register_forward_hook(capture_and_stop)
-    try:
-        mue.model.base_model(**forward_kwargs)
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
-    rows = forward_kwargs["input_ids"].shape[0]
-    return token_grid(captured["input"], rows), token_grid(captured["output"], rows)
+    captured = _forward_stopping_at(mue, module, True, **forward_kwargs)
+    return captured["input"], captured["output"]
 
 
 @torch.no_grad()
