@@ -73,7 +73,12 @@ def test_update_equals_its_definition(tiny_family, consistent):
 def test_mom2_adjustment_uses_the_inverse_second_moment(tmp_path, monkeypatch, data_dir):
     monkeypatch.setenv("EDITGUARD_CACHE", str(tmp_path))
     from editguard.data import load_text_corpus
+    from editguard.editors import covariance
     from editguard.editors.covariance import second_moment
+
+    # An earlier test of the session may hold this C in memory: start without it, so that the
+    # disk cache is written here (in the tmp cache) and checked.
+    monkeypatch.setattr(covariance, "_IN_MEMORY", {})
 
     tiny = load_model("tiny-llama")
     overrides = {**FAST_V, "mom2_adjustment": True, "mom2_n_tokens": 3000}
