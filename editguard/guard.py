@@ -42,6 +42,9 @@ class Baseline:
     # Normal-text inputs of each touched matrix's module, for the blast radius; filled on first
     # need (see anatomy_keys), so every editor's update is measured on the same keys.
     anatomy_keys: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    # Inputs of the lowest edited layer for the perplexity corpus, computed by the unedited layers
+    # below it on first need (see metrics.perplexity.perplexity's unchanged_below).
+    ppl_layer_inputs: dict = field(default_factory=dict, repr=False)
 
 
 # Bump when perplexity() changes what it computes: cached baselines of older code are then ignored.
@@ -211,9 +214,12 @@ def edit_batch_of(case: EditCase | Sequence[EditCase]) -> list[EditCase]:
 
 def _edit_and_measure(mue: ModelUnderEdit, editor: Editor, case: EditCase | Sequence[EditCase], baseline: Baseline,
                       thresholds: Thresholds, snapshot: WeightSnapshot, timings: dict[str, float],
-                      start: float, probe_step: bool = True, measure_scores: bool = False) -> CaseResult:
+                      start: float, probe_step: bool = True, measure_scores: bool = False,
+                      edited_since_pristine: Sequence[str] = ()) -> CaseResult:
     """Apply the edit on top of the model as it is, measure and judge; restores nothing.
-    `snapshot` holds the touched weights as they were just before this edit. Without `probe_step`
+    `snapshot` holds the touched weights as they were just before this edit; `edited_since_pristine`
+    names every parameter earlier edits of a sequence touched (the layers below all of them are
+    the unedited model's, so perplexity need not rerun them). Without `probe_step`
     (a sequence step between --ppl-every probes) neither perplexity nor downstream is measured:
     the step records the edit's diagnostics and efficacy, and only the gates those allow. With
     `measure_scores`, generalization and locality are measured too (one batch of the case's other
@@ -234,7 +240,9 @@ def _edit_and_measure(mue: ModelUnderEdit, editor: Editor, case: EditCase | Sequ
     ppl = None
     if probe_step:
         t = time.perf_counter()
-        ppl = perplexity(mue, baseline.sentences, bos=baseline.ppl_bos)
+        ppl = perplexity(mue, baseline.sentences, bos=baseline.ppl_bos,
+                         unchanged_below=mue.lowest_layer_of([*snapshot.names, *edited_since_pristine]),
+                         layer_inputs=baseline.ppl_layer_inputs)
         timings["perplexity"] = time.perf_counter() - t
     t = time.perf_counter()
     effs = [efficacy(mue, c.text, c.target_new, c.target_true, prefix=report.test_prefix) for c in cases]
@@ -408,7 +416,8 @@ class EditSequence:
         try:
             result = _edit_and_measure(self.mue, self.editor, case, self.baseline, self.thresholds,
                                        step_snapshot, timings, start, probe_step=self.probes_step(step),
-                                       measure_scores=self.measure_scores)
+                                       measure_scores=self.measure_scores,
+                                       edited_since_pristine=self.original.snapshot.names)
         except Exception as err:
             step_snapshot.restore()   # never build on a half-written edit
             self.failed_steps.append((step, cases[0].case_id, f"{type(err).__name__}: {err}"))

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from editguard.cases import EditCase
-from editguard.editors.keys import cache_kwargs, inputs_until
+from editguard.models.forward import cache_kwargs, inputs_until
 from editguard.models.loading import ModelUnderEdit
 from editguard.progress import progress_bar
 

@@ -111,3 +111,60 @@ def test_me_ppl_50_lengths_waste_little_padding():
     batches = length_batches(lengths, 8192)
     assert len(batches) <= 6
     assert _padded(lengths, batches) < 1.2 * sum(lengths) < 0.6 * len(lengths) * max(lengths)
+
+
+@pytest.mark.parametrize("name", EVERY_TINY_MODEL)
+def test_starting_above_unchanged_layers_equals_naive_after_an_edit(name):
+    """With the layers below an edited one vouched unchanged, perplexity reuses their output and
+    still equals the full computation on the edited model; the reused inputs are kept."""
+    mue = load_model(name)
+    layer = mue.n_layers - 1
+    weight = mue.rewrite_matrix(layer)
+    original = weight.detach().clone()
+    layer_inputs: dict = {}
+    try:
+        perplexity(mue, SENTENCES, tokens_per_batch=32, unchanged_below=layer, layer_inputs=layer_inputs)
+        assert layer_inputs, "the inputs of the edited layer are kept for the next call"
+        with torch.no_grad():
+            weight.add_(0.5 * torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)))
+        reused = perplexity(mue, SENTENCES, tokens_per_batch=32, unchanged_below=layer, layer_inputs=layer_inputs)
+        ppl, corpus_ppl, _ = naive(mue, SENTENCES)
+    finally:
+        with torch.no_grad():
+            weight.copy_(original)
+    assert reused.ppl == pytest.approx(ppl, rel=1e-4)
+    assert reused.corpus_ppl == pytest.approx(corpus_ppl, rel=1e-4)
+    assert reused.ppl != pytest.approx(naive(mue, SENTENCES)[0], rel=1e-4), "the edit changed perplexity"
+
+
+def test_reused_layer_inputs_are_what_the_caller_vouched_for():
+    """The reuse is a promise by the caller: a change below `unchanged_below` after the inputs
+    were kept is not seen (the guard passes the lowest layer any edit since the unedited model touched)."""
+    mue = load_model("tiny-llama")
+    layer_inputs: dict = {}
+    before = perplexity(mue, SENTENCES, unchanged_below=1, layer_inputs=layer_inputs)
+    weight = mue.rewrite_matrix(0)
+    original = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.mul_(3.0)
+        reused = perplexity(mue, SENTENCES, unchanged_below=1, layer_inputs=layer_inputs)
+        full = perplexity(mue, SENTENCES)
+    finally:
+        with torch.no_grad():
+            weight.copy_(original)
+    assert reused.ppl == pytest.approx(before.ppl, rel=1e-6)
+    assert full.ppl != pytest.approx(before.ppl, rel=1e-3)
+    # No parameter edited: everything below the top layer is reused.
+    untouched = perplexity(mue, SENTENCES, unchanged_below=mue.lowest_layer_of([]), layer_inputs={})
+    assert untouched.ppl == pytest.approx(before.ppl, rel=1e-5)
+
+
+def test_lowest_layer_of_parameters():
+    mue = load_model("tiny-llama")
+    assert mue.lowest_layer_of(["model.layers.1.mlp.down_proj.weight", "model.layers.0.mlp.up_proj.weight"]) == 0
+    assert mue.lowest_layer_of(["model.layers.1.mlp.down_proj.weight"]) == 1
+    assert mue.lowest_layer_of([]) == mue.n_layers
+    assert mue.lowest_layer_of(["model.layers.1.mlp.down_proj.weight", "model.embed_tokens.weight"]) == 0
+    gpt2 = load_model("tiny-gpt2")
+    assert gpt2.lowest_layer_of(["transformer.h.1.mlp.c_proj.weight"]) == 1

@@ -16,7 +16,7 @@ import torch
 
 from editguard.cache import cache_dir, cached_tensors
 from editguard.data import load_text_corpus
-from editguard.editors.keys import inputs_until
+from editguard.models.forward import inputs_until
 from editguard.models.loading import ModelUnderEdit
 from editguard.progress import progress_bar
 

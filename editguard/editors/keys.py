@@ -8,13 +8,13 @@ projection's output there is the *value* the edit rewrites.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import unicodedata
 
 import torch
 
 from editguard.cache import cache_dir, cached_json
-from editguard.models.loading import ModelUnderEdit, token_grid
+from editguard.models.forward import input_and_output_of
+from editguard.models.loading import ModelUnderEdit
 
 
 def fill(template: str, text: str) -> str:
@@ -53,55 +53,6 @@ def capture_io(module: torch.nn.Module):
         yield seen
     finally:
         handle.remove()
-
-
-class _StopForward(Exception):
-    """Raised by a hook once the module of interest has run: later layers are not needed."""
-
-
-@torch.no_grad()
-def _forward_stopping_at(mue: ModelUnderEdit, module: torch.nn.Module, after: bool, **forward_kwargs) -> dict:
-    """A forward pass of the base model that stops at `module` (before it runs, or with `after`
-    right after it), returning its first input (and output) as (rows, tokens, width)."""
-    captured = {}
-
-    def stop_before(_module, args):
-        captured["input"] = args[0]
-        raise _StopForward
-
-    def stop_after(_module, args, output):
-        captured["input"], captured["output"] = args[0], output
-        raise _StopForward
-
-    handle = module.register_forward_hook(stop_after) if after else module.register_forward_pre_hook(stop_before)
-    try:
-        mue.model.base_model(**forward_kwargs)
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
-    rows = forward_kwargs["input_ids"].shape[0]
-    return {name: token_grid(tensor, rows) for name, tensor in captured.items()}
-
-
-def inputs_until(mue: ModelUnderEdit, module: torch.nn.Module, **forward_kwargs) -> torch.Tensor:
-    """The input of `module` in a forward pass of the base model that stops right there."""
-    return _forward_stopping_at(mue, module, False, **forward_kwargs)["input"]
-
-
-def cache_kwargs(mue: ModelUnderEdit, cache) -> dict:
-    """Keyword arguments passing a key/value cache to the base model's forward (transformers
-    5.x renamed `past_key_values` to `cache` in some forward signatures)."""
-    name = "cache" if "cache" in inspect.signature(mue.model.base_model.forward).parameters else "past_key_values"
-    return {name: cache, "use_cache": cache is not None}
-
-
-def input_and_output_of(mue: ModelUnderEdit, module: torch.nn.Module,
-                        **forward_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (first) input and the output of `module` in a forward pass of the base model that
-    stops right after it: the layers above and the LM head are not needed."""
-    captured = _forward_stopping_at(mue, module, True, **forward_kwargs)
-    return captured["input"], captured["output"]
 
 
 @torch.no_grad()

@@ -30,14 +30,8 @@ from editguard.cases import EditCase
 from editguard.editors.api import EditReport
 from editguard.editors.covariance import inverse_layer_second_moment
 from editguard.editors.hparams import Hparams, ranged
-from editguard.editors.keys import (
-    cache_kwargs,
-    context_templates,
-    fill,
-    inputs_until,
-    keys_and_values,
-    subject_last_index,
-)
+from editguard.editors.keys import context_templates, fill, keys_and_values, subject_last_index
+from editguard.models.forward import cache_kwargs, input_and_output_of, inputs_until, starting_at_layer
 from editguard.models.loading import ModelUnderEdit, token_grid
 
 # The ROME/EasyEdit configs the papers used (gpt2-xl.yaml, gpt-j-6B.yaml, llama-7b.yaml).
@@ -93,47 +87,6 @@ class ValueResult:
     losses: tuple[float, ...] = ()  # the loss at each step
 
 
-class _SkippedLayer(torch.nn.Module):
-    """Stands in for a decoder layer below the edited one during the v* search: the input of the
-    edited layer was computed once, so the layers below pass their input through untouched.
-    Attributes the model's layer loop reads (Gemma 3's `attention_type`) come from the layer."""
-
-    def __init__(self, layer: torch.nn.Module):
-        super().__init__()
-        object.__setattr__(self, "_replaced", layer)  # not a submodule: its weights stay the model's
-
-    def forward(self, hidden_states, *args, **kwargs):
-        return hidden_states
-
-    def __getattr__(self, name):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(object.__getattribute__(self, "_replaced"), name)
-
-
-@contextlib.contextmanager
-def _starting_at_layer(mue: ModelUnderEdit, layer: int, layer_input: torch.Tensor):
-    """Forward passes of the base model skip layers 0..layer-1 and feed `layer_input` to `layer`."""
-    container = mue.module(mue.family.layer.rsplit(".", 1)[0])  # "model.layers.{}" -> "model.layers"
-    originals = [container[i] for i in range(layer)]
-
-    def feed(_module, args, kwargs):
-        if args:
-            return (layer_input, *args[1:]), kwargs
-        return args, {**kwargs, "hidden_states": layer_input}
-
-    handle = container[layer].register_forward_pre_hook(feed, with_kwargs=True)
-    try:
-        for i, original in enumerate(originals):
-            container[i] = _SkippedLayer(original)
-        yield
-    finally:
-        for i, original in enumerate(originals):
-            container[i] = original
-        handle.remove()
-
-
 class _PrefixCachedBatch:
     """Sequences split at the subject's last token: the part before it is run once and kept
     as a key/value cache, since a change at the subject cannot reach earlier positions.
@@ -181,8 +134,21 @@ class _PrefixCachedBatch:
         """Final hidden states at the suffix positions (batch, suffix width, hidden)."""
         if self.layer_input is None:
             return mue.model.base_model(**self._suffix_inputs(mue)).last_hidden_state
-        with _starting_at_layer(mue, self.layer, self.layer_input):
+        return self.hidden_from(mue, self.layer, self.layer_input)
+
+    def hidden_from(self, mue: ModelUnderEdit, start: int, start_input: torch.Tensor) -> torch.Tensor:
+        """Final hidden states when layer `start` gets `start_input` and the layers below are skipped."""
+        with starting_at_layer(mue, start, start_input):
             return mue.model.base_model(**self._suffix_inputs(mue)).last_hidden_state
+
+    @torch.no_grad()
+    def output_of_layer(self, mue: ModelUnderEdit) -> torch.Tensor:
+        """Layer `layer`'s output at the suffix positions (the layers above it are not run)."""
+        block = mue.module(mue.family.layer.format(self.layer))
+        if self.layer_input is None:
+            return input_and_output_of(mue, block, **self._suffix_inputs(mue))[1]
+        with starting_at_layer(mue, self.layer, self.layer_input):
+            return input_and_output_of(mue, block, **self._suffix_inputs(mue))[1]
 
 
 class ValueObjective:
@@ -220,15 +186,41 @@ class ValueObjective:
         self.at_subject[0, 0, 0] = 1.0  # column 0 of every suffix is the subject's last token
         self.recorded: dict[str, torch.Tensor] = {}
         self.kl_init: torch.Tensor | None = None
+        self.layer_output = self._layer_output_if_additive()
 
     @property
-    def scale(self) -> torch.Tensor:
-        """The vector the decay and the clamp are relative to (known after the first call)."""
-        return self.recorded.get("scale", self.recorded["v_init"])
+    def starts_above_layer(self) -> bool:
+        """Whether each step starts at layer `layer`+1 (see _layer_output_if_additive)."""
+        return self.layer_output is not None
 
-    def __call__(self, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, NLL per rewriting prompt) at δ = `delta`."""
-        mue, hp, recorded = self.mue, self.hp, self.recorded
+    def _layer_output_if_additive(self) -> torch.Tensor | None:
+        """Layer `layer`'s output with δ = 0, when adding δ to its MLP output shifts the layer's
+        output by exactly δ (the MLP output goes straight into the residual stream: every family
+        but those with a norm after the MLP, as Gemma's). Nothing else in that layer depends on δ,
+        so each step can start at the layer above from this output + δ: one layer less per step.
+        Tested with a probe δ rather than assumed per family. None: each step runs the layer.
+        Records v_init (and the scale) as a first step would."""
+        mue = self.mue
+        if self.layer + 1 >= mue.n_layers:
+            return None
+        zero = torch.zeros(mue.model.config.hidden_size, device=mue.device)
+        with self._delta_hooks(zero):
+            output = self.batch.output_of_layer(mue)
+        probe = torch.randn(zero.shape, generator=torch.Generator().manual_seed(0)).to(mue.device)
+        probe = probe * (self.recorded["v_init"].norm() / probe.norm())
+        with self._delta_hooks(probe):
+            shifted = self.batch.output_of_layer(mue)
+        expected = (self.at_subject * probe).to(output.dtype)
+        tolerance = 1e-5 * float(output.abs().max() + probe.abs().max())
+        if float((shifted - output - expected).abs().max()) > tolerance:
+            return None
+        return output
+
+    @contextlib.contextmanager
+    def _delta_hooks(self, delta: torch.Tensor):
+        """δ added to layer `layer`'s MLP output at the subject's last token; the first pass
+        records v_init there (and, with scale_module, that module's output as the scale)."""
+        mue, recorded = self.mue, self.recorded
 
         def add_delta(_module, _args, output):
             grid = token_grid(output, self.batch.suffix_ids.shape[0])   # OPT's MLP sees a flattened batch
@@ -245,10 +237,25 @@ class ValueObjective:
         if self.scale_module:
             handles.append(mue.module(self.scale_module).register_forward_hook(record_scale))
         try:
-            hidden = self.batch.hidden(mue)
+            yield
         finally:
             for handle in handles:
                 handle.remove()
+
+    @property
+    def scale(self) -> torch.Tensor:
+        """The vector the decay and the clamp are relative to (known after the first call)."""
+        return self.recorded.get("scale", self.recorded["v_init"])
+
+    def __call__(self, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, NLL per rewriting prompt) at δ = `delta`."""
+        mue, hp = self.mue, self.hp
+        if self.layer_output is not None:
+            start = self.layer_output + (self.at_subject * delta).to(self.layer_output.dtype)
+            hidden = self.batch.hidden_from(mue, self.layer + 1, start)
+        else:
+            with self._delta_hooks(delta):
+                hidden = self.batch.hidden(mue)
         head = mue.model.get_output_embeddings()
         log_probs = torch.log_softmax(head(hidden[self.rows, self.cols]).float(), dim=-1)
         token_lp = log_probs.gather(1, self.labels[:, None])[:, 0]

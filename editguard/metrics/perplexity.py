@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from editguard.models.forward import inputs_until, starting_at_layer
 from editguard.models.loading import ModelUnderEdit
 from editguard.options import DEFAULT_PPL_BOS, PPL_BOS_CHOICES
 
@@ -64,16 +65,36 @@ def add_bos_for(rule: str, mue: ModelUnderEdit) -> bool:
     raise ValueError(f"--ppl-bos must be one of {', '.join(PPL_BOS_CHOICES)}, got {rule!r}")
 
 
-def token_nlls(mue: ModelUnderEdit, batch: list[list[int]]) -> list[torch.Tensor]:
+# Inputs of the lowest edited layer kept for reuse (unchanged_below) up to this many bytes per corpus:
+# ME-PPL_50 and _1k fit on SmolLM2 (3.6 and ~70 MB); _10k (~620 MB) is recomputed each time.
+LAYER_INPUTS_MAX_BYTES = 256 * 2**20
+
+
+def token_nlls(mue: ModelUnderEdit, batch: list[list[int]], unchanged_below: int = 0,
+               layer_inputs: dict | None = None) -> list[torch.Tensor]:
     """Per-token NLL of each sequence (tokens 2..n), from one right-padded forward pass.
 
     Logits are computed only at scored positions, in chunks, so a batch never holds a
-    (batch, length, vocab) tensor.
+    (batch, length, vocab) tensor. With `unchanged_below` = L > 0, the input of layer L is taken
+    from `layer_inputs` (computed by layers 0..L-1 and stored there on first need) and the
+    forward pass starts at layer L.
     """
     device = mue.device
     enc = mue.pad_batch(batch)
     input_ids, mask = enc["input_ids"], enc["attention_mask"]
-    hidden = mue.model.base_model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+    unchanged_below = min(unchanged_below, mue.n_layers - 1)   # nothing edited: the top layer still runs
+    if unchanged_below > 0 and layer_inputs is not None:
+        key = (unchanged_below, hash(tuple(map(tuple, batch))))
+        start_input = layer_inputs.get(key)
+        if start_input is None:
+            start_input = inputs_until(mue, mue.module(mue.family.layer.format(unchanged_below)), **enc)
+            stored = sum(t.numel() * t.element_size() for t in layer_inputs.values())
+            if stored + start_input.numel() * start_input.element_size() <= LAYER_INPUTS_MAX_BYTES:
+                layer_inputs[key] = start_input
+        with starting_at_layer(mue, unchanged_below, start_input):
+            hidden = mue.model.base_model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+    else:
+        hidden = mue.model.base_model(input_ids=input_ids, attention_mask=mask).last_hidden_state
     # Position t predicts token t+1; score every position whose next token is real.
     predicts = mask[:, 1:].bool()
     states = hidden[:, :-1][predicts]
@@ -116,12 +137,18 @@ def length_batches(sorted_lengths: list[int], tokens_per_batch: int,
 
 @torch.no_grad()
 def perplexity(mue: ModelUnderEdit, sentences: list[str], *, bos: str = DEFAULT_PPL_BOS,
-               max_length: int = 1024, tokens_per_batch: int = 8192, progress=None) -> PerplexityResult:
+               max_length: int = 1024, tokens_per_batch: int = 8192, progress=None,
+               unchanged_below: int = 0, layer_inputs: dict | None = None) -> PerplexityResult:
     """ME-PPL of `sentences` under the model as it is now (edited or not), with the BOS rule `bos`
     (see add_bos_for; the default is the papers').
 
     Sentences are sorted by length and split into batches of at most `tokens_per_batch` padded
     tokens with little padding (length_batches). `progress`, if given, is called with the number of sentences done.
+
+    `unchanged_below` = L: the caller vouches that layers 0..L-1 are those `layer_inputs` (a dict
+    it owns, one per corpus and unedited model) was filled with. Their output is then computed
+    once per batch and reused, and each later call runs layers L.. only: an edit at layer 5 of
+    SmolLM2's 30 need not rerun the five below it.
     """
     if not sentences:
         raise ValueError("perplexity needs at least one sentence")
@@ -134,7 +161,7 @@ def perplexity(mue: ModelUnderEdit, sentences: list[str], *, bos: str = DEFAULT_
     per_sentence_nll: list[torch.Tensor | None] = [None] * len(encoded)
     for i, j in length_batches([len(encoded[k]) for k in order], tokens_per_batch):
         chunk = order[i:j]
-        for idx, nll in zip(chunk, token_nlls(mue, [encoded[k] for k in chunk])):
+        for idx, nll in zip(chunk, token_nlls(mue, [encoded[k] for k in chunk], unchanged_below, layer_inputs)):
             per_sentence_nll[idx] = nll.double().cpu()
         if progress is not None:
             progress(j - i)

@@ -53,6 +53,19 @@ class ModelUnderEdit:
     def n_layers(self) -> int:
         return self.model.config.num_hidden_layers
 
+    def lowest_layer_of(self, parameter_names: list[str]) -> int:
+        """The lowest decoder layer any of `parameter_names` belongs to; 0 when one lies outside
+        the layer stack (an embedding, a head tied to it): the layers below the returned one compute
+        what the unedited model computes, whatever was done to these parameters."""
+        prefix = self.family.layer.split("{}")[0]   # "model.layers."
+        lowest = self.n_layers
+        for name in parameter_names:
+            index = name[len(prefix):].split(".", 1)[0] if name.startswith(prefix) else ""
+            if not index.isdigit():
+                return 0
+            lowest = min(lowest, int(index))
+        return lowest
+
     def module(self, path: str) -> torch.nn.Module:
         if not self._modules:
             self._modules.update(self.model.named_modules())
