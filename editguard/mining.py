@@ -219,15 +219,39 @@ def risk_correlation(records: list[dict]) -> dict[str, Any]:
     }
 
 
+# Where no mined edit collapses the model, the suite keeps this many of the worst intact ones.
+WORST_INTACT_KEPT = 10
+
+
+def hardest_records(records: list[dict], run: dict) -> tuple[list[dict], str]:
+    """The records a mined suite keeps, in mining order, and what they are: the collapsing ones;
+    on a model where none collapses (the subject-first collapse need not reproduce everywhere),
+    the degraded ones (ME-PPL above the ratio bound); where none degrades either, the
+    WORST_INTACT_KEPT with the highest perplexity. The description says which."""
+    editor, line = run["editor"], run["thresholds"]["ppl_max"]
+    collapsed = [r for r in records if r["degradation"] == "collapsed"]
+    if collapsed:
+        return collapsed, f"mined cases whose single {editor} edit pushes ME-PPL above {line:g}"
+    degraded = [r for r in records if r["degradation"] == "degraded"]
+    if degraded:
+        return degraded, (f"no mined {editor} edit pushes ME-PPL above {line:g} on this model; these degrade it "
+                          f"(ME-PPL above {run['thresholds']['ppl_max_ratio']:g}x its baseline)")
+    worst = sorted(records, key=lambda r: -r["ppl"] if r["ppl"] == r["ppl"] else float("-inf"))[:WORST_INTACT_KEPT]
+    chosen = {id(r) for r in worst}
+    return [r for r in records if id(r) in chosen], (
+        f"no mined {editor} edit collapses or degrades this model; these are the {len(worst)} with the "
+        f"highest ME-PPL after the edit")
+
+
 def write_mined_suite(path: str | Path, records: list[dict], cases: dict[str, EditCase], run: dict) -> Path:
-    """The suite file: the hard cases (collapse gate failed) in mining order, plus every mined
+    """The suite file: the hard cases (hardest_records) in mining order, plus every mined
     case's measurements, the run's settings and the risk correlation."""
     refuse_installed_path(path)
-    hard = [cases[r["case_id"]] for r in records if r["degradation"] == "collapsed"]
+    kept, what = hardest_records(records, run)
+    hard = [cases[r["case_id"]] for r in kept]
     levels = {level: sum(r["degradation"] == level for r in records) for level in ("collapsed", "degraded", "intact")}
     extra = {
-        "description": f"HardCF for {run['model']}: mined cases whose single {run['editor']} edit pushes "
-                       f"ME-PPL above {run['thresholds']['ppl_max']:g}",
+        "description": f"HardCF for {run['model']}: {what}",
         "run": {**run, "versions": versions()},
         "summary": {"mined": len(records), **levels,
                     "by_group": {g: {level: sum(r["degradation"] == level for r in records if r["group"] == g)

@@ -13,6 +13,7 @@ from editguard.cases import read_cases, write_cases
 from editguard.cli import main
 from editguard.mining import (
     find_mined_suite,
+    hardest_records,
     find_suite_file,
     project_mined_suite_path,
     record_filter,
@@ -116,3 +117,24 @@ def test_mine_refuses_an_output_inside_an_installed_package(project, site_packag
     with pytest.raises(ValueError, match="inside an installed package"):
         write_mined_suite(target, [], {}, {"model": "tiny-gpt2", "editor": "rome", "thresholds": {"ppl_max": 1000}})
     assert not target.exists()
+
+
+def test_a_model_without_collapse_keeps_its_most_degraded_cases_and_says_so():
+    """The subject-first collapse need not reproduce on every model: the mined list then holds
+    what degrades it, else the worst intact edits, and its description says which."""
+    run = {"model": "m", "editor": "rome", "thresholds": {"ppl_max": 1000, "ppl_max_ratio": 2.0}}
+
+    def record(case_id, level, ppl):
+        return {"case_id": case_id, "degradation": level, "ppl": ppl}
+
+    mixed = [record("1", "intact", 20), record("2", "collapsed", 5e4), record("3", "degraded", 50)]
+    kept, what = hardest_records(mixed, run)
+    assert [r["case_id"] for r in kept] == ["2"] and "above 1000" in what
+    no_collapse = [record("1", "intact", 20), record("3", "degraded", 50), record("4", "degraded", 45)]
+    kept, what = hardest_records(no_collapse, run)
+    assert [r["case_id"] for r in kept] == ["3", "4"] and what.startswith("no mined rome edit pushes")
+    intact = [record(str(i), "intact", 10 + (i * 7) % 13) for i in range(mining.WORST_INTACT_KEPT + 5)]
+    kept, what = hardest_records(intact, run)
+    assert len(kept) == mining.WORST_INTACT_KEPT and "collapses or degrades" in what
+    assert min(r["ppl"] for r in kept) >= max(r["ppl"] for r in intact if r not in kept)
+    assert [r["case_id"] for r in kept] == sorted((r["case_id"] for r in kept), key=int)  # mining order
