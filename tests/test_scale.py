@@ -58,6 +58,19 @@ def test_merge_keeps_every_case_sorted_and_lists_its_sources():
     assert [(m["shard"], m["device"]) for m in merged["run"]["merged_from"]] == [("1/2", "cpu"), ("2/2", "cuda:1")]
 
 
+def test_merge_keeps_the_shards_stopped_sequences_and_incompleteness():
+    a = _report(cases=[{"case_id": "3", "ppl": 1.0, "passed": True}], shard="1/2")
+    b = _report(cases=[{"case_id": "1", "ppl": 2e4, "passed": False}], shard="2/2")
+    stop = {"sequence": "hard", "step": 10, "message": "collapsed", "steps_not_run": [{"step": 11, "case_id": "7"}]}
+    b["sequences_stopped"], b["complete"] = {"suites/sequential/test_hard_sequence.py": stop}, False
+    merged = merge_reports([("a.json", a), ("b.json", b)])
+    assert merged["sequences_stopped"] == b["sequences_stopped"] and merged["complete"] is False
+    assert "sequences_stopped" not in merge_reports([("a.json", a), ("b.json", _report(cases=[], shard="2/2"))])
+    other = {"suites/sequential/test_hard_sequence.py": {**stop, "step": 20}}
+    with pytest.raises(MergeError, match="stopped differently in a.json and b.json"):
+        merge_reports([("a.json", {**a, "sequences_stopped": other}), ("b.json", b)])
+
+
 def test_compare_ignores_timings_but_not_numbers_or_verdicts():
     a, b = _report(), _report()
     b["cases"][0]["seconds"], b["cases"][0]["timings"]["edit"] = 99.0, 98.0

@@ -13,8 +13,8 @@ from editguard.cases import read_cases, write_cases
 from editguard.cli import main
 from editguard.mining import (
     find_mined_suite,
-    hardest_records,
     find_suite_file,
+    hardest_records,
     project_mined_suite_path,
     record_filter,
     shipped_suites_dir,

@@ -68,7 +68,26 @@ def merge_reports(docs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     run = {k: v for k, v in combine_runs([doc["run"] for _, doc in docs]).items() if k != "shard"}
     run["merged_from"] = [{"file": name, "shard": doc["run"].get("shard", ""), "cases": len(doc["cases"]),
                            "device": doc["run"].get("device")} for name, doc in docs]
-    return {"schema": schema, "run": run, "cases": sort_cases(cases)}
+    merged = {"schema": schema, "run": run, "cases": sort_cases(cases)}
+    stops = _sequences_stopped(docs)
+    if stops:
+        merged["sequences_stopped"] = stops
+    if any(doc.get("complete") is False for _, doc in docs):
+        merged["complete"] = False
+    return merged
+
+
+def _sequences_stopped(docs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The shards' early-stopped sequences (by suite module); one module stopped in two shards
+    with different records means they are not shards of one run."""
+    stops: dict[str, Any] = {}
+    where: dict[str, str] = {}
+    for name, doc in docs:
+        for module, stop in (doc.get("sequences_stopped") or {}).items():
+            if module in stops and stops[module] != stop:
+                raise MergeError(f"the sequence of {module} stopped differently in {where[module]} and {name}")
+            stops[module], where[module] = stop, name
+    return dict(sorted(stops.items()))
 
 
 def _check_shards_complete(docs: list[tuple[str, dict[str, Any]]]) -> None:
