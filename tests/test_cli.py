@@ -147,6 +147,21 @@ def test_sequence_plot_draws_probed_steps_only_and_downstream_beside_perplexity(
     assert list(accuracy.get_xdata()) == [0, 2, 4, 6] and list(accuracy.get_ydata()) == [0.65, 0.6, 0.6, 0.6]
 
 
+def test_sequence_plot_zooms_on_the_series_a_collapse_would_flatten(tmp_path, monkeypatch):
+    from editguard.report import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    calm = [{**_case(f"s{i}", 160.0 + i, True), "step": i} for i in range(1, 4)]
+    collapsed = [{**_case(f"c{i}", 1e10, False), "step": i} for i in range(1, 4)]
+    plots.plot_sequences([("rome · hard", collapsed), ("memit · hard", calm)], tmp_path / "s.png")
+    log_axis, zoom_axis = figures[-1].axes[:2]
+    assert log_axis.get_yscale() == "log" and zoom_axis.get_yscale() == "linear"
+    assert [line.get_label() for line in zoom_axis.get_lines()] == ["memit · hard"]
+    plots.plot_sequences([("memit · hard", calm)], tmp_path / "s.png")
+    assert len(figures[-1].axes) == 1   # nothing to zoom on
+
+
 def test_an_unwritable_output_path_is_refused_before_the_work(tmp_path, capsys):
     from editguard.cli import main
 

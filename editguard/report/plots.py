@@ -24,7 +24,8 @@ VERDICT_STYLE = {
 # Line styles and markers that keep coinciding sequence lines apart (cycled per series).
 SERIES_STYLES = [("-", "o"), ("--", "s"), (":", "D"), ("-.", "v"), ((0, (5, 1, 1, 1)), "P"), ((0, (1, 1)), "*")]
 # Series colours outside the verdict palette (blue, orange, red), so a line never reads as a verdict.
-SERIES_COLORS = ["tab:green", "tab:purple", "tab:brown", "black", "tab:olive", "tab:cyan", "tab:pink", "tab:gray"]
+SERIES_COLORS = ["tab:green", "tab:purple", "tab:brown", "black", "tab:olive", "tab:cyan", "tab:pink", "tab:gray",
+                 "darkgoldenrod", "darkslateblue", "teal", "maroon"]
 MAX_TICK_LABELS = 40
 
 
@@ -115,12 +116,19 @@ def plot_sequences(series: list[tuple[str, list[dict[str, Any]]]], path: str | P
     series = [(label, sorted((c for c in steps if c.get("ppl_probed", True)), key=lambda c: c["step"]))
               for label, steps in series]
     tasks = sorted({task for _, steps in series for c in steps for task in (c.get("downstream") or {})})
-    if tasks:
-        fig, (ax, ax_down) = plt.subplots(2, 1, figsize=(10, 7.5), sharex=True, height_ratios=(3, 2))
-    else:
-        fig, ax = plt.subplots(figsize=(9, 4.5))
     all_ppl = [c["ppl"] for _, steps in series for c in steps]
     top = _y_for_nan(all_ppl + [ppl_max])
+    # A collapse (10^10) flattens every series that stays near its baseline (10^2) on one log axis:
+    # those get a linear panel of their own, below the collapse line.
+    below = [all(_finite(c["ppl"]) and c["ppl"] < ppl_max for c in steps) for _, steps in series]
+    zoom = any(below) and not all(below) and top > 10 * ppl_max
+    heights = (3,) + ((2,) if zoom else ()) + ((2,) if tasks else ())
+    fig, axes = plt.subplots(len(heights), 1, figsize=(10, 2.5 + 2.5 * len(heights)), sharex=True,
+                             height_ratios=heights, squeeze=False)
+    axes = list(axes[:, 0])
+    ax = axes.pop(0)
+    ax_zoom = axes.pop(0) if zoom else None
+    ax_down = axes.pop(0) if tasks else None
     flagged: dict[str, list[tuple[int, float]]] = {FAILED_GATE: [], COLLAPSED: []}
     for k, (label, steps) in enumerate(series):
         xs = [0] + [c["step"] for c in steps]
@@ -130,6 +138,9 @@ def plot_sequences(series: list[tuple[str, list[dict[str, Any]]]], path: str | P
         color = SERIES_COLORS[k % len(SERIES_COLORS)]
         ax.plot(xs, ys, linestyle=dash, marker=marker, markersize=5 + 1.5 * (k % 3), fillstyle="none",
                 color=color, linewidth=1.4, alpha=0.9, label=label, zorder=10 + k)
+        if ax_zoom is not None and below[k]:
+            ax_zoom.plot(xs, ys, linestyle=dash, marker=marker, markersize=5 + 1.5 * (k % 3), fillstyle="none",
+                         color=color, linewidth=1.4, alpha=0.9, label=label, zorder=10 + k)
         for c, y in zip(steps, ys[1:]):
             v = verdict(c, ppl_max)
             if v in flagged:
@@ -155,7 +166,11 @@ def plot_sequences(series: list[tuple[str, list[dict[str, Any]]]], path: str | P
     ax.set_title("perplexity during sequential editing" + (" and downstream accuracy" if tasks else ""))
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     bottom = ax
-    if tasks:
+    if ax_zoom is not None:
+        ax_zoom.set_ylabel("perplexity (linear)")
+        ax_zoom.set_title(f"the series that stay below the collapse line ({ppl_max:g})", fontsize=9)
+        bottom = ax_zoom
+    if ax_down is not None:
         ax_down.set_ylabel("downstream accuracy")
         ax_down.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         bottom = ax_down
