@@ -53,6 +53,9 @@ FAMILY_LAYERS: dict[str, tuple[int, ...]] = {
 # windows at the subject's last token carry the most indirect effect at layers 6–10 once layer 0
 # (a second embedding) is left out (bench/results/causal-trace-smollm2-135m.json).
 SMOLLM2_LAYERS = (6, 7, 8, 9, 10)
+# Gemma 3 270M's, measured the same way: the best five-layer window is 3–7 (mean indirect effect
+# 0.072; peak at layer 5, ROME's edit layer) (bench/results/causal-trace-gemma3-270m.json).
+GEMMA3_LAYERS = (3, 4, 5, 6, 7)
 
 
 def default_layers(mue: ModelUnderEdit) -> tuple[int, ...]:
@@ -73,7 +76,8 @@ def default_layers(mue: ModelUnderEdit) -> tuple[int, ...]:
 class LayerRangeHparams(Hparams):
     """Hyperparameters shared by MEMIT and AlphaEdit (their v* search is ROME's)."""
 
-    MODEL_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {"smollm2-135m": {"layers": SMOLLM2_LAYERS}}
+    MODEL_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {"smollm2-135m": {"layers": SMOLLM2_LAYERS},
+                                                           "gemma3-270m": {"layers": GEMMA3_LAYERS}}
 
     layers: tuple[int, ...] | None = ranged(None, minimum=0)   # None: the family's critical layers (see default_layers)
     v_num_grad_steps: int = ranged(25, minimum=1)
@@ -111,6 +115,7 @@ class MemitHparams(LayerRangeHparams):
     # normal cases). λ = 1500 restores s ≈ 1: 5/5 on normal cases at unchanged perplexity
     # (150: 5/5 too; see README "Editors on the embedded model").
     MODEL_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
+        **LayerRangeHparams.MODEL_DEFAULTS,
         "smollm2-135m": {**LayerRangeHparams.MODEL_DEFAULTS["smollm2-135m"], "mom2_update_weight": 1500.0}}
 
     mom2_update_weight: float = 15000.0     # λ in ΔW = R Kᵀ (λ C + K Kᵀ)⁻¹

@@ -107,7 +107,7 @@ class ModelSpec:
 TINY_MODEL_TYPES = {"gpt2": "gpt2", "gptj": "gptj", "llama": "llama", "mistral": "mistral", "qwen2": "qwen2",
                     "qwen3": "qwen3", "gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3_text",
                     "phi3": "phi3", "gpt-neox": "gpt_neox", "opt": "opt"}
-GEMMA3_EDIT_LAYER = 4  # provisional: replaced by the causal-trace measurement when it is done
+GEMMA3_EDIT_LAYER = 5  # the causal trace's peak (bench/results/causal-trace-gemma3-270m.json)
 
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
