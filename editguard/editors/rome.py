@@ -196,7 +196,7 @@ class ValueObjective:
     def _layer_output_if_additive(self) -> torch.Tensor | None:
         """Layer `layer`'s output with δ = 0, when adding δ to its MLP output shifts the layer's
         output by exactly δ (the MLP output goes straight into the residual stream: every family
-        but those with a norm after the MLP, as Gemma's). Nothing else in that layer depends on δ,
+        but those with a norm after the MLP, as Gemma 2's and 3's). Nothing else in that layer depends on δ,
         so each step can start at the layer above from this output + δ: one layer less per step.
         Tested with a probe δ rather than assumed per family. None: each step runs the layer.
         Records v_init (and the scale) as a first step would."""
