@@ -113,7 +113,8 @@ def edit_sequence(request, model_under_edit, editor, editguard_baselines, editgu
     from editguard.guard import EditSequence
 
     s = editguard_settings
-    length = request.config.stash[SOURCES_KEY].get(request.module.__name__, {}).get("cases_selected")
+    selected = request.config.stash[SOURCES_KEY].get(request.module.__name__, {}).get("cases_selected")
+    length = None if selected is None else -(-selected // s.batch_size)   # steps: one edit per --batch-size cases
     sequence = EditSequence(model_under_edit, editor, editguard_baselines.get(s.ppl_corpus_for(sequential=True)),
                             s.thresholds, name=request.module.__name__.rpartition(".")[2].removeprefix("test_"),
                             on_error=s.sequence_on_error, ppl_every=s.ppl_every, length=length,

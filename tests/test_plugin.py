@@ -250,6 +250,17 @@ def test_batch_size_groups_cases_into_one_edit_each(suite):
         ("t1", ["t1", "t2"]), ("t3", None)]
 
 
+def test_a_batched_sequence_probes_its_last_step(suite):
+    """With --batch-size the sequence has fewer steps than cases: the last step (here step 2 of
+    3 cases in batches of 2) is still the one always probed."""
+    result = suite.runpytest_subprocess("--model=tiny-llama", "--editor=ft", "--update-norm-max=5", "--batch-size=2",
+                                        "--sequential", "--ppl-every=10", "--ppl-corpus=me-ppl-50",
+                                        "--editguard-json=out/bs.json", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    steps = sorted(json.loads((suite.path / "out" / "bs.json").read_text())["cases"], key=lambda c: c["step"])
+    assert [(c["step"], c["ppl_probed"], c["ppl"] is not None) for c in steps] == [(1, False, False), (2, True, True)]
+
+
 def test_batch_size_is_refused_for_an_editor_that_edits_one_case_at_a_time(suite):
     result = suite.runpytest_subprocess(*base_args("--editor=rome", "--batch-size=2"))
     assert result.ret != 0
