@@ -84,7 +84,7 @@ def token_nlls(mue: ModelUnderEdit, batch: list[list[int]], unchanged_below: int
     input_ids, mask = enc["input_ids"], enc["attention_mask"]
     unchanged_below = min(unchanged_below, mue.n_layers - 1)   # nothing edited: the top layer still runs
     if unchanged_below > 0 and layer_inputs is not None:
-        key = (unchanged_below, hash(tuple(map(tuple, batch))))
+        key = (unchanged_below, tuple(map(tuple, batch)))   # the tokens themselves: no hash collision
         start_input = layer_inputs.get(key)
         if start_input is None:
             start_input = inputs_until(mue, mue.module(mue.family.layer.format(unchanged_below)), **enc)

@@ -136,11 +136,9 @@ def plot_sequences(series: list[tuple[str, list[dict[str, Any]]]], path: str | P
         ys = [start] + [c["ppl"] if _finite(c["ppl"]) else top for c in steps]
         dash, marker = SERIES_STYLES[k % len(SERIES_STYLES)]
         color = SERIES_COLORS[k % len(SERIES_COLORS)]
-        ax.plot(xs, ys, linestyle=dash, marker=marker, markersize=5 + 1.5 * (k % 3), fillstyle="none",
-                color=color, linewidth=1.4, alpha=0.9, label=label, zorder=10 + k)
-        if ax_zoom is not None and below[k]:
-            ax_zoom.plot(xs, ys, linestyle=dash, marker=marker, markersize=5 + 1.5 * (k % 3), fillstyle="none",
-                         color=color, linewidth=1.4, alpha=0.9, label=label, zorder=10 + k)
+        for axis in [ax] + ([ax_zoom] if ax_zoom is not None and below[k] else []):
+            axis.plot(xs, ys, linestyle=dash, marker=marker, markersize=5 + 1.5 * (k % 3), fillstyle="none",
+                      color=color, linewidth=1.4, alpha=0.9, label=label, zorder=10 + k)
         for c, y in zip(steps, ys[1:]):
             v = verdict(c, ppl_max)
             if v in flagged:
