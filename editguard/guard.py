@@ -212,10 +212,22 @@ def edit_batch_of(case: EditCase | Sequence[EditCase]) -> list[EditCase]:
     return cases
 
 
-def _edit_and_measure(mue: ModelUnderEdit, editor: Editor, case: EditCase | Sequence[EditCase], baseline: Baseline,
-                      thresholds: Thresholds, snapshot: WeightSnapshot, timings: dict[str, float],
-                      start: float, probe_step: bool = True, measure_scores: bool = False,
-                      edited_since_pristine: Sequence[str] = ()) -> CaseResult:
+def _edit_and_measure(*args, **kwargs) -> CaseResult:
+    """`_measure_edit`, with the phase it was in named on any exception it raises
+    (`err.editguard_phase`: the error record of the case says where the edit failed)."""
+    phase = ["check"]
+    try:
+        return _measure_edit(*args, phase=phase, **kwargs)
+    except Exception as err:
+        if getattr(err, "editguard_phase", None) is None:
+            err.editguard_phase = phase[0]
+        raise
+
+
+def _measure_edit(mue: ModelUnderEdit, editor: Editor, case: EditCase | Sequence[EditCase], baseline: Baseline,
+                  thresholds: Thresholds, snapshot: WeightSnapshot, timings: dict[str, float],
+                  start: float, probe_step: bool = True, measure_scores: bool = False,
+                  edited_since_pristine: Sequence[str] = (), *, phase: list[str]) -> CaseResult:
     """Apply the edit on top of the model as it is, measure and judge; restores nothing.
     `snapshot` holds the touched weights as they were just before this edit; `edited_since_pristine`
     names every parameter earlier edits of a sequence touched (the layers below all of them are
@@ -226,34 +238,41 @@ def _edit_and_measure(mue: ModelUnderEdit, editor: Editor, case: EditCase | Sequ
     prompts; of a batch's first case)."""
     cases = edit_batch_of(case)
     case = cases[0]
+    phase[0] = "case check"
     for each in cases:
         check_case_fits(mue, each)   # before any weight moves: a kilobyte prompt is refused, not edited for minutes
     if mue.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(mue.device)
     t = time.perf_counter()
+    phase[0] = "anatomy keys"
     keys = anatomy_keys(mue, baseline, snapshot.names)
     timings["anatomy_keys"] = time.perf_counter() - t
     t = time.perf_counter()
+    phase[0] = "edit"
     report = checked_report(editor, editor.apply(mue, cases))
     timings["edit"] = time.perf_counter() - t
     timings.update({k: v for k, v in report.diagnostics.items() if k.startswith("seconds_")})
     ppl = None
     if probe_step:
         t = time.perf_counter()
+        phase[0] = "perplexity"
         ppl = perplexity(mue, baseline.sentences, bos=baseline.ppl_bos,
                          unchanged_below=mue.lowest_layer_of([*snapshot.names, *edited_since_pristine]),
                          layer_inputs=baseline.ppl_layer_inputs)
         timings["perplexity"] = time.perf_counter() - t
     t = time.perf_counter()
+    phase[0] = "efficacy"
     effs = [efficacy(mue, c.text, c.target_new, c.target_true, prefix=report.test_prefix) for c in cases]
     eff = effs[0]
     timings["efficacy"] = time.perf_counter() - t
     prompt_scores = None
     if measure_scores:   # quality mode only: the paraphrase and neighbourhood prompts cost a forward pass
         t = time.perf_counter()
+        phase[0] = "generalization and locality"
         prompt_scores = edit_scores(mue, case, prefix=report.test_prefix, with_edit_prompt=False)
         timings["generalization_locality"] = time.perf_counter() - t
     t = time.perf_counter()
+    phase[0] = "anatomy"
     diagnostics = {k: v for k, v in report.diagnostics.items() if not k.startswith("seconds_")}
     anatomy = measure_anatomy(snapshot, mue, keys)
     diagnostics["update_norm_rel"] = anatomy["update_norm_rel_max"]
@@ -268,6 +287,7 @@ def _edit_and_measure(mue: ModelUnderEdit, editor: Editor, case: EditCase | Sequ
     downstream = None
     if baseline.downstream is not None and probe_step:   # off by default: no probe, no cost
         t = time.perf_counter()
+        phase[0] = "downstream"
         scores = baseline.downstream.run(mue)
         timings["downstream"] = time.perf_counter() - t
         downstream = baseline.downstream.to_json(scores)
@@ -303,14 +323,22 @@ def check(mue: ModelUnderEdit, editor: Editor, case: EditCase | Sequence[EditCas
     (quality mode)."""
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    restore_point = RestorePoint(mue, editor, editor.touched_parameters(mue, edit_batch_of(case)), baseline)
+    try:
+        restore_point = RestorePoint(mue, editor, editor.touched_parameters(mue, edit_batch_of(case)), baseline)
+    except Exception as err:
+        err.editguard_phase = "snapshot"
+        raise
     timings["snapshot"] = time.perf_counter() - start
     try:
         result = _edit_and_measure(mue, editor, case, baseline, thresholds, restore_point.snapshot, timings, start,
                                    measure_scores=measure_scores)
     finally:
         t = time.perf_counter()
-        restore_point.restore()
+        try:
+            restore_point.restore()
+        except Exception as err:
+            err.editguard_phase = "restore"
+            raise
         timings["restore"] = time.perf_counter() - t
     result.seconds = time.perf_counter() - start
     return result
@@ -422,8 +450,10 @@ class EditSequence:
             step_snapshot.restore()   # never build on a half-written edit
             self.failed_steps.append((step, cases[0].case_id, f"{type(err).__name__}: {err}"))
             then = "later steps are skipped" if self.on_error == "stop" else "the sequence continues from there"
-            raise SequenceStepError(f"step {step} ({cases[0].case_id}) of sequence '{self.name}' failed: "
-                                    f"{type(err).__name__}: {err}; its writes were undone, {then}") from err
+            failure = SequenceStepError(f"step {step} ({cases[0].case_id}) of sequence '{self.name}' failed: "
+                                        f"{type(err).__name__}: {err}; its writes were undone, {then}")
+            failure.editguard_phase = getattr(err, "editguard_phase", None)
+            raise failure from err
         result.sequence, result.step = self.name, step
         result.diagnostics["cumulative_update_norm_rel"] = measure_anatomy(self.original.snapshot,
                                                                            self.mue)["update_norm_rel_max"]

@@ -1,7 +1,7 @@
 """The run header: what a measurement ran on, built one way for the plugin and the CLI commands.
 
-`RunInfo` (the JSON report's header schema) stays in editguard.report.json_report beside the
-functions that combine and merge headers; this module builds it from the objects of a run.
+`RunHeader` (the header's schema) is in editguard.run.records; this module builds it from the
+objects of a run.
 """
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from editguard.editors.api import editor_hparams
-from editguard.report.json_report import RunInfo
+from editguard.report.json_report import process_invocation
+from editguard.run.records import RunHeader
 
 
 def dtype_name(dtype) -> str:
@@ -23,12 +24,13 @@ def model_fields(mue) -> dict[str, Any]:
             "dtype": dtype_name(mue.dtype)}
 
 
-def edit_run_info(mue, editor, baseline, thresholds, **fields: Any) -> RunInfo:
+def edit_run_info(mue, editor, baseline, thresholds, **fields: Any) -> RunHeader:
     """The header of a run that edits `mue` with `editor` and gates against `baseline`; `fields`
     are RunInfo's per-run ones (seed, suite, suite_source, sequential, shard). The seed defaults
     to the editor's template seed."""
     hparams = editor_hparams(editor, mue)
     fields.setdefault("seed", hparams.get("template_seed", 0))
-    return RunInfo(editor=editor.name, hparams=hparams, thresholds=thresholds.to_dict(),
+    fields.setdefault("invocation", dict(process_invocation()))
+    return RunHeader(editor=editor.name, hparams=hparams, thresholds=thresholds.to_dict(),
                    baseline_ppl=baseline.ppl.ppl, baseline_corpus_ppl=baseline.ppl.corpus_ppl,
                    ppl_corpus=baseline.corpus, ppl_bos=baseline.ppl_bos, **model_fields(mue), **fields)

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from pytest_editguard.results import junit_properties
 from pytest_editguard.settings import SETTINGS_KEY, SOURCES_KEY, EditguardSettings, is_sequential, user_errors
 
 
@@ -30,6 +29,14 @@ def model_under_edit(editguard_settings: EditguardSettings):
         warning = editguard_settings.apply_calibration(mue)
     except user_errors() as err:
         _fail_cleanly(f"load --model={editguard_settings.model}", err)
+    saved = editguard_settings.compare_saved
+    if saved is not None:
+        # Other weights than the saved run's: refused now, before any edit, not after the last one.
+        there, dtype = saved["run"].get("model_fingerprint"), str(mue.dtype).removeprefix("torch.")
+        if there and there != mue.fingerprint and saved["run"].get("dtype") in (None, dtype):
+            pytest.exit(f"--editguard-compare {editguard_settings.compare_path}: model {mue.name!r} has other weights "
+                        f"there (fingerprint {there} vs {mue.fingerprint} here); compare runs of the same weights",
+                        returncode=pytest.ExitCode.USAGE_ERROR)
     if warning:
         from editguard.calibration import CalibrationWarning
 
@@ -124,7 +131,8 @@ def edit_sequence(request, model_under_edit, editor, editguard_baselines, editgu
     sequence.restore()
 
 
-def _suite_name(node) -> str:
+def suite_name(node) -> str:
+    """The suite a test belongs to: its folder (suites/hardcf/...), or its file outside a suite folder."""
     path = Path(str(node.path))
     return path.parent.name if path.parent.name not in ("tests", "") else path.stem
 
@@ -147,7 +155,7 @@ class EditGuard:
 
         request = self._request
         info = edit_run_info(
-            self.model, self.editor, self.baseline, self.settings.thresholds, suite=_suite_name(request.node),
+            self.model, self.editor, self.baseline, self.settings.thresholds, suite=suite_name(request.node),
             calibration=self.settings.calibration,
             sequential=self.sequential, shard=self.settings.shard_label,
             quality=self.settings.quality.to_dict() if self.settings.quality.enabled else None,
@@ -157,7 +165,8 @@ class EditGuard:
         return info.to_json()
 
     def check(self, case):
-        """`case`: an EditCase, or a batch of them (--batch-size) edited in one call."""
+        """`case`: an EditCase, or a batch of them (--batch-size) edited in one call. An edit that
+        raises is recorded as a case with verdict `error` before the test fails."""
         from editguard.cases import EditCase
         from editguard.guard import check
 
@@ -168,24 +177,45 @@ class EditGuard:
                 not_run = {**sequence.skip(case), "suite_module": self.module_path}
                 self._request.node.user_properties.append(("editguard_not_run", json.dumps(not_run)))
                 pytest.skip(sequence.stopped_reason)
-            result = sequence.apply(case)
+            try:
+                result = sequence.apply(case)
+            except Exception as err:
+                self._record_error(case, err, sequence=sequence.name, step=sequence.steps_taken)
+                raise
         else:
             try:
                 result = check(self.model, self.editor, case, self.baseline, self.settings.thresholds,
                                measure_scores=self.settings.quality.measure_scores)
-            except user_errors() as err:   # a case too long, an editor returning no EditReport, ...
+            except Exception as err:
+                self._record_error(case, err)
+                if not isinstance(err, user_errors()):
+                    raise   # an unexpected crash keeps its traceback
+                # a case too long, an editor returning no EditReport, ...: the message says it all
                 first = case if isinstance(case, EditCase) else case[0]
                 pytest.fail(f"{first.case_id}{'' if first is case else f' (batch of {len(case)})'}: {err}",
                             pytrace=False)
-        node = self._request.node
         record = {**result.to_json(), "suite_module": self.module_path}
         if sequence is not None and sequence.stop and sequence.stop["step"] == result.step:
             record["sequence_stop"] = sequence.stop   # the step that ended the sequence says so
+        self._attach(record)
+        return result
+
+    def _attach(self, record: dict[str, Any]) -> None:
+        """Hand the record to the run's recorder (through the test report, so that xdist workers'
+        records reach the controller), with flat numbers for junit XML (--junitxml)."""
+        from editguard.run.records import junit_properties
+
+        node = self._request.node
         node.user_properties.append(("editguard_case", json.dumps(record)))
         node.user_properties.append(("editguard_run", json.dumps(self.run_info())))
-        # Flat numbers as well, so junit XML (--junitxml) shows them as <property> elements.
         node.user_properties.extend(junit_properties(record))
-        return result
+
+    def _record_error(self, case, err: BaseException, sequence: str | None = None, step: int | None = None) -> None:
+        from editguard.run.records import error_record
+
+        phase = getattr(err, "editguard_phase", None) or getattr(err.__cause__, "editguard_phase", None) or "edit"
+        self._attach(error_record(case, self.editor.name, self.model.name, err, phase, suite_module=self.module_path,
+                                  sequence=sequence, step=step).to_json())
 
     def assert_safe(self, case):
         """Fail the test with the gates' reasons and, where one is known, the next step."""

@@ -13,6 +13,7 @@ and its tests ask for `edit_case` and `edit_guard`:
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -111,6 +112,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         source = getattr(loaded, "description", "") or f"{metafunc.module.__name__}.edit_cases(settings)"
         raise pytest.UsageError(f"{metafunc.definition.nodeid}: its case source ({source}) gave no cases; "
                                 f"point the suite at a non-empty case file or source")
+    _refuse_duplicate_ids(metafunc.definition.nodeid, cases)
     total = len(cases)
     if settings.max_cases is not None:
         cases = cases[: settings.max_cases]
@@ -128,6 +130,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         # One sequence per module: its step ids keep it on one xdist worker, in order (scheduling.py).
         ids = [step_id(i, case_id, len(cases)) for i, case_id in enumerate(ids, 1)]
     metafunc.parametrize("edit_case", cases, ids=ids)
+
+
+def _refuse_duplicate_ids(nodeid: str, cases: list) -> None:
+    """Two cases under one id would share one identity in the report, and one would hide the other
+    from the no-regression gate: refused at collection, naming both."""
+    first_seen: dict[str, int] = {}
+    for index, case in enumerate(cases):
+        case_id = str(getattr(case, "case_id", ""))
+        if case_id in first_seen:
+            earlier = cases[first_seen[case_id]]
+            raise pytest.UsageError(
+                f"{nodeid}: its cases {first_seen[case_id]} ({earlier.subject!r}: {earlier.prompt!r}) and {index} "
+                f"({case.subject!r}: {case.prompt!r}) share the case id {case_id!r}; give every case its own id")
+        first_seen[case_id] = index
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -156,12 +172,38 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     drops the notes Hypothesis attaches to the exception: the failing example and how to
     reproduce it. Keep them, as a section of the failure."""
     report = yield
+    if report.failed and report.when in ("setup", "call") and "edit_guard" in getattr(item, "fixturenames", ()):
+        _record_unrecorded_error(item, call, report)
     exc = call.excinfo.value if call.excinfo is not None else None
     notes = getattr(exc, "__notes__", None)
     if (report.failed and notes and "edit_guard" in getattr(item, "fixturenames", ())
             and isinstance(exc, pytest.fail.Exception) and not exc.pytrace):
         report.sections.append(("Hypothesis", "\n".join(notes)))
     return report
+
+
+def _record_unrecorded_error(item: pytest.Item, call: pytest.CallInfo, report: pytest.TestReport) -> None:
+    """An edit test that failed before its edit was recorded (a fixture's set-up raised: the model,
+    the editor, the baseline; or the test crashed outside the guard) is still a case of the run:
+    an error record, so that no case goes missing from the report."""
+    if any(name == "editguard_case" for name, _ in item.user_properties):
+        return
+    case = getattr(getattr(item, "callspec", None), "params", {}).get("edit_case")
+    if case is None:
+        return
+    from editguard.run.records import error_record, junit_properties
+
+    settings = item.config.stash[SETTINGS_KEY]
+    err = call.excinfo.value if call.excinfo is not None else "failed"
+    if isinstance(err, pytest.fail.Exception):
+        err = err.msg or "failed"
+    record = error_record(case, settings.editor, settings.model, err,
+                          "setup" if report.when == "setup" else "test",
+                          suite_module=item.nodeid.split("::")[0]).to_json()
+    props = [("editguard_case", json.dumps(record)), ("editguard_case_phase", report.when),
+             *junit_properties(record)]
+    item.user_properties.extend(props)
+    report.user_properties.extend(props)
 
 
 @pytest.hookimpl(optionalhook=True)

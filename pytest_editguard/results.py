@@ -1,10 +1,13 @@
-"""The plugin's results: collected from test reports (so that xdist workers' results reach the
-controller), shown as the collapse report, written as the JSON report and plots; junit properties."""
+"""The plugin's side of a run's results: records arrive in test reports (so that xdist workers'
+results reach the controller) and go to the library's Recorder (editguard.run.recorder), which
+journals them and writes the reports; this module shows the collapse report in the terminal and
+turns the run's outcome into pytest's exit status."""
 
 from __future__ import annotations
 
 import datetime
 import json
+import signal
 import sys
 from io import StringIO
 from typing import Any
@@ -13,65 +16,45 @@ import pytest
 
 from pytest_editguard.settings import SETTINGS_KEY, SOURCES_KEY
 
-_JUNIT_FIELDS = ("passed", "ppl", "ppl_baseline", "corpus_ppl", "denominator_ratio", "key_cosine",
-                 "update_norm_rel", "blast_radius", "efficacy", "sequence", "step", "peak_memory_mb")
-
-
-def junit_properties(record: dict[str, Any]) -> list[tuple[str, str]]:
-    """A case's numbers as (name, value) pairs, named editguard.<field>; gates as one line each."""
-    props = [(f"editguard.{f}", str(record[f])) for f in _JUNIT_FIELDS if record.get(f) is not None]
-    props.append(("editguard.failed_gates", ",".join(record["failed_gates"])))
-    for task, scores in (record.get("downstream") or {}).items():
-        props.append((f"editguard.downstream.{task}", str(scores["accuracy"])))
-    props.append(("editguard.reason", record["reason"]))
-    diag = record.get("diagnostics") or {}
-    for name in ("denominator", "denominator_kbar", "key_rel_distance", "update_norm", "numerator_norm",
-                 "v_star_norm", "layer"):
-        if isinstance(diag.get(name), (int, float)):
-            props.append((f"editguard.{name}", str(diag[name])))
-    return props
-
-
-def sequence_stops(results: list[dict[str, Any]], not_run: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per suite module whose sequence stopped early (a collapse, or a failed step): the step, why,
-    and the steps not run."""
-    stops: dict[str, Any] = {}
-    for s in sorted(not_run, key=lambda s: s["step"]):
-        stop = stops.setdefault(s["suite_module"], {"sequence": s["sequence"], "step": s["stopped_at"],
-                                                    "message": s["reason"], "steps_not_run": []})
-        stop["steps_not_run"].append({"step": s["step"], "case_id": s["case_id"]})
-    for record in results:
-        if record.get("sequence_stop"):
-            stop = stops.setdefault(record["suite_module"], {"sequence": record["sequence"], "steps_not_run": []})
-            stop.update(record["sequence_stop"])
-    return dict(sorted(stops.items()))
-
 
 def is_xdist_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
+
+
+def _terminate_as_interrupt(signum, frame):
+    # A CI cancel (SIGTERM) ends the run like Ctrl-C: pytest then finishes the session, and the
+    # report says "complete": false with every case that finished.
+    raise KeyboardInterrupt(f"editguard: signal {signum} (SIGTERM): the run stops, its report is written")
 
 
 class ResultCollector:
     """Registered per pytest config (nested pytester sessions get their own)."""
 
     def __init__(self, config: pytest.Config):
+        from editguard.run.recorder import Outputs, Recorder
+
         self.config = config
-        self.results: list[dict[str, Any]] = []
-        self.runs: dict[str, dict[str, Any]] = {}  # one run header per suite module
+        settings = config.stash[SETTINGS_KEY]
         # Edit tests collected (None under xdist, where the controller collects nothing) and those
         # that ran to an outcome: the difference is what an interrupted run did not get to.
         self.collected: list[str] | None = None
         self.finished: set[str] = set()
-        self.quality: dict[str, Any] | None = None  # the run's quality summary, judged at session end
-        self.not_run_steps: list[dict[str, Any]] = []   # sequence steps skipped after the sequence stopped
-        self._comparison: Any = None          # editguard.report.compare.Comparison, once judged
-        self.comparison_error = ""            # why the saved report could not be compared
         # How this run was started (the controller's, not a worker's): taken now; the git commit is
-        # looked up once the run is known to edit (collected edit tests, or the first result), not
-        # in every pytest run of a foreign project.
+        # looked up once the run is known to edit, not in every pytest run of a foreign project.
         self.started = datetime.datetime.now(datetime.timezone.utc)
         self.argv, self.cwd = list(sys.argv), str(config.invocation_params.dir)
         self._invocation: dict[str, Any] | None = None
+        self._previous_sigterm: Any = None
+        compare = None
+        if settings.compare_saved is not None:
+            compare = (settings.compare_saved, settings.compare_path, settings.compare_margins)
+        self.recorder = Recorder(Outputs(json=settings.json_path, markdown=settings.markdown_path,
+                                         plots=settings.plots_dir),
+                                 self._fallback_header, self.invocation, compare)
+
+    @property
+    def results(self) -> list[dict[str, Any]]:
+        return self.recorder.cases
 
     def invocation(self) -> dict[str, Any]:
         """argv, cwd, git commit and start time; the commit looked up on the first call."""
@@ -80,45 +63,20 @@ class ResultCollector:
 
             self._invocation = invocation(self.argv, self.started, self.cwd)
         return self._invocation
-        self.not_run_steps: list[dict[str, Any]] = []   # sequence steps skipped after the sequence stopped
+
+    def _fallback_header(self) -> dict[str, Any]:
+        # Nothing was measured (interrupted first, every case errored, or every suite empty on
+        # purpose): the settings say what would have run.
+        s = self.config.stash[SETTINGS_KEY]
+        return {"editor": s.editor, "model": s.model, "thresholds": s.thresholds.to_dict(), "ppl_bos": s.ppl_bos,
+                "quality": s.quality.to_dict() if s.quality.enabled else None, "calibration": s.calibration}
 
     @property
     def run(self) -> dict[str, Any]:
-        from editguard.report.json_report import combine_runs
+        return self.recorder.header
 
-        if self.runs:
-            return {**combine_runs([self.runs[k] for k in sorted(self.runs)]), "invocation": self.invocation()}
-        # Nothing was edited (interrupted first, or every suite empty on purpose): the settings say
-        # what would have run.
-        s = self.config.stash[SETTINGS_KEY]
-        return {"editor": s.editor, "model": s.model, "thresholds": s.thresholds.to_dict(), "ppl_bos": s.ppl_bos,
-                "invocation": self.invocation(),
-                "quality": s.quality.to_dict() if s.quality.enabled else None,
-                "calibration": s.calibration}
-
-    def comparison(self):
-        """The run judged against --editguard-compare's saved report (None without one, or when
-        nothing ran); a report that cannot be compared leaves `comparison_error`."""
-        settings = self.config.stash[SETTINGS_KEY]
-        if self._comparison is None and settings.compare_saved is not None and self.results \
-                and not self.comparison_error:
-            from editguard.report.compare import CompareError, compare_runs
-
-            try:
-                self._comparison = compare_runs(settings.compare_saved, {"run": self.run, "cases": self.results},
-                                                settings.compare_margins, name=settings.compare_path)
-            except CompareError as err:
-                self.comparison_error = f"--editguard-compare: {err}"
-        return self._comparison
-
-    def judge_quality(self) -> dict[str, Any] | None:
-        """Quality mode's suite-level verdict over every result of the run (on the controller, all
-        workers' results); None when quality mode is off or no edit ran."""
-        if self.quality is None and self.results:
-            from editguard.report.quality import quality_summary
-
-            self.quality = quality_summary(self.run, self.results)
-        return self.quality
+    def _writes_reports(self) -> bool:
+        return not is_xdist_worker(self.config) and not self.config.option.collectonly
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         if not is_xdist_worker(self.config) and session.items:
@@ -126,6 +84,40 @@ class ResultCollector:
                               if "edit_guard" in getattr(item, "fixturenames", ())]
             if self.collected:
                 self.invocation()   # the commit the run starts from
+                self._check_saved_suite(session)
+                if self._writes_reports():
+                    self._start()
+
+    def _check_saved_suite(self, session: pytest.Session) -> None:
+        """A saved report (--editguard-compare) of another suite is refused now, before any edit
+        (under xdist the controller collects nothing: then the comparison refuses it at the end)."""
+        settings = self.config.stash[SETTINGS_KEY]
+        if settings.compare_saved is None:
+            return
+        from editguard.report.compare import saved_suites
+        from pytest_editguard.fixtures import suite_name
+
+        there = saved_suites(settings.compare_saved["run"])
+        here = {suite_name(item) for item in session.items if "edit_guard" in getattr(item, "fixturenames", ())}
+        if there and here and not there & here:
+            raise pytest.UsageError(f"--editguard-compare {settings.compare_path}: it ran suite "
+                                    f"{', '.join(sorted(there))}, this run {', '.join(sorted(here))}; compare runs "
+                                    f"of the same suite")
+
+    def _start(self) -> None:
+        """The run edits: begin the journal and the incomplete report, and let SIGTERM end the run
+        like Ctrl-C (only now, so that a foreign project's runs keep their own handling)."""
+        self.recorder.start()
+        if self._previous_sigterm is None and self.recorder.outputs.json:
+            try:
+                self._previous_sigterm = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+            except ValueError:   # not the main thread: leave signals alone
+                pass
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
 
     def completion(self, exitstatus: int) -> dict[str, Any]:
         """Whether every collected edit test ran: {"complete", "cases_done", "cases_not_run"}."""
@@ -137,18 +129,21 @@ class ResultCollector:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when == "call" or (report.when == "setup" and not report.passed):
             self.finished.add(report.nodeid)
-        if report.when != "call":
+        if report.when not in ("setup", "call"):
             return
         props = dict(report.user_properties)
-        if "editguard_not_run" in props:
-            self.not_run_steps.append(json.loads(props["editguard_not_run"]))
-        if "editguard_case" in props:
+        if "editguard_not_run" in props and report.when == "call":
+            self.recorder.add_step_not_run(json.loads(props["editguard_not_run"]))
+        if "editguard_case" in props and props.get("editguard_case_phase", "call") == report.when:
             record = json.loads(props["editguard_case"])
             if not self.results and not is_xdist_worker(self.config):
                 self.invocation()   # under xdist the controller collects nothing: look it up now
-            self.results.append(record)
-            if record["suite_module"] not in self.runs:
-                self.runs[record["suite_module"]] = json.loads(props["editguard_run"])
+            header = json.loads(props["editguard_run"]) if "editguard_run" in props else None
+            if self._writes_reports():
+                self._start()
+                self.recorder.add_case(record, header)
+            else:
+                self.recorder.cases.append(record)
 
     def pytest_terminal_summary(self, terminalreporter, exitstatus: int) -> None:
         if is_xdist_worker(self.config):
@@ -173,16 +168,16 @@ class ResultCollector:
         console.print(render_report(self.run, self.results))
         terminalreporter.write_sep("=", "editguard collapse report")
         terminalreporter.write(buffer.getvalue())
-        comparison = self.comparison()
-        if self.comparison_error:
-            terminalreporter.write_line(f"editguard: {self.comparison_error}", red=True, bold=True)
+        comparison = self.recorder.comparison()
+        if self.recorder.comparison_error:
+            terminalreporter.write_line(f"editguard: {self.recorder.comparison_error}", red=True, bold=True)
         if comparison is not None:
             terminalreporter.write_sep("-", f"compared with {comparison.baseline}")
             for line in comparison.lines():
                 failing = line.startswith(("REGRESSION", "WORSE", "editguard compare: FAILED"))
                 terminalreporter.write_line(line, red=failing, bold=failing,
                                             green=line.startswith("improved") or line.endswith("no regression"))
-        quality = self.judge_quality()
+        quality = self.recorder.quality()
         if quality is not None:
             from editguard.report.quality import quality_lines
 
@@ -192,42 +187,19 @@ class ResultCollector:
                 terminalreporter.write_line(("" if held else "FAILED ") + line, red=not held, green=held)
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        settings = self.config.stash[SETTINGS_KEY]
-        if is_xdist_worker(self.config):
-            return
+        if not self._writes_reports():
+            return   # a worker reports to the controller; --collect-only writes nothing
         completion = self.completion(exitstatus)
-        quality = self.judge_quality()
-        if quality is not None and not quality["passed"] and session.exitstatus == pytest.ExitCode.OK:
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED   # a suite-level gate: no single test fails
         empty = {module: source["empty_reason"] for module, source in self.config.stash[SOURCES_KEY].items()
                  if source.get("empty_reason")}
         if empty:
             completion["empty_suites"] = empty
-        stops = sequence_stops(self.results, self.not_run_steps)
-        if stops:
-            completion["sequences_stopped"] = stops
-        # Also written when interrupted (Ctrl-C), when nothing ran, or when a suite was empty on
-        # purpose, so that it says so.
-        comparison = self.comparison()
-        if settings.json_path and (self.results or not completion["complete"] or empty):
-            from editguard.report import write_report
-
-            judged = {"comparison": comparison.to_json()} if comparison is not None else {}
-            write_report(settings.json_path, self.run, self.results, {**completion, **judged})
-        if settings.plots_dir and self.results:
-            from editguard.report.plots import write_report_plots
-
-            write_report_plots([{"run": self.run, "cases": self.results}], settings.plots_dir)
-        if settings.markdown_path and (self.results or not completion["complete"] or empty):
-            from pathlib import Path
-
-            from editguard.report.markdown import render_markdown
-
-            Path(settings.markdown_path).parent.mkdir(parents=True, exist_ok=True)
-            Path(settings.markdown_path).write_text(
-                render_markdown(self.run, self.results, comparison, completion), encoding="utf-8")
-        # Judged here, from every worker's results: a regression fails the run even where every test passed.
-        if self.comparison_error and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+        if not (self.results or not completion["complete"] or empty or self.recorder.started):
+            return   # nothing edited here: a foreign project's run writes no report
+        outcome = self.recorder.finish(completion)
+        # Judged here, from every worker's results: a suite-level gate or a regression fails the run
+        # even where every test passed.
+        if outcome.comparison_error and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
             session.exitstatus = pytest.ExitCode.USAGE_ERROR
-        elif comparison is not None and comparison.failed and session.exitstatus == pytest.ExitCode.OK:
+        elif (outcome.quality_failed or outcome.comparison_failed) and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED

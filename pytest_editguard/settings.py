@@ -102,15 +102,23 @@ THRESHOLD_OPTIONS = {"ppl-threshold": "ppl_max", "ppl-max-ratio": "ppl_max_ratio
                      "denominator-ratio-min": "denominator_ratio_min", "update-norm-max": "update_norm_rel_max"}
 
 
-def _check_output_paths(json_path: str | None, plots_dir: str | None, markdown_path: str | None) -> None:
-    """Before the first edit, not after the last: an unwritable report path would lose the run."""
-    from editguard.cache import output_path_problem
+def _check_output_paths(config: pytest.Config, json_path: str | None, plots_dir: str | None,
+                        markdown_path: str | None) -> None:
+    """Before the first edit, not after the last: every output (and the journal beside the JSON, and
+    pytest's own --junitxml) is created now, so that an unwritable path cannot lose the run.
+    --collect-only writes nothing."""
+    if config.option.collectonly or hasattr(config, "workerinput"):
+        return
+    from editguard.errors import UsageError
+    from editguard.run.recorder import Outputs
 
-    for name, path, directory in (("json", json_path, False), ("plots", plots_dir, True),
-                                  ("markdown", markdown_path, False)):
-        problem = output_path_problem(OPTIONS_BY_NAME[name].pytest_flag, path, directory=directory)
-        if problem:
-            raise pytest.UsageError(problem)
+    flags = {name: OPTIONS_BY_NAME[name].pytest_flag for name in ("json", "plots", "markdown")}
+    flags.update(journal=f"{flags['json']} (its journal)", junit="--junitxml")
+    try:
+        Outputs(json=json_path, markdown=markdown_path, plots=plots_dir,
+                junit=getattr(config.option, "xmlpath", None), flags=flags).prepare()
+    except UsageError as err:
+        raise pytest.UsageError(str(err)) from None
 
 
 def _saved_report(config: pytest.Config, model: str) -> tuple[str | None, dict | None, list]:
@@ -129,13 +137,15 @@ def _saved_report(config: pytest.Config, model: str) -> tuple[str | None, dict |
         margins = parse_fail_margins(specs)
     except CompareError as err:
         raise pytest.UsageError(f"--editguard-compare-fail: {err}") from None
+    from editguard.errors import EditguardError
+    from editguard.report.compare import check_usable
+
     try:
         saved = load_report(path)
-    except OSError as err:
-        raise pytest.UsageError(f"--editguard-compare {path}: cannot read it ({err.strerror or err}); give a "
-                                f"JSON report written by --editguard-json") from None
-    except ValueError as err:
-        raise pytest.UsageError(f"--editguard-compare: {err}") from None
+        check_usable(saved, path)
+    except (EditguardError, ValueError) as err:
+        raise pytest.UsageError(f"--editguard-compare {err}" if str(err).startswith(path)
+                                else f"--editguard-compare: {err}") from None
     if saved["run"].get("model") != model:
         raise pytest.UsageError(f"--editguard-compare {path}: it was run on model {saved['run'].get('model')!r}, "
                                 f"this run is on {model!r}; compare runs of the same model")
@@ -254,7 +264,7 @@ class EditguardSettings:
         precision = option_value(config, "downstream-precision")
         json_path, plots_dir = option_value(config, "json"), option_value(config, "plots")
         markdown_path = option_value(config, "markdown")
-        _check_output_paths(json_path, plots_dir, markdown_path)
+        _check_output_paths(config, json_path, plots_dir, markdown_path)
         model = option_value(config, "model")
         compare_path, compare_saved, compare_margins = _saved_report(config, model)
         ppl_bos = ppl_bos_for(model, option_value(config, "ppl-bos"))

@@ -19,7 +19,7 @@ PACKAGES = ("editguard", "pytest_editguard")
 LAYERS: list[tuple[str, float]] = [
     # 1 leaves
     ("editguard.stats", 1), ("editguard.sharding", 1), ("editguard.progress", 1), ("editguard.cache", 1),
-    ("editguard.options", 1),
+    ("editguard.options", 1), ("editguard.errors", 1),
     # 2 models, data, cases, tasks
     ("editguard.models", 2), ("editguard.models.*", 2), ("editguard.data", 2), ("editguard.cases", 2),
     ("editguard.tasks", 2),
@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, float]] = [
     # 4 editors; the registry above them all (no editor imports it)
     ("editguard.editors.registry", 4.9), ("editguard.editors", 4), ("editguard.editors.*", 4),
     # 5 guard, run info, reports
+    ("editguard.run", 5), ("editguard.run.*", 5),
     ("editguard.guard", 5), ("editguard.runinfo", 5), ("editguard.catalog", 5), ("editguard.report", 5),
     ("editguard.report.*", 5),
     # 6 curation

@@ -194,7 +194,8 @@ def test_every_report_header_carries_its_invocation(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))         # no git at all: no failure either
     assert git_commit(tmp_path) is None
     run = RunInfo(model="m", editor="e", hparams={}, thresholds={"ppl_max": 1000.0}, baseline_ppl=1.0,
-                  baseline_corpus_ppl=1.0, ppl_corpus="c", model_fingerprint="f", device="cpu", dtype="float32")
+                  baseline_corpus_ppl=1.0, ppl_corpus="c", model_fingerprint="f", device="cpu", dtype="float32",
+                  invocation=invocation())
     header = json.loads(json.dumps(run.to_json()))
     assert set(header["invocation"]) == {"argv", "cwd", "git", "started_utc"}
     assert header["versions"]["editguard"]

@@ -472,8 +472,8 @@ class InterruptSecond(ScaleRow):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--editguard-json=blocker/r.json"], "--editguard-json blocker/r.json: *blocker is not a directory"),
-    (["--editguard-plots=blocker"], "--editguard-plots blocker: *blocker exists and is not a directory"),
+    (["--editguard-json=blocker/r.json"], "--editguard-json blocker/r.json: cannot write there (*)"),
+    (["--editguard-plots=blocker"], "--editguard-plots blocker: exists and is not a directory"),
 ])
 def test_unwritable_output_paths_are_usage_errors_before_any_edit(suite, args, message):
     suite.makefile("", blocker="a file, not a folder")
@@ -554,9 +554,13 @@ def test_a_failed_sequence_step_stops_or_continues_from_before_it(suite, toy_imp
         result.stdout.fnmatch_lines(["SKIPPED*sequence 'suite' stopped at step 2 (t2), which failed*"])
     else:
         result.assert_outcomes(passed=2, failed=1)
-        steps = json.loads((suite.path / "out" / "seq.json").read_text())["cases"]
-        assert [c["step"] for c in steps] == [1, 3]
-        assert steps[1]["diagnostics"]["update_norm_rel"] < 0.02   # row 0 × 1.01 only: no ×1000 row left over
+    steps = json.loads((suite.path / "out" / "seq.json").read_text())["cases"]
+    # The failed step is a record of its own (verdict error, the phase it failed in), never missing.
+    assert [(c["step"], c["verdict"]) for c in steps][:2] == [(1, "passed"), (2, "error")]
+    assert steps[1]["error"]["phase"] == "edit" and "the editor failed half-way" in steps[1]["error"]["message"]
+    if on_error == "continue":
+        assert [c["step"] for c in steps] == [1, 2, 3]
+        assert steps[2]["diagnostics"]["update_norm_rel"] < 0.02   # row 0 × 1.01 only: no ×1000 row left over
 
 
 NO_REPORT_EDITOR = '''
@@ -653,7 +657,8 @@ def test_compare_fails_the_run_on_a_regression_even_when_every_test_passed(suite
     (["--editguard-markdown=hparams.json/x.md"], "--editguard-markdown hparams.json/x.md:"),
 ])
 def test_compare_and_markdown_options_are_checked_before_any_edit(suite, args, message):
-    (suite.path / "gpt2.json").write_text(json.dumps({"run": {"model": "tiny-gpt2"}, "cases": []}))
+    (suite.path / "gpt2.json").write_text(json.dumps({"run": {"model": "tiny-gpt2", "thresholds": {"ppl_max": 1000}},
+                                                      "cases": []}))
     result = suite.runpytest_subprocess(*base_args(*args))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert message in result.stderr.str(), result.stderr.str()
@@ -671,14 +676,13 @@ def test_the_json_report_says_how_and_when_it_was_run(suite):
     assert abs((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()) < 600
 
 
-def test_a_saved_report_of_another_suite_is_a_usage_error_at_the_end(suite):
-    """The suite is known once tests ran (their module's folder): the run then stops as a usage error."""
+def test_a_saved_report_of_another_suite_is_a_usage_error_before_any_edit(suite):
+    """The suite is known once tests are collected (their module's folder): refused then."""
     saved = {"run": {"model": "tiny-llama", "editor": "c-rome", "thresholds": {"ppl_max": 1000.0}, "suite": "hardedit",
                      "suites": {"suites/hardedit/test_hardedit.py": {"suite": "hardedit"}}}, "cases": []}
     (suite.path / "hardedit.json").write_text(json.dumps(saved))
     result = suite.runpytest_subprocess(*base_args("--max-cases=1", "--editor=c-rome",
                                                    "--editguard-compare=hardedit.json"))
-    result.assert_outcomes(passed=1)
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stdout.fnmatch_lines(["editguard: --editguard-compare: cannot compare with hardedit.json: it ran suite "
-                                 "hardedit, this run *; compare runs of the same suite"])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR and "passed" not in result.stdout.str()
+    result.stderr.fnmatch_lines(["*--editguard-compare hardedit.json: it ran suite hardedit, this run *; compare runs "
+                                 "of the same suite"])

@@ -16,29 +16,16 @@ from typing import Any
 
 from editguard.report.merge import case_key
 from editguard.report.verdicts import PASSED, VERDICTS, verdict
+from editguard.run.records import METRICS as RECORD_METRICS
+from editguard.run.records import Metric
 
 
 class CompareError(ValueError):
     """Reports that cannot be compared (other model or suite), or a bad fail-margin spec."""
 
 
-@dataclass(frozen=True)
-class Metric:
-    """A per-case field of the JSON report that a margin can watch."""
-    name: str
-    higher_is_worse: bool | None   # None: a yes/no field where True is good (efficacy)
-    meaning: str
-
-
-METRICS: dict[str, Metric] = {m.name: m for m in (
-    Metric("ppl", True, "edited perplexity (mean of per-sentence perplexities)"),
-    Metric("corpus_ppl", True, "edited token-weighted perplexity"),
-    Metric("update_norm_rel", True, "‖ΔW‖_F/‖W‖_F of the largest touched matrix"),
-    Metric("blast_radius", True, "mean relative change of the layer's output on normal-text keys"),
-    Metric("denominator_ratio", False, "ROME's denominator with the key used over the one with k̄"),
-    Metric("key_cosine", False, "cos(k̄, kᵘ)"),
-    Metric("efficacy", None, "the new target beats the true one after the edit"),
-)}
+# The per-case numbers a margin can watch (the record schema's comparable metrics).
+METRICS: dict[str, Metric] = {m.name: m for m in RECORD_METRICS if m.comparable}
 
 
 @dataclass(frozen=True)
@@ -175,6 +162,35 @@ def _suites(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return by_name
 
 
+def saved_suites(run: dict[str, Any]) -> set[str]:
+    """The names of the suites a report's run header says it ran."""
+    return set(_suites(run))
+
+
+def duplicate_cases(cases: list[dict[str, Any]]) -> list[str]:
+    """The cases that appear more than once under one identity (case id, sequence, step), as
+    "label ×count"."""
+    counts: dict[tuple, int] = {}
+    for case in cases:
+        counts[case_key(case)] = counts.get(case_key(case), 0) + 1
+    return [f"{_label(case)} ×{counts.pop(case_key(case))}" for case in cases if counts.get(case_key(case), 0) > 1]
+
+
+def check_usable(doc: dict[str, Any], name: str) -> None:
+    """CompareError unless `doc` (a loaded report) can serve as one side of a comparison: complete
+    (an interrupted run would hide its missing cases) and without duplicate cases (one of two
+    records with the same identity would hide the other from the gate)."""
+    if doc.get("complete") is False:
+        not_run = len(doc.get("cases_not_run") or [])
+        raise CompareError(f"cannot compare with {name}: it is an incomplete run (\"complete\": false"
+                           + (f", {not_run} collected cases did not run" if not_run else "")
+                           + "); compare complete runs only")
+    duplicates = duplicate_cases(doc["cases"])
+    if duplicates:
+        raise CompareError(f"cannot compare with {name}: {len(duplicates)} of its cases appear more than once ("
+                           + ", ".join(duplicates[:5]) + "); one record would hide the other from the gate")
+
+
 def check_comparable(saved: dict[str, Any], run: dict[str, Any], name: str) -> list[str]:
     """CompareError when the saved run is of another model, weights, suite, perplexity corpus or
     BOS rule; else the differences worth a note (gates, dtype)."""
@@ -253,6 +269,8 @@ def compare_runs(saved: dict[str, Any], current: dict[str, Any], margins: list[F
                  name: str = "the saved report") -> Comparison:
     """Judge `current` (a report document: run + cases) against `saved`, case by case."""
     margins = list(margins or [])
+    check_usable(saved, name)
+    check_usable({**current, "complete": True}, "this run")   # the run itself may still be going
     saved_run, run = saved["run"], current["run"]
     notes = check_comparable(saved_run, run, name)
     comparison = Comparison(baseline=name, baseline_editor=str(saved_run.get("editor")), editor=str(run.get("editor")),

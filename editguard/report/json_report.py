@@ -1,4 +1,4 @@
-"""The JSON report: one run header and one record per case (CaseResult.to_json())."""
+"""The JSON report: one run header and one record per case (the schema: editguard.run.records)."""
 
 from __future__ import annotations
 
@@ -6,27 +6,28 @@ import datetime
 import functools
 import json
 import os
-import platform
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+from editguard.cache import write_atomic
+from editguard.errors import ReportError
+from editguard.run.records import (
+    READABLE_SCHEMAS,
+    SCHEMA_VERSION,
+    SUITE_FIELDS,
+    RunHeader,
+    check_case,
+    check_thresholds,
+    finite_json,
+    restore_non_finite,
+    versions,
+)
 
-
-def versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("editguard", "torch", "transformers", "gguf"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
+# The header's old name.
+RunInfo = RunHeader
+__all__ = ["RunInfo", "SCHEMA_VERSION", "SUITE_FIELDS", "versions", "write_report", "load_report"]
 
 def git_commit(directory: str | os.PathLike) -> dict[str, Any] | None:
     """{"commit", "dirty"} of the git checkout holding `directory`; None where git is missing or
@@ -58,44 +59,6 @@ def invocation(argv: list[str] | None = None, started: datetime.datetime | None 
 def process_invocation() -> dict[str, Any]:
     """This process's invocation, taken once (a run header is built per case)."""
     return invocation()
-
-
-@dataclass
-class RunInfo:
-    model: str
-    editor: str
-    hparams: dict[str, Any]
-    thresholds: dict[str, float]
-    baseline_ppl: float
-    baseline_corpus_ppl: float
-    ppl_corpus: str
-    model_fingerprint: str
-    device: str
-    dtype: str
-    seed: int = 0
-    ppl_bos: str = "never"     # BOS rule of every perplexity in the run (--ppl-bos; never: the papers')
-    calibration: str = ""      # where the gate bounds come from (editguard calibrate, or the defaults)
-    suite: str = ""
-    suite_source: str = ""     # where the suite's cases came from (mined list, screen, ...)
-    cases_total: int | None = None      # cases the suite module's source holds
-    cases_selected: int | None = None   # of those, selected to run (--max-cases keeps the first N)
-    sequential: bool = False
-    shard: str = ""            # "i/n" when this run is one shard of a larger one (--editguard-shard)
-    # Per suite module: its own SUITE_FIELDS (a run may mix single-edit and sequential suites).
-    suites: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # Quality mode's suite-level gates (editguard.gates.QualityGates.to_dict()); None: off.
-    quality: dict[str, Any] | None = None
-    versions: dict[str, str] = field(default_factory=versions)
-    # Command line, working directory, git commit, start time (the plugin's controller puts its own).
-    invocation: dict[str, Any] = field(default_factory=lambda: dict(process_invocation()))
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-# Fields that belong to one suite module rather than to the whole run.
-SUITE_FIELDS = ("suite", "suite_source", "cases_total", "cases_selected", "sequential", "ppl_corpus", "baseline_ppl",
-                "baseline_corpus_ppl")
 
 
 def combine_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -131,28 +94,47 @@ def with_verdicts(run: dict[str, Any], cases: list[dict[str, Any]]) -> dict[str,
             **({"quality": quality} if quality is not None else {}), "cases": cases}
 
 
+def report_document(run: dict[str, Any], cases: list[dict[str, Any]],
+                    completion: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The report as written: verdicts, counts, `complete` (true unless `completion` says otherwise)
+    and the completion's other keys ("cases_not_run", "steps_not_run", ...); no NaN anywhere."""
+    doc = {**with_verdicts(run, cases), "complete": True, **(completion or {})}
+    doc["cases"] = [finite_json(c) for c in doc["cases"]]
+    return finite_json(doc)
+
+
 def write_report(path: str | Path, run: dict[str, Any], cases: list[dict[str, Any]],
                  completion: dict[str, Any] | None = None) -> Path:
-    """Write the report; `completion` (top-level keys such as "complete": False, "cases_not_run")
-    says when a run stopped early or had nothing to run."""
+    """Write the report atomically (a reader, or a run killed mid-write, never sees half a file);
+    `completion` (top-level keys such as "complete": False, "cases_not_run") says when a run
+    stopped early or had nothing to run."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {**with_verdicts(run, cases), **(completion or {})}
-    path.write_text(json.dumps(doc, indent=1, ensure_ascii=False))
+    text = json.dumps(report_document(run, cases, completion), indent=1, ensure_ascii=False, allow_nan=False)
+    write_atomic(path, text.encode("utf-8"))
     return path
 
 
 def load_report(path: str | Path) -> dict[str, Any]:
+    """A report written by editguard, checked: ReportError names the file, the case and the field
+    that is not what the schema says (records.check_case); NaN/Inf are put back from `non_finite`."""
     try:
-        doc = json.loads(Path(path).read_text())
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}): {err.msg}") from None
+        raise ReportError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}): {err.msg}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ReportError(f"{path}: cannot read it ({getattr(err, 'strerror', None) or err}); give a JSON report "
+                          f"written by --editguard-json") from None
     if not isinstance(doc, dict) or "run" not in doc or "cases" not in doc:
-        raise ValueError(f"{path}: not an editguard JSON report (expected keys 'run' and 'cases')")
+        raise ReportError(f"{path}: not an editguard JSON report (expected keys 'run' and 'cases')")
     if not isinstance(doc["run"], dict) or not isinstance(doc["cases"], list):
-        raise ValueError(f"{path}: not an editguard JSON report ('run' must be an object, 'cases' a list)")
+        raise ReportError(f"{path}: not an editguard JSON report ('run' must be an object, 'cases' a list)")
+    if doc.get("schema", 1) not in READABLE_SCHEMAS:
+        raise ReportError(f"{path}: report schema {doc.get('schema')!r}; this editguard reads schemas "
+                          f"{', '.join(map(str, READABLE_SCHEMAS))} (a newer editguard wrote it?)")
+    if "complete" in doc and not isinstance(doc["complete"], bool):
+        raise ReportError(f"{path}: 'complete' is {doc['complete']!r}; expected true or false")
+    check_thresholds(doc["run"], str(path))
     for index, case in enumerate(doc["cases"]):
-        if not isinstance(case, dict) or "case_id" not in case or "passed" not in case:
-            raise ValueError(f"{path}: case {index} is not a case record (expected an object with 'case_id' "
-                             f"and 'passed')")
+        check_case(case, f"{path}: case {index}")
+        restore_non_finite(case)
     return doc

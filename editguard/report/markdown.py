@@ -9,6 +9,7 @@ from typing import Any
 
 from editguard.report.compare import Comparison
 from editguard.report.verdicts import PASSED, summarise, verdict
+from editguard.run.records import UPDATE_NORM
 
 WORST_ROWS = 10
 
@@ -31,7 +32,7 @@ def render_markdown(run: dict[str, Any], cases: list[dict[str, Any]], comparison
                     completion: dict[str, Any] | None = None, max_rows: int = WORST_ROWS) -> str:
     ppl_max = run["thresholds"]["ppl_max"]
     s = summarise(run, cases)
-    failed = s["failed_gate"] + s["collapsed"]
+    failed = s["failed_gate"] + s["collapsed"] + s["error"]
     status = "❌" if failed or (comparison and comparison.failed) else "✅"
     suites = ", ".join(sorted({f.get("suite") or m for m, f in (run.get("suites") or {}).items()})) \
         or run.get("suite") or "cases"
@@ -45,15 +46,16 @@ def render_markdown(run: dict[str, Any], cases: list[dict[str, Any]], comparison
     if completion and not completion.get("complete", True):
         lines += ["", f"**Incomplete run:** {len(completion.get('cases_not_run') or [])} collected edit tests did "
                       f"not run."]
-    lines += ["", "| cases | passed | failed a gate | collapsed |", "|---:|---:|---:|---:|",
-              f"| {s['cases']} | {s['passed']} | {s['failed_gate']} | {s['collapsed']} |"]
+    lines += ["", "| cases | passed | failed a gate | collapsed | error |", "|---:|---:|---:|---:|---:|",
+              f"| {s['cases']} | {s['passed']} | {s['failed_gate']} | {s['collapsed']} | "
+              + (f"**❌ {s['error']}** |" if s["error"] else "0 |")]
     if s["failed_gate_by_gate"]:
         lines += ["", "Failed gates (cases not collapsed): "
                   + ", ".join(f"{g}: {n}" for g, n in s["failed_gate_by_gate"].items()) + "."]
     if cases:
         worst = sorted(cases, key=_worst_first)[:max_rows]
         lines += ["", f"### Worst cases by perplexity ({len(worst)} of {len(cases)})", "",
-                  "| case | prompt | → new | verdict | ppl | ×base | ‖ΔW‖/‖W‖ | failed gates |",
+                  f"| case | prompt | → new | verdict | ppl | ×base | {UPDATE_NORM.column} | failed gates |",
                   "|---|---|---|---|---:|---:|---:|---|"]
         for c in worst:
             prompt = str(c.get("prompt", "")).replace("{}", str(c.get("subject", "")))
@@ -62,11 +64,18 @@ def render_markdown(run: dict[str, Any], cases: list[dict[str, Any]], comparison
             lines.append("| " + " | ".join(_cell(x) for x in (
                 c["case_id"], prompt, c.get("target_new", ""), v if v == PASSED else f"**{v}**",
                 _num(c.get("ppl"), ".1f"),
-                _num(ratio, ".2f"), _num(c.get("update_norm_rel")), ", ".join(c.get("failed_gates") or []) or "–"))
+                _num(ratio, ".2f"), _num(c.get(UPDATE_NORM.name)), _failure(c)))
                 + " |")
     if comparison is not None:
         lines += ["", *comparison_markdown(comparison)]
     return "\n".join(lines) + "\n"
+
+
+def _failure(case: dict[str, Any]) -> str:
+    error = case.get("error")
+    if error:
+        return f"❌ error in {error.get('phase')}: {error.get('message')}"
+    return ", ".join(case.get("failed_gates") or []) or "–"
 
 
 def comparison_markdown(comparison: Comparison) -> list[str]:

@@ -242,7 +242,8 @@ def write_report_plots(reports: list[dict[str, Any]], out_dir: str | Path) -> li
     out_dir = Path(out_dir)
     written, series = [], []
     for doc in reports:
-        run, cases = doc["run"], doc["cases"]
+        run = doc["run"]
+        cases = [c for c in doc["cases"] if not c.get("error")]   # an error record has nothing to plot
         singles = [c for c in cases if not c.get("sequence")]
         if singles:
             name = safe_name(f"ppl-{run['editor']}-{run['model']}-{run.get('suite') or 'cases'}.png")

@@ -11,15 +11,16 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from editguard.report.verdicts import COLLAPSED, FAILED_GATE, PASSED, legend_text, next_step, summarise, verdict
+from editguard.report.verdicts import COLLAPSED, ERROR, FAILED_GATE, PASSED, legend_text, next_step, summarise, verdict
+from editguard.run.records import ANATOMY_COLUMNS
 
 
 def _num(value: Any, fmt: str = ".3g") -> str:
     return "–" if value is None else format(value, fmt)
 
 
-def _ratio(ppl: float | None, baseline: float) -> float | None:
-    return None if ppl is None else ppl / baseline
+def _ratio(ppl: float | None, baseline: float | None) -> float | None:
+    return None if ppl is None or not baseline else ppl / baseline
 
 
 def _cases_line(fields: dict[str, Any], ran: int, label: str) -> str:
@@ -40,11 +41,12 @@ def _verdict_counts(run: dict[str, Any], cases: list[dict[str, Any]]) -> list[An
     s = summarise(run, cases)
     gates = s["failed_gate_by_gate"]
     which = f" ({', '.join(f'{g}: {n}' for g, n in gates.items())})" if gates else ""
-    failed = s["failed_gate"] + s["collapsed"]
+    failed = s["failed_gate"] + s["collapsed"] + s["error"]
+    errors = [", ", (f"{s['error']} errors (the edit or a probe raised)", "bold red")] if s["error"] else []
     return [(f"{s['passed']} passed", "green"), ", ", (f"{failed} failed", "red" if failed else "green"), ": ",
             (f"{s['failed_gate']} failed a gate without collapsing{which}", "yellow" if s["failed_gate"] else "green"),
             ", ", (f"{s['collapsed']} collapsed", "red" if s["collapsed"] else "green"),
-            f" (ppl > {run['thresholds']['ppl_max']:g} or NaN)"]
+            f" (ppl > {run['thresholds']['ppl_max']:g} or NaN)", *errors]
 
 
 def render_report(run: dict[str, Any], cases: list[dict[str, Any]], max_rows: int = 50) -> Group:
@@ -63,8 +65,10 @@ def render_report(run: dict[str, Any], cases: list[dict[str, Any]], max_rows: in
         ("editguard ", "bold"),
         f"{run['editor']} on {run['model']} ({run.get('suite') or 'cases'}): ",
         *_verdict_counts(run, cases), "\n",
-        f"baseline {run['ppl_corpus']} perplexity {run['baseline_ppl']:.2f} "
-        f"(token-weighted {run['baseline_corpus_ppl']:.2f}; BOS: {run.get('ppl_bos', 'never')}); gates: "
+        (f"baseline {run['ppl_corpus']} perplexity {run['baseline_ppl']:.2f} "
+         f"(token-weighted {run['baseline_corpus_ppl']:.2f}; BOS: {run.get('ppl_bos', 'never')}); "
+         if run.get("baseline_ppl") is not None else "no baseline measured (no edit got that far); ")
+        + "gates: "
         + ", ".join(f"{k}={v:.4g}" for k, v in run["thresholds"].items())
         + (f" ({run['calibration']})" if run.get("calibration") else "")
         + cases_lines,
@@ -74,8 +78,8 @@ def render_report(run: dict[str, Any], cases: list[dict[str, Any]], max_rows: in
         return Group(header, *sequences)
     table = Table(title="failed edits, worst perplexity first", title_justify="left", show_lines=False)
     for col, justify in [("case", "left"), ("prompt", "left"), ("→ new", "left"), ("verdict", "left"),
-                         ("ppl", "right"), ("×base", "right"), ("denom ratio", "right"), ("cos(k̄,kᵘ)", "right"),
-                         ("‖ΔW‖/‖W‖", "right"), ("blast", "right"), ("eff", "center"), ("failed gates", "left")]:
+                         ("ppl", "right"), ("×base", "right"), *((m.column, "right") for m in ANATOMY_COLUMNS),
+                         ("eff", "center"), ("failed gates", "left")]:
         numeric = justify != "left"
         table.add_column(col, justify=justify, overflow="fold", no_wrap=numeric,
                          min_width=12 if col == "prompt" else None)
@@ -85,9 +89,8 @@ def render_report(run: dict[str, Any], cases: list[dict[str, Any]], max_rows: in
         v = verdict(c, ppl_max)
         table.add_row(
             str(c["case_id"]), prompt, c.get("target_new", ""), Text(v, style=VERDICT_STYLE[v]), _num(c["ppl"], ".1f"),
-            _num(_ratio(c["ppl"], c["ppl_baseline"]), ".2f"), _num(c.get("denominator_ratio")),
-            _num(c.get("key_cosine"), ".2f"), _num(c.get("update_norm_rel")), _num(c.get("blast_radius")), eff,
-            ", ".join(c["failed_gates"]),
+            _num(_ratio(c["ppl"], c["ppl_baseline"]), ".2f"), *(_num(c.get(m.name), m.fmt) for m in ANATOMY_COLUMNS),
+            eff, _gates_text(c),
         )
     parts = [header, *sequences, table]
     if len(failed) > max_rows:
@@ -103,7 +106,15 @@ def render_report(run: dict[str, Any], cases: list[dict[str, Any]], max_rows: in
     return Group(*parts)
 
 
-VERDICT_STYLE = {PASSED: "green", FAILED_GATE: "yellow", COLLAPSED: "red"}
+VERDICT_STYLE = {PASSED: "green", FAILED_GATE: "yellow", COLLAPSED: "red", ERROR: "bold red"}
+
+
+def _gates_text(case: dict[str, Any]) -> str:
+    """The failed gates, or for an error record what raised and where."""
+    error = case.get("error")
+    if error:
+        return f"error in {error.get('phase')}: {error.get('message')}"
+    return ", ".join(case["failed_gates"])
 
 
 def _ppl_key(ppl: float) -> float:
@@ -131,4 +142,4 @@ def _sequence_tables(cases: list[dict[str, Any]], ppl_max: float) -> list[Table]
 
 def _gates_cell(case: dict[str, Any], ppl_max: float) -> str:
     v = verdict(case, ppl_max)
-    return "ok" if v == PASSED else f"{v}: {', '.join(case['failed_gates'])}"
+    return "ok" if v == PASSED else f"{v}: {_gates_text(case)}"

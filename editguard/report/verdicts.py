@@ -1,5 +1,6 @@
 """One case's verdict as every report shows it (terminal, JSON, plots): passed, failed a gate
-(which), or collapsed (perplexity above the collapse line, NaN/Inf included); the counts; the
+(which), collapsed (perplexity above the collapse line, NaN/Inf included), or error (the edit or
+a probe raised); the counts; the
 next step a failure suggests; the legend of the table's abbreviations."""
 
 from __future__ import annotations
@@ -9,9 +10,9 @@ from typing import Any
 
 from editguard.gates import is_collapsed
 from editguard.options import CALIBRATION_MODEL
+from editguard.run.records import COLLAPSED, ERROR, FAILED_GATE, PASSED, VERDICTS
 
-PASSED, FAILED_GATE, COLLAPSED = "passed", "failed gate", "collapsed"
-VERDICTS = (PASSED, FAILED_GATE, COLLAPSED)
+__all__ = ["COLLAPSED", "ERROR", "FAILED_GATE", "PASSED", "VERDICTS", "verdict", "summarise", "next_step"]
 
 # Editors whose update is ROME's rank-one one, with its denominator (the papers' collapse mechanism).
 ROME_FAMILY = ("rome", "r-rome", "memit", "alphaedit")
@@ -20,7 +21,9 @@ ROME_FAMILY = ("rome", "r-rome", "memit", "alphaedit")
 def verdict(case: dict[str, Any], ppl_max: float) -> str:
     """passed / failed gate / collapsed; a collapsed case is not counted as a mere gate failure. A
     sequence step whose perplexity was not measured (--ppl-every: "ppl_probed" false) is judged by
-    the gates it had."""
+    the gates it had. A record with an `error` is an error, whatever else it says."""
+    if case.get("error"):
+        return ERROR
     if case.get("ppl_probed", True) and is_collapsed(case.get("ppl"), ppl_max):
         return COLLAPSED
     return PASSED if case["passed"] else FAILED_GATE
@@ -37,6 +40,8 @@ def summarise(run: dict[str, Any], cases: list[dict[str, Any]]) -> dict[str, Any
 
 def next_step(case: dict[str, Any], run: dict[str, Any]) -> str:
     """What to do about a failure, where editguard knows it; "" otherwise."""
+    if case.get("error"):
+        return "the edit raised (see `error`: its type, message and phase); run this case alone to see the traceback"
     steps = []
     gates = case.get("failed_gates") or []
     editor = str(run.get("editor") or case.get("editor") or "")
