@@ -23,6 +23,7 @@ from editguard.gates import Thresholds, is_collapsed
 from editguard.guard import Baseline, EditSequence, check
 from editguard.metrics.efficacy import edit_scores
 from editguard.models.loading import ModelUnderEdit
+from editguard.options import COLLAPSE_PPL, UPDATE_NORM_REL
 
 LEAD_IN = "In fact, "
 
@@ -52,7 +53,7 @@ def analyze_positions(mue: ModelUnderEdit, editor: Editor, cases: Sequence[EditC
                    "subject_first": variant.subject_first, "ppl": result.ppl, "passed": result.passed,
                    "key_cosine": result.diagnostics.get("key_cosine"),
                    "denominator_ratio": result.diagnostics.get("denominator_ratio"),
-                   "update_norm_rel": result.diagnostics.get("update_norm_rel"), "efficacy": result.efficacy}
+                   UPDATE_NORM_REL: result.diagnostics.get(UPDATE_NORM_REL), "efficacy": result.efficacy}
             rows.append(row)
             if on_row:
                 on_row(row)
@@ -91,7 +92,7 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(kept) / len(kept) if kept else None
 
 
-def summarize_positions(rows: list[dict[str, Any]], ppl_max: float = 1000.0) -> list[dict[str, Any]]:
+def summarize_positions(rows: list[dict[str, Any]], ppl_max: float = COLLAPSE_PPL) -> list[dict[str, Any]]:
     """Per condition: n, median cos(k̄,kᵘ), median |denominator ratio|, median and max perplexity,
     how many edits collapse the model."""
     out = []

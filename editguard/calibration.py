@@ -25,7 +25,7 @@ from editguard.editors.api import editor_hparams
 from editguard.gates import Thresholds, is_collapsed
 from editguard.guard import check
 from editguard.mining import find_suite_file
-from editguard.options import CALIBRATION_MODEL, COLLAPSE_PPL, DEFAULT_EDITOR
+from editguard.options import CALIBRATION_MODEL, COLLAPSE_PPL, DEFAULT_EDITOR, UPDATE_NORM_REL
 from editguard.report.json_report import versions
 
 CALIBRATION_SCHEMA = 1
@@ -37,7 +37,7 @@ BOUND_RULE = (
     "reach them, the bound is the midpoint between the normal extreme and the collapsing one"
 )
 # Measurements recorded per case (CaseResult.to_json names) and the calibration's names for them.
-METRICS = ("denominator_ratio", "update_norm_rel", "blast_radius", "ppl_ratio", "key_cosine")
+METRICS = ("denominator_ratio", UPDATE_NORM_REL, "blast_radius", "ppl_ratio", "key_cosine")
 GATED_BOUNDS = ("update_norm_rel_max", "denominator_ratio_min", "ppl_max_ratio")
 
 
@@ -75,7 +75,7 @@ def _collapsing_extremes(mined: dict[str, Any] | None, editor: str, ppl_max: flo
     if not mined or mined.get("run", {}).get("editor") != editor:
         return None
     rows = [m for m in mined.get("measurements", []) if is_collapsed(m.get("ppl"), ppl_max)]
-    norms = [m["update_norm_rel"] for m in rows if m.get("update_norm_rel") is not None]
+    norms = [m[UPDATE_NORM_REL] for m in rows if m.get(UPDATE_NORM_REL) is not None]
     ratios = [m["denominator_ratio"] for m in rows if m.get("denominator_ratio") is not None]
     if not norms and not ratios:
         return None
@@ -95,8 +95,8 @@ def derive_bounds(distributions: dict[str, dict[str, Any]], collapsing: dict[str
     bounds = {"update_norm_rel_max": defaults.update_norm_rel_max,
               "denominator_ratio_min": defaults.denominator_ratio_min,
               "ppl_max_ratio": defaults.ppl_max_ratio}
-    if "update_norm_rel" in distributions:
-        normal = distributions["update_norm_rel"]["max"]
+    if UPDATE_NORM_REL in distributions:
+        normal = distributions[UPDATE_NORM_REL]["max"]
         bound = MARGIN * normal
         worst = collapsing.get("update_norm_rel_min")
         if worst is not None and normal < worst <= bound:

@@ -5,23 +5,24 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from editguard.options import QUALITY_MIN_EFFICACY
+from editguard.options import (
+    COLLAPSE_PPL,
+    DENOMINATOR_RATIO_MIN,
+    PPL_MAX_RATIO,
+    QUALITY_MIN_EFFICACY,
+    UPDATE_NORM_MAX,
+    UPDATE_NORM_REL,
+)
 from editguard.stats import Z_ONE_SIDED_95, wilson_interval, wilson_lower_bound
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    # The papers' collapse line: mean per-sentence ME-PPL above 1000.
-    ppl_max: float = 1000.0
-    # Relative to the unedited model: a doubling is far beyond what a working edit costs
-    # (normal cases move ME-PPL_50 by < 1% on the embedded model).
-    ppl_max_ratio: float = 2.0
-    # ROME's denominator with the key actually used, over the one with k̄. 1 when keys are
-    # consistent; the papers' collapsing cases sit near 0.01.
-    denominator_ratio_min: float = 0.1
-    # ‖ΔW‖_F / ‖W‖_F of any touched matrix: 3 × the largest value (0.112) that ROME gave on 20
-    # normal CounterFact cases of the embedded model (bench/results/calibration.json).
-    update_norm_rel_max: float = 0.35
+    """The gates' bounds; the defaults are editguard.options' (the one place they are set)."""
+    ppl_max: float = COLLAPSE_PPL                      # the papers' collapse line: mean per-sentence ME-PPL
+    ppl_max_ratio: float = PPL_MAX_RATIO               # edited over unedited perplexity
+    denominator_ratio_min: float = DENOMINATOR_RATIO_MIN
+    update_norm_rel_max: float = UPDATE_NORM_MAX
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -96,8 +97,8 @@ def judge(ppl: float | None, baseline_ppl: float, diagnostics: dict, thresholds:
         gates.append(GateResult("denominator_ratio", ok, ratio, t.denominator_ratio_min,
                                 f"denominator ratio {ratio:.3g} {sign} {t.denominator_ratio_min:g}{detail}"))
 
-    if "update_norm_rel" in diagnostics:
-        rel = diagnostics["update_norm_rel"]
+    if UPDATE_NORM_REL in diagnostics:
+        rel = diagnostics[UPDATE_NORM_REL]
         ok = rel <= t.update_norm_rel_max
         sign = "≤" if ok else ">"
         gates.append(GateResult("update_norm", ok, rel, t.update_norm_rel_max,

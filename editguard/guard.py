@@ -22,7 +22,8 @@ from editguard.metrics.efficacy import PromptHits, edit_scores, efficacy
 from editguard.metrics.perplexity import PerplexityResult, add_bos_for, perplexity
 from editguard.models.loading import ModelUnderEdit, original_parameters
 from editguard.models.snapshot import PristineModel, RestoreError, WeightSnapshot
-from editguard.options import DEFAULT_PPL_BOS, SEQUENCE_ON_ERROR
+from editguard.options import DEFAULT_PPL_BOS, SEQUENCE_ON_ERROR, UPDATE_NORM_REL
+from editguard.run.records import ANATOMY_FIELDS, CaseRecord
 from editguard.tokens import check_case_fits
 
 
@@ -116,39 +117,24 @@ class CaseResult:
         return f"{self.case.case_id} ({self.case.text!r} -> {self.case.target_new!r}): {self.verdict.explain()}"
 
     def to_json(self) -> dict[str, Any]:
+        """The case's record (editguard.run.records.CaseRecord) as the reports write it."""
+        return self.record().to_json()
+
+    def record(self) -> CaseRecord:
         d = self.diagnostics
-        return {
-            "case_id": self.case.case_id,
-            "subject": self.case.subject,
-            "prompt": self.case.prompt,
-            "target_new": self.case.target_new,
-            "target_true": self.case.target_true,
-            "editor": self.editor,
-            "model": self.model,
-            "passed": self.passed,
-            "failed_gates": [g.name for g in self.verdict.failed],
-            "reason": self.verdict.explain(),
-            "ppl": self.ppl,
-            "ppl_probed": self.ppl is not None,
-            "corpus_ppl": self.corpus_ppl,
-            "ppl_baseline": self.ppl_baseline,
-            "denominator_ratio": d.get("denominator_ratio"),
-            "key_cosine": d.get("key_cosine"),
-            "update_norm_rel": d.get("update_norm_rel"),
-            "blast_radius": d.get("blast_radius"),
-            "efficacy": self.efficacy,
-            "seconds": self.seconds,
-            "timings": self.timings,
-            "sequence": self.sequence,
-            "step": self.step,
-            "peak_memory_mb": self.peak_memory_mb,
-            "diagnostics": d,
-            **_hits_json("generalization", self.generalization),
-            **_hits_json("locality", self.locality),
-            **({"downstream": self.downstream} if self.downstream is not None else {}),
-            **({"batch": {"size": len(self.batch), "case_ids": [c.case_id for c in self.batch],
-                          "efficacy": list(self.batch_efficacy)}} if self.batch else {}),
-        }
+        return CaseRecord(
+            case_id=self.case.case_id, subject=self.case.subject, prompt=self.case.prompt,
+            target_new=self.case.target_new, target_true=self.case.target_true, editor=self.editor, model=self.model,
+            passed=self.passed, failed_gates=[g.name for g in self.verdict.failed], reason=self.verdict.explain(),
+            ppl=self.ppl, ppl_probed=self.ppl is not None, corpus_ppl=self.corpus_ppl, ppl_baseline=self.ppl_baseline,
+            **{name: d.get(name) for name in ANATOMY_FIELDS},
+            efficacy=self.efficacy, seconds=self.seconds, timings=self.timings, sequence=self.sequence,
+            step=self.step, peak_memory_mb=self.peak_memory_mb, diagnostics=d,
+            **_hits_json("generalization", self.generalization), **_hits_json("locality", self.locality),
+            downstream=self.downstream,
+            batch={"size": len(self.batch), "case_ids": [c.case_id for c in self.batch],
+                   "efficacy": list(self.batch_efficacy)} if self.batch else None,
+        )
 
 
 def _hits_json(name: str, hits: PromptHits | None) -> dict[str, Any]:
@@ -275,7 +261,7 @@ def _measure_edit(mue: ModelUnderEdit, editor: Editor, case: EditCase | Sequence
     phase[0] = "anatomy"
     diagnostics = {k: v for k, v in report.diagnostics.items() if not k.startswith("seconds_")}
     anatomy = measure_anatomy(snapshot, mue, keys)
-    diagnostics["update_norm_rel"] = anatomy["update_norm_rel_max"]
+    diagnostics[UPDATE_NORM_REL] = anatomy["update_norm_rel_max"]
     diagnostics["blast_radius"] = anatomy["blast_radius_max"]
     diagnostics["touched_matrices"] = anatomy["matrices"]
     non_finite = [n for n in snapshot.names if not bool(torch.isfinite(mue.parameter(n)).all())]

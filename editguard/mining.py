@@ -30,6 +30,7 @@ from editguard.cases import EditCase, write_cases
 from editguard.gates import Thresholds, is_collapsed
 from editguard.guard import Baseline, check
 from editguard.models.loading import ModelUnderEdit
+from editguard.options import UPDATE_NORM_REL
 from editguard.report.json_report import versions
 from editguard.stats import spearman
 
@@ -285,7 +286,7 @@ def record_filter(case_file: str | Path, records: list[dict], run: dict) -> Path
         "kept": [r["case_id"] for r in records if r["degradation"] == "collapsed"],
         "results": {r["case_id"]: {"kept": r["degradation"] == "collapsed", "degradation": r["degradation"],
                                    "ppl": r["ppl"], "reason": r["reason"], "denominator_ratio": r["denominator_ratio"],
-                                   "key_cosine": r["key_cosine"], "update_norm_rel": r["update_norm_rel"],
+                                   "key_cosine": r["key_cosine"], UPDATE_NORM_REL: r[UPDATE_NORM_REL],
                                    "efficacy": r["efficacy"]} for r in records},
     }
     tmp = path.with_name(f".{path.name}.part")

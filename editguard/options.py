@@ -30,9 +30,19 @@ COLLAPSE_PPL = 1000.0  # perplexity above which an edited model counts as collap
 DATA_ENV = "EDITGUARD_DATA"
 DOWNSTREAM_PRECISIONS = ("auto", "float32", "bfloat16")
 DTYPES = ("float32", "bfloat16", "float16")
-# The update-norm gate's default and the model it was calibrated on (README "Gates";
-# editguard.gates.Thresholds holds the same number, tests/test_options.py checks they agree).
+# The gates' defaults, in this one place (editguard.gates.Thresholds and the options take them from
+# here; a model's calibration replaces them, README "Gates"). Relative perplexity: a doubling is far
+# beyond what a working edit costs (normal cases move ME-PPL_50 by < 1% on the embedded model).
+PPL_MAX_RATIO = 2.0
+# ROME's denominator with the key actually used, over the one with k̄: 1 when keys are consistent;
+# the papers' collapsing cases sit near 0.01.
+DENOMINATOR_RATIO_MIN = 0.1
+# ‖ΔW‖_F / ‖W‖_F of any touched matrix: 3 × the largest value (0.112) that ROME gave on 20 normal
+# CounterFact cases of the model it was calibrated on (bench/results/calibration.json).
 UPDATE_NORM_MAX = 0.35
+# The measure that bound applies to, ‖ΔW‖_F/‖W‖_F: the one spelling of its name in records,
+# diagnostics and gates.
+UPDATE_NORM_REL = "update_norm_rel"
 CALIBRATION_MODEL = "smollm2-135m"
 # `editguard calibrate`: how many normal CounterFact cases it edits, and its sample's seed (the
 # normal suite samples with seed 0; the calibration takes other cases).
@@ -212,10 +222,10 @@ OPTIONS: tuple[Option, ...] = (
            "refuses): a suite's cases are grouped into batches of B in order, one test and one verdict per batch; in "
            "a sequence each step is one batch", metavar="B", minimum=1),
     Option("ppl-threshold", float, COLLAPSE_PPL, "collapse line for perplexity", metavar="PPL", above=0),
-    Option("ppl-max-ratio", float, 2.0, "largest allowed edited/unedited perplexity ratio", metavar="RATIO",
+    Option("ppl-max-ratio", float, PPL_MAX_RATIO, "largest allowed edited/unedited perplexity ratio", metavar="RATIO",
            above=0),
-    Option("denominator-ratio-min", float, 0.1, "smallest allowed ROME denominator ratio (key used vs k̄)",
-           metavar="RATIO", minimum=0),
+    Option("denominator-ratio-min", float, DENOMINATOR_RATIO_MIN,
+           "smallest allowed ROME denominator ratio (key used vs k̄)", metavar="RATIO", minimum=0),
     Option("update-norm-max", float, UPDATE_NORM_MAX,
            "largest allowed ‖ΔW‖_F/‖W‖_F of a touched matrix",
            default_help=f"the model's calibration (editguard calibrate), else {UPDATE_NORM_MAX:g}, calibrated on "

@@ -22,89 +22,74 @@ def editguard_settings(request: pytest.FixtureRequest) -> EditguardSettings:
 
 
 @pytest.fixture(scope="session")
-def model_under_edit(editguard_settings: EditguardSettings):
-    """The model, loaded once per session (per xdist worker)."""
+def editguard_run(editguard_settings: EditguardSettings):
+    """The opened run (editguard.run.session.Run): the model, loaded once per session (per xdist
+    worker), its gate bounds resolved once (the calibration's, the explicit options on top)."""
+    from editguard.run.session import open_run
+
+    s = editguard_settings
     try:
-        mue = editguard_settings.load_model()
-        warning = editguard_settings.apply_calibration(mue)
+        run = open_run(s)
     except user_errors() as err:
-        _fail_cleanly(f"load --model={editguard_settings.model}", err)
-    saved = editguard_settings.compare_saved
+        _fail_cleanly(f"load --model={s.model}", err)
+    saved, mue = s.compare_saved, run.model
     if saved is not None:
         # Other weights than the saved run's: refused now, before any edit, not after the last one.
         there, dtype = saved["run"].get("model_fingerprint"), str(mue.dtype).removeprefix("torch.")
         if there and there != mue.fingerprint and saved["run"].get("dtype") in (None, dtype):
-            pytest.exit(f"--editguard-compare {editguard_settings.compare_path}: model {mue.name!r} has other weights "
+            pytest.exit(f"--editguard-compare {s.compare_path}: model {mue.name!r} has other weights "
                         f"there (fingerprint {there} vs {mue.fingerprint} here); compare runs of the same weights",
                         returncode=pytest.ExitCode.USAGE_ERROR)
-    if warning:
+    if run.gates.warning:
         from editguard.calibration import CalibrationWarning
 
-        warnings.warn(warning, CalibrationWarning, stacklevel=1)
-    return mue
+        warnings.warn(run.gates.warning, CalibrationWarning, stacklevel=1)
+    return run
 
 
 @pytest.fixture(scope="session")
-def editor(editguard_settings: EditguardSettings, model_under_edit):
+def model_under_edit(editguard_run):
+    """The model under test (editguard.models.ModelUnderEdit)."""
+    return editguard_run.model
+
+
+@pytest.fixture(scope="session")
+def editor(editguard_settings: EditguardSettings, editguard_run):
     """The editor under test; its hyperparameters are resolved for the model up front, so a
     bad --hparams key fails here, once, with the list of valid keys."""
-    from editguard.editors.api import EditorNotReady, check_batch_size, editor_hparams, prepare_editor
-    from editguard.editors.registry import get_editor
+    from editguard.editors.api import EditorNotReady
 
-    s = editguard_settings
     try:
-        editor = get_editor(s.editor, s.hparams, data_dir=s.data_dir)
-        check_batch_size(editor, s.batch_size)  # refused once, before any edit
-        editor_hparams(editor, model_under_edit)
-        prepare_editor(editor, model_under_edit)  # e.g. MEND's trained network: said once, before any edit
-        return editor
+        return editguard_run.editor
     except EditorNotReady as err:
-        what, problem = f"use --editor={s.editor}", err
+        what, problem = f"use --editor={editguard_settings.editor}", err
     except user_errors() as err:
-        what, problem = f"set up --editor={s.editor}", err
+        what, problem = f"set up --editor={editguard_settings.editor}", err
     _fail_cleanly(what, problem)  # outside the except block: no "During handling ..." chain in the output
 
 
 class Baselines:
-    """The unedited model's measurements per perplexity corpus, each taken once per session."""
+    """The unedited model's measurements per perplexity corpus, each taken once per session; bad
+    data fails the test cleanly, naming the option."""
 
-    def __init__(self, model, settings: EditguardSettings):
-        self.model, self.settings, self._cache = model, settings, {}
-        self._probe = None
-
-    def probe(self):
-        """The downstream probe (--downstream): task subsets and the unedited model's scores, taken
-        once per session (and cached on disk across workers and sessions)."""
-        s = self.settings
-        if s.downstream and self._probe is None:
-            from editguard.metrics.downstream import prepare_probe
-
-            try:
-                self._probe = prepare_probe(self.model, s.downstream, s.downstream_n, s.data_dir,
-                                            min_retention=s.downstream_min_retention,
-                                            precision=s.downstream_precision)
-            except user_errors() as err:
-                _fail_cleanly(f"prepare --downstream={','.join(s.downstream)}", err)
-        return self._probe
+    def __init__(self, run):
+        self.run = run
 
     def get(self, corpus: str):
-        from editguard.data import load_ppl_corpus
-        from editguard.guard import measure_baseline
-
-        if corpus not in self._cache:
-            s = self.settings
-            try:
-                sentences = load_ppl_corpus(corpus, s.data_dir, download=s.download)
-            except user_errors() as err:
-                _fail_cleanly(f"read --ppl-corpus={corpus}", err)
-            self._cache[corpus] = measure_baseline(self.model, sentences, corpus, shared=True, bos=s.ppl_bos)
-            self._cache[corpus].downstream = self.probe()
-        return self._cache[corpus]
+        s = self.run.config
+        try:
+            self.run.probe()
+        except user_errors() as err:
+            _fail_cleanly(f"prepare --downstream={','.join(s.downstream)}", err)
+        try:
+            return self.run.baseline(corpus)
+        except user_errors() as err:
+            _fail_cleanly(f"read --ppl-corpus={corpus}", err)
 
 
 @pytest.fixture(scope="session")
-def editguard_baselines(model_under_edit, editguard_settings) -> Baselines:
-    return Baselines(model_under_edit, editguard_settings)
+def editguard_baselines(editguard_run) -> Baselines:
+    return Baselines(editguard_run)
 
 
 @pytest.fixture(scope="session")
@@ -114,7 +99,7 @@ def baseline(editguard_baselines, editguard_settings):
 
 
 @pytest.fixture(scope="module")
-def edit_sequence(request, model_under_edit, editor, editguard_baselines, editguard_settings):
+def edit_sequence(request, editguard_run, editor, editguard_baselines, editguard_settings):
     """The module's edit sequence (sequential mode): edits accumulate across its tests; the model
     is restored and verified when the module is done."""
     from editguard.guard import EditSequence
@@ -122,8 +107,9 @@ def edit_sequence(request, model_under_edit, editor, editguard_baselines, editgu
     s = editguard_settings
     selected = request.config.stash[SOURCES_KEY].get(request.module.__name__, {}).get("cases_selected")
     length = None if selected is None else -(-selected // s.batch_size)   # steps: one edit per --batch-size cases
-    sequence = EditSequence(model_under_edit, editor, editguard_baselines.get(s.ppl_corpus_for(sequential=True)),
-                            s.thresholds, name=request.module.__name__.rpartition(".")[2].removeprefix("test_"),
+    name = request.module.__name__.rpartition(".")[2].removeprefix("test_")
+    sequence = EditSequence(editguard_run.model, editor, editguard_baselines.get(s.ppl_corpus_for(sequential=True)),
+                            editguard_run.gates.thresholds, name=name,
                             on_error=s.sequence_on_error, ppl_every=s.ppl_every, length=length,
                             stop_on_collapse=s.sequence_stop_on_collapse,
                             measure_scores=s.quality.measure_scores)
@@ -141,9 +127,9 @@ class EditGuard:
     """What tests use: `check(case)` returns a CaseResult; `assert_safe(case)` fails the test
     with the reasons when a gate fails. Every result is recorded for the end-of-run report."""
 
-    def __init__(self, request, model, editor, baselines, settings):
-        self._request, self.model, self.editor = request, model, editor
-        self.settings = settings
+    def __init__(self, request, run, editor, baselines, settings):
+        self._request, self.model, self.editor = request, run.model, editor
+        self.settings, self.gates = settings, run.gates
         self.sequential = is_sequential(request.config, request.module)
         self.ppl_corpus = settings.ppl_corpus_for(self.sequential)
         self.baseline = baselines.get(self.ppl_corpus)
@@ -155,8 +141,8 @@ class EditGuard:
 
         request = self._request
         info = edit_run_info(
-            self.model, self.editor, self.baseline, self.settings.thresholds, suite=suite_name(request.node),
-            calibration=self.settings.calibration,
+            self.model, self.editor, self.baseline, self.gates.thresholds, suite=suite_name(request.node),
+            calibration=self.gates.calibration,
             sequential=self.sequential, shard=self.settings.shard_label,
             quality=self.settings.quality.to_dict() if self.settings.quality.enabled else None,
             **request.config.stash[SOURCES_KEY].get(request.module.__name__, {}),
@@ -184,7 +170,7 @@ class EditGuard:
                 raise
         else:
             try:
-                result = check(self.model, self.editor, case, self.baseline, self.settings.thresholds,
+                result = check(self.model, self.editor, case, self.baseline, self.gates.thresholds,
                                measure_scores=self.settings.quality.measure_scores)
             except Exception as err:
                 self._record_error(case, err)
@@ -229,5 +215,5 @@ class EditGuard:
 
 
 @pytest.fixture
-def edit_guard(request, model_under_edit, editor, editguard_baselines, editguard_settings) -> EditGuard:
-    return EditGuard(request, model_under_edit, editor, editguard_baselines, editguard_settings)
+def edit_guard(request, editguard_run, editor, editguard_baselines, editguard_settings) -> EditGuard:
+    return EditGuard(request, editguard_run, editor, editguard_baselines, editguard_settings)

@@ -25,12 +25,13 @@ from pytest_editguard.fixtures import (  # noqa: F401
     edit_guard,
     edit_sequence,
     editguard_baselines,
+    editguard_run,
     editguard_settings,
     editor,
     model_under_edit,
 )
 from pytest_editguard.results import ResultCollector
-from pytest_editguard.scheduling import step_id
+from pytest_editguard.scheduling import step_id, work_unit
 from pytest_editguard.settings import (
     SETTINGS_KEY,
     SHORT_FORMS_LEFT,
@@ -40,6 +41,7 @@ from pytest_editguard.settings import (
     add_short_forms,
     is_sequential,
     option_value,
+    read_settings,
     user_errors,
 )
 
@@ -61,7 +63,7 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    config.stash[SETTINGS_KEY] = EditguardSettings.from_config(config)
+    config.stash[SETTINGS_KEY] = read_settings(config)
     fuzz_examples = option_value(config, "fuzz-examples")
     from editguard.strategies import register_ci_profile
 
@@ -152,14 +154,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     from editguard.sharding import shard_members
 
-    def unit(item: pytest.Item) -> str:
-        # A sequence's steps build on each other: the whole module is one unit of work.
-        module = getattr(item, "module", None)
-        if module is not None and "edit_case" in getattr(item, "fixturenames", ()) and is_sequential(config, module):
-            return item.nodeid.split("::")[0]
-        return item.nodeid
-
-    keep = shard_members([unit(i) for i in items], *settings.shard)
+    # A sequence's steps build on each other: the whole module is one unit of work (the same unit
+    # as xdist's scheduling, from the step ids the plugin gives).
+    keep = shard_members([work_unit(i.nodeid) for i in items], *settings.shard)
     deselected = [item for item, k in zip(items, keep) if not k]
     if deselected:
         items[:] = [item for item, k in zip(items, keep) if k]

@@ -69,7 +69,8 @@ class ResultCollector:
         # purpose): the settings say what would have run.
         s = self.config.stash[SETTINGS_KEY]
         return {"editor": s.editor, "model": s.model, "thresholds": s.thresholds.to_dict(), "ppl_bos": s.ppl_bos,
-                "quality": s.quality.to_dict() if s.quality.enabled else None, "calibration": s.calibration}
+                "quality": s.quality.to_dict() if s.quality.enabled else None,
+                "calibration": "the options' bounds: no edit ran, so the model's calibration was not looked up"}
 
     @property
     def run(self) -> dict[str, Any]:

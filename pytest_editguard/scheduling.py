@@ -1,4 +1,5 @@
-"""pytest-xdist scheduling that never splits a sequence: the steps of a sequential suite module
+"""The unit of work of a run, for pytest-xdist scheduling and for shards: one for a whole
+sequence, one per test otherwise. xdist scheduling never splits a sequence: the steps of a sequential suite module
 build on each other, so they all go to one worker, in collection order; every other test is
 distributed one by one, as `--dist load` does.
 

@@ -1,22 +1,19 @@
-"""The plugin's settings: the option table (editguard.options) read from the command line and ini."""
+"""The plugin's settings: the option table (editguard.options) read from the command line and ini
+into the library's frozen RunConfig."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from editguard.catalog import registered_names
-from editguard.gates import QualityGates
-from editguard.models.registry import ppl_bos_for
-from editguard.options import (
-    OPTIONS,
-    OPTIONS_BY_NAME,
-    SEQUENCE_PPL_CORPUS,
-    SINGLE_EDIT_PPL_CORPUS,
-    data_dir,
-)
+from editguard.options import OPTIONS, OPTIONS_BY_NAME
+from editguard.run.config import RunConfig
+
+# The settings suites receive (`edit_cases(settings)`) and fixtures read: the library's frozen
+# RunConfig, under the plugin's historical name.
+EditguardSettings = RunConfig
 
 
 def _dest(name: str) -> str:
@@ -97,11 +94,6 @@ def option_given(config: pytest.Config, name: str) -> bool:
     return config.getoption(_dest(name)) is not None or config.getini(option.ini_key) not in (None, "")
 
 
-# The gate options and the Thresholds fields they set: given explicitly, they win over a calibration.
-THRESHOLD_OPTIONS = {"ppl-threshold": "ppl_max", "ppl-max-ratio": "ppl_max_ratio",
-                     "denominator-ratio-min": "denominator_ratio_min", "update-norm-max": "update_norm_rel_max"}
-
-
 def _check_output_paths(config: pytest.Config, json_path: str | None, plots_dir: str | None,
                         markdown_path: str | None) -> None:
     """Before the first edit, not after the last: every output (and the journal beside the JSON, and
@@ -121,202 +113,24 @@ def _check_output_paths(config: pytest.Config, json_path: str | None, plots_dir:
         raise pytest.UsageError(str(err)) from None
 
 
-def _saved_report(config: pytest.Config, model: str) -> tuple[str | None, dict | None, list]:
-    """--editguard-compare's saved report (read and checked now, before any edit) and the
-    --editguard-compare-fail margins."""
-    path, specs = option_value(config, "compare"), option_value(config, "compare-fail")
-    if specs and not path:
-        raise pytest.UsageError("--editguard-compare-fail needs --editguard-compare PATH (the saved report to "
-                                "compare with)")
-    if not path:
-        return None, None, []
-    from editguard.report.compare import CompareError, parse_fail_margins
-    from editguard.report.json_report import load_report
+def read_settings(config: pytest.Config) -> EditguardSettings:
+    """The run's frozen settings from the command line and ini keys (editguard.run.config.RunConfig);
+    bad input is a pytest usage error naming the option. Outputs are proven writable now."""
+    from editguard.errors import UsageError
+
+    worker = config.workerinput["workerid"] if hasattr(config, "workerinput") else None
+
+    def warn(message: str) -> None:
+        config.issue_config_time_warning(pytest.PytestConfigWarning(message), stacklevel=2)
 
     try:
-        margins = parse_fail_margins(specs)
-    except CompareError as err:
-        raise pytest.UsageError(f"--editguard-compare-fail: {err}") from None
-    from editguard.errors import EditguardError
-    from editguard.report.compare import check_usable
-
-    try:
-        saved = load_report(path)
-        check_usable(saved, path)
-    except (EditguardError, ValueError) as err:
-        raise pytest.UsageError(f"--editguard-compare {err}" if str(err).startswith(path)
-                                else f"--editguard-compare: {err}") from None
-    if saved["run"].get("model") != model:
-        raise pytest.UsageError(f"--editguard-compare {path}: it was run on model {saved['run'].get('model')!r}, "
-                                f"this run is on {model!r}; compare runs of the same model")
-    return path, saved, margins
-
-
-def _read_hparams(config: pytest.Config, path: str, editor: str) -> dict[str, Any]:
-    """The --hparams file's overrides; an EasyEdit file (it has `alg_name`) is translated to
-    editguard's names, what it ignores is said in a warning, and its algorithm must be --editor's."""
-    from editguard.editors.hparams import HparamsFileError, is_easyedit, load_hparams_file, translate_easyedit
-
-    try:
-        data = load_hparams_file(path)
-        if not is_easyedit(data):
-            return data
-        translation = translate_easyedit(data, path)
-    except HparamsFileError as err:
-        raise pytest.UsageError(f"--hparams {path}: {err}") from None
-    if editor not in translation.editors:
-        raise pytest.UsageError(f"--hparams {path}: an EasyEdit {translation.algorithm} file (alg_name), but "
-                                f"--editor={editor}; use it with --editor={' or '.join(translation.editors)}")
-    if translation.ignored or translation.notes:
-        config.issue_config_time_warning(pytest.PytestConfigWarning(translation.warning(path)), stacklevel=2)
-    return translation.overrides
-
-
-@dataclass
-class EditguardSettings:
-    editor: str
-    model: str
-    device: str
-    dtype: str
-    edit_layer: int | None
-    hparams: dict[str, Any]
-    data_dir: str | None
-    download: bool
-    ppl_corpus: str | None   # None: the mode's default (see ppl_corpus_for)
-    thresholds: Any
-    max_cases: int | None
-    json_path: str | None
-    sequential: bool = False
-    plots_dir: str | None = None
-    devices: list[str] | None = None
-    shard: tuple[int, int] | None = None
-    downstream: list[str] | None = None     # task names (--downstream); None: no probes
-    downstream_n: int = 200
-    downstream_min_retention: float | None = None
-    downstream_precision: str = "auto"
-    ppl_bos: str = "never"                  # BOS rule of every perplexity (--ppl-bos)
-    # Gate options the user gave (Thresholds field -> value): they win over the model's calibration.
-    explicit_thresholds: dict[str, float] | None = None
-    # Where the gate bounds come from (the report header), set with the calibration when the model loads.
-    calibration: str = ""
-    sequence_on_error: str = "stop"
-    markdown_path: str | None = None
-    compare_path: str | None = None         # the saved report to compare with (--editguard-compare)
-    compare_saved: dict | None = None       # its content, read at start-up
-    compare_margins: list | None = None     # --editguard-compare-fail, as editguard.report.compare.FailMargin
-    quality: QualityGates = field(default_factory=QualityGates)   # quality mode's suite-level gates (off)
-    sequence_length: int | None = None      # None: each sequential suite's default
-    ppl_every: int = 1
-    sequence_stop_on_collapse: bool = True
-    batch_size: int = 1                     # cases per edit (--batch-size)
-
-    def ppl_corpus_for(self, sequential: bool) -> str:
-        if self.ppl_corpus:
-            return self.ppl_corpus
-        return SEQUENCE_PPL_CORPUS if sequential else SINGLE_EDIT_PPL_CORPUS
-
-    @property
-    def shard_label(self) -> str:
-        return f"{self.shard[0]}/{self.shard[1]}" if self.shard else ""
-
-    @classmethod
-    def from_config(cls, config: pytest.Config) -> "EditguardSettings":
-        from editguard.gates import Thresholds
-        from editguard.sharding import parse_shard
-
-        hparams: dict[str, Any] = {}
-        hparams_file = option_value(config, "hparams")
-        if hparams_file:
-            hparams = _read_hparams(config, hparams_file, option_value(config, "editor"))
-        stats_dir = option_value(config, "stats-dir")
-        if stats_dir:
-            from pathlib import Path
-
-            if not Path(stats_dir).is_dir():
-                raise pytest.UsageError(f"--editguard-stats-dir {stats_dir}: not a directory")
-            # The editors that use C read it from there (an editor without C says it has no such key).
-            hparams = {**hparams, "mom2_stats_dir": str(Path(stats_dir).resolve())}
-        update_max = option_value(config, "update-norm-max")
-        thresholds = Thresholds(
-            ppl_max=option_value(config, "ppl-threshold"),
-            ppl_max_ratio=option_value(config, "ppl-max-ratio"),
-            denominator_ratio_min=option_value(config, "denominator-ratio-min"),
-            **({"update_norm_rel_max": update_max} if update_max is not None else {}),
-        )
-        quality = QualityGates.mode(option_value(config, "quality"), option_value(config, "min-efficacy"),
-                                    option_value(config, "min-generalization"), option_value(config, "min-locality"))
-        max_cases = option_value(config, "max-cases")
-        shard = option_value(config, "shard")
-        try:
-            shard = parse_shard(shard) if shard else None
-        except ValueError as err:
-            raise pytest.UsageError(f"--editguard-shard: {err}") from None
-        devices = [d.strip() for d in (option_value(config, "devices") or "").split(",") if d.strip()] or None
-        downstream, downstream_n = option_value(config, "downstream"), option_value(config, "downstream-n")
-        if downstream:
-            from editguard.tasks import parse_task_list
-
-            try:
-                downstream = parse_task_list(downstream)
-            except ValueError as err:
-                raise pytest.UsageError(f"--downstream: {err}") from None
-        retention = option_value(config, "downstream-min-retention")
-        precision = option_value(config, "downstream-precision")
-        json_path, plots_dir = option_value(config, "json"), option_value(config, "plots")
-        markdown_path = option_value(config, "markdown")
-        _check_output_paths(config, json_path, plots_dir, markdown_path)
-        model = option_value(config, "model")
-        compare_path, compare_saved, compare_margins = _saved_report(config, model)
-        ppl_bos = ppl_bos_for(model, option_value(config, "ppl-bos"))
-        on_error = option_value(config, "sequence-on-error")
-        worker = config.workerinput["workerid"] if hasattr(config, "workerinput") else None
-        worker_index = int(worker.removeprefix("gw")) if worker else None
-        device = option_value(config, "device")
-        if devices or (device == "auto" and worker_index is not None):
-            import torch
-
-            from editguard.models.loading import worker_device
-
-            cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            device = worker_device(device, devices, worker_index, cuda_count)
-        return cls(
-            editor=option_value(config, "editor"), model=model,
-            device=device, dtype=option_value(config, "dtype"), devices=devices, shard=shard,
-            edit_layer=option_value(config, "edit-layer"), hparams=hparams,
-            data_dir=data_dir(option_value(config, "data")),
-            download=option_value(config, "download"), ppl_corpus=option_value(config, "ppl-corpus"),
-            thresholds=thresholds, max_cases=max_cases, json_path=json_path,
-            sequential=option_value(config, "sequential"), plots_dir=plots_dir,
-            downstream=downstream or None, downstream_n=downstream_n, downstream_min_retention=retention,
-            downstream_precision=precision, ppl_bos=ppl_bos, sequence_on_error=on_error,
-            markdown_path=markdown_path, compare_path=compare_path, compare_saved=compare_saved,
-            compare_margins=compare_margins, quality=quality,
-            sequence_length=option_value(config, "sequence-length"), ppl_every=option_value(config, "ppl-every"),
-            sequence_stop_on_collapse=option_value(config, "sequence-stop-on-collapse") == "on",
-            batch_size=option_value(config, "batch-size"),
-            explicit_thresholds={field: option_value(config, name) for name, field in THRESHOLD_OPTIONS.items()
-                                 if option_given(config, name)},
-        )
-
-    def load_model(self):
-        """The model under test (loaded once per process; the fixture gets the same object)."""
-        from editguard.models import load_model
-
-        return load_model(self.model, self.device, self.dtype, self.edit_layer)
-
-    def apply_calibration(self, mue) -> str:
-        """Set the gate bounds to the model's calibration for the editor (where one is stored), the
-        explicit options on top; returns a warning when the defaults serve a model they were not
-        calibrated on ('' otherwise)."""
-        from editguard.calibration import calibrated_thresholds, calibration_note, find_calibration
-
-        # A calibration holds for the editor's default hyperparameters on the model: not for --hparams.
-        calibration = None if self.hparams else find_calibration(mue.name, mue.fingerprint, self.editor)
-        self.thresholds = calibrated_thresholds(self.thresholds, calibration, self.explicit_thresholds or {})
-        self.calibration, warning = calibration_note(mue.name, calibration, hparams_given=bool(self.hparams))
-        if self.explicit_thresholds:
-            self.calibration += "; given explicitly: " + ", ".join(sorted(self.explicit_thresholds))
-        return warning
+        settings = RunConfig.from_options(lambda name: option_value(config, name),
+                                          lambda name: option_given(config, name),
+                                          worker_index=int(worker.removeprefix("gw")) if worker else None, warn=warn)
+    except UsageError as err:
+        raise pytest.UsageError(str(err)) from None
+    _check_output_paths(config, settings.json_path, settings.plots_dir, settings.markdown_path)
+    return settings
 
 
 SHORT_FORMS_LEFT = pytest.StashKey[list]()  # short forms another plugin or conftest owns

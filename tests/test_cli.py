@@ -87,7 +87,7 @@ def test_report_tells_gate_failures_from_collapse_and_nan_counts_as_collapsed(tm
     doc = json.loads(path.read_text())
     assert [c["verdict"] for c in doc["cases"]] == ["passed", "failed gate", "collapsed"]
     assert doc["summary"] == {"cases": 3, "passed": 1, "failed_gate": 1, "collapsed": 1,
-                              "failed_gate_by_gate": {"update_norm": 1}}
+                              "error": 0, "failed_gate_by_gate": {"update_norm": 1}}
     assert main(["report", str(path)]) == 1
     out = " ".join(capsys.readouterr().out.split())
     assert "1 passed, 2 failed: 1 failed a gate without collapsing (update_norm: 1), 1 collapsed" in out

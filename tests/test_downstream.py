@@ -400,8 +400,8 @@ def test_mmlu_letters_are_single_tokens_and_the_fast_path_matches_on_smollm2(dat
 # --- the plugin ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, message", [
-    (["--downstream=piqa,wikitext"], "--downstream: unknown downstream task(s) wikitext; valid: piqa, hellaswag, "
-                                     "lambada, mmlu, mmlu-5shot, nq-open, squad2"),
+    (["--downstream=piqa,wikitext"], "--editguard-downstream: unknown downstream task(s) wikitext; valid: piqa, "
+                                     "hellaswag, lambada, mmlu, mmlu-5shot, nq-open, squad2"),
     (["--downstream=piqa", "--downstream-n=0"], "(--downstream-n): expected an integer ≥ 1, got '0'"),
     (["--downstream-min-retention=1.5"], "(--downstream-min-retention): expected a finite number > 0 and ≤ 1, "
                                          "got '1.5'"),

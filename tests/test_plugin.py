@@ -134,7 +134,7 @@ def test_strict_gate_fails_rome_with_readable_reason(suite):
     (["--ppl-bos", "sometimes"], "--editguard-ppl-bos (--ppl-bos): expected one of never, tokenizer, always, got"),
     (["--editor", "no-such-editor"],
      "unknown editor 'no-such-editor'; available: alphaedit, c-rome, ft, memit, mend, r-rome, rome"),
-    (["--hparams", "missing.json"], "--hparams missing.json:"),
+    (["--hparams", "missing.json"], "--editguard-hparams missing.json:"),
     (["--editor", "unsafe_editor:ScaleRow"], "takes no hyperparameters"),
     (["--editor", "unsafe_editor:Nope"], "cannot import 'Nope' from 'unsafe_editor'"),
 ])

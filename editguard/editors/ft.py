@@ -20,6 +20,7 @@ from editguard.cases import EditCase
 from editguard.editors.api import EditReport
 from editguard.editors.hparams import Hparams, ranged
 from editguard.models.loading import ModelUnderEdit
+from editguard.options import UPDATE_NORM_REL
 from editguard.tokens import edit_batch
 
 
@@ -143,7 +144,7 @@ class FineTuneLInf:
             "max_abs_delta": max_abs,
             "norm_constraint": hp.norm_constraint,
             "update_norm": update_norm,
-            "update_norm_rel": update_rel,
+            UPDATE_NORM_REL: update_rel,
             "seconds_update": time.perf_counter() - clock,
         }
         delta_w = delta.T if mue.family.weight_is_in_by_out else delta  # (out, in), as ROME's

@@ -41,6 +41,7 @@ from editguard.editors.keys import (
 )
 from editguard.editors.rome import optimize_value
 from editguard.models.loading import ModelUnderEdit
+from editguard.options import UPDATE_NORM_REL
 
 # The critical layers of the papers' configs: MEMIT's gpt2-xl.json (13–17) and
 # EleutherAI_gpt-j-6B.json (3–8), EasyEdit's MEMIT llama-7b.yaml (4–8).
@@ -226,7 +227,7 @@ class MEMIT:
             vectors[f"keys_layer{layer}"] = keys
             vectors[f"delta_w_layer{layer}"] = delta_w
         diagnostics["residual_norm_final"] = float((targets - block_outputs(mue, last, cases)).norm(dim=1).mean())
-        diagnostics["update_norm_rel"] = worst_rel
+        diagnostics[UPDATE_NORM_REL] = worst_rel
         diagnostics["seconds_v_star"] = seconds_value
         diagnostics["seconds_update"] = time.perf_counter() - clock
         return EditReport(touched=self.touched_parameters(mue, cases), diagnostics=diagnostics, vectors=vectors)

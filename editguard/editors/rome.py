@@ -33,6 +33,7 @@ from editguard.editors.hparams import Hparams, ranged
 from editguard.editors.keys import context_templates, fill, keys_and_values, subject_last_index
 from editguard.models.forward import cache_kwargs, input_and_output_of, inputs_until, starting_at_layer
 from editguard.models.loading import ModelUnderEdit, token_grid
+from editguard.options import UPDATE_NORM_REL
 
 # The ROME/EasyEdit configs the papers used (gpt2-xl.yaml, gpt-j-6B.yaml, llama-7b.yaml).
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -408,7 +409,7 @@ class ROME:
             "key_cosine": float(torch.nn.functional.cosine_similarity(keys.k_bar, keys.k_unprefixed, dim=0)),
             "key_rel_distance": float((keys.k_unprefixed - keys.k_bar).norm() / keys.k_bar.norm()),
             "update_norm": float(delta_w.norm()),
-            "update_norm_rel": float(delta_w.norm()) / weight_norm,
+            UPDATE_NORM_REL: float(delta_w.norm()) / weight_norm,
             "v_star_norm": float(value.v_star.norm()),
             "v_init_norm": float(value.v_init.norm()),
             "v_steps": value.steps,

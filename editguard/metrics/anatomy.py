@@ -23,6 +23,7 @@ from typing import Mapping, Sequence
 import torch
 
 from editguard.models.loading import ModelUnderEdit, token_grid
+from editguard.options import UPDATE_NORM_REL
 
 
 @torch.no_grad()
@@ -81,7 +82,7 @@ def update_anatomy(mue: ModelUnderEdit, before: Mapping[str, torch.Tensor],
     2-D matrix whose input width matches, or a mapping parameter name -> keys. Without keys (or
     for a matrix without matching keys, or a 1-D parameter) the blast radius is left out.
 
-    Returns {"matrices": {name: {"update_norm", "update_norm_rel"[, "blast_radius",
+    Returns {"matrices": {name: {"update_norm", UPDATE_NORM_REL[, "blast_radius",
     "blast_radius_max"]}}, "update_norm_rel_max", "blast_radius_max" (None without keys)}.
     """
     matrices: dict[str, dict[str, float]] = {}
@@ -92,7 +93,7 @@ def update_anatomy(mue: ModelUnderEdit, before: Mapping[str, torch.Tensor],
             delta = w_new - w_old
             entry = {
                 "update_norm": float(delta.norm()),
-                "update_norm_rel": float(delta.norm() / w_old.norm().clamp_min(1e-12)),
+                UPDATE_NORM_REL: float(delta.norm() / w_old.norm().clamp_min(1e-12)),
             }
             k = keys.get(name) if isinstance(keys, Mapping) else keys
             if k is not None and w_old.dim() == 2:
@@ -109,6 +110,6 @@ def update_anatomy(mue: ModelUnderEdit, before: Mapping[str, torch.Tensor],
     radii = [m["blast_radius"] for m in matrices.values() if "blast_radius" in m]
     return {
         "matrices": matrices,
-        "update_norm_rel_max": max((m["update_norm_rel"] for m in matrices.values()), default=0.0),
+        "update_norm_rel_max": max((m[UPDATE_NORM_REL] for m in matrices.values()), default=0.0),
         "blast_radius_max": max(radii) if radii else None,
     }

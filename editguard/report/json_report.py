@@ -133,8 +133,8 @@ def load_report(path: str | Path) -> dict[str, Any]:
                           f"{', '.join(map(str, READABLE_SCHEMAS))} (a newer editguard wrote it?)")
     if "complete" in doc and not isinstance(doc["complete"], bool):
         raise ReportError(f"{path}: 'complete' is {doc['complete']!r}; expected true or false")
-    check_thresholds(doc["run"], str(path))
     for index, case in enumerate(doc["cases"]):
         check_case(case, f"{path}: case {index}")
         restore_non_finite(case)
+    check_thresholds(doc["run"], str(path))
     return doc

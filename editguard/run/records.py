@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
 from editguard.errors import ReportError
+from editguard.options import UPDATE_NORM_REL
 
 # 2: verdict "error" records, `non_finite`, `complete` always written, a journal beside the JSON.
 SCHEMA_VERSION = 2
@@ -48,17 +49,17 @@ METRICS: tuple[Metric, ...] = (
     Metric("ppl_baseline", True, "the unedited model's perplexity", comparable=False),
     Metric("denominator_ratio", False, "ROME's denominator with the key used over the one with k̄", "denom ratio"),
     Metric("key_cosine", False, "cos(k̄, kᵘ)", "cos(k̄,kᵘ)", ".2f"),
-    Metric("update_norm_rel", True, "‖ΔW‖_F/‖W‖_F of the largest touched matrix", "‖ΔW‖/‖W‖"),
+    Metric(UPDATE_NORM_REL, True, "‖ΔW‖_F/‖W‖_F of the largest touched matrix", "‖ΔW‖/‖W‖"),
     Metric("blast_radius", True, "mean relative change of the layer's output on normal-text keys", "blast"),
     Metric("efficacy", None, "the new target beats the true one after the edit"),
     Metric("peak_memory_mb", True, "peak memory of the edit and its probes (MiB)", comparable=False),
 )
 METRICS_BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}
 # The numbers the guard copies from an edit's diagnostics into the record's top level.
-ANATOMY_FIELDS = ("denominator_ratio", "key_cosine", "update_norm_rel", "blast_radius")
+ANATOMY_FIELDS = ("denominator_ratio", "key_cosine", UPDATE_NORM_REL, "blast_radius")
 # The table columns of the anatomy, in order (terminal and Markdown).
 ANATOMY_COLUMNS = tuple(METRICS_BY_NAME[n] for n in ANATOMY_FIELDS)
-UPDATE_NORM = METRICS_BY_NAME["update_norm_rel"]
+UPDATE_NORM = METRICS_BY_NAME[UPDATE_NORM_REL]
 
 
 @dataclass(frozen=True)
@@ -293,17 +294,17 @@ def _expected_types(annotation: str) -> tuple[tuple[type, ...], bool]:
 
 CASE_FIELD_TYPES = {f.name: _expected_types(str(f.type)) for f in fields(CaseRecord)}
 # The fields every case record has, in every schema version editguard reads.
-REQUIRED_CASE_FIELDS = ("case_id", "passed", "failed_gates", "ppl", "editor", "model")
+REQUIRED_CASE_FIELDS = ("case_id", "passed")
 
 
 def check_case(case: Any, where: str) -> None:
     """ReportError naming the case and field when a record read from a file is not a case record
     of this schema ("passed": "false" is not a yes/no)."""
     if not isinstance(case, dict):
-        raise ReportError(f"{where}: not a case record (expected an object, got {type(case).__name__})")
+        raise ReportError(f"{where} is not a case record (expected an object, got {type(case).__name__})")
     for name in REQUIRED_CASE_FIELDS:
         if name not in case:
-            raise ReportError(f"{where}: case record without {name!r}")
+            raise ReportError(f"{where} is not a case record (it has no {name!r})")
     label = f"{where} (case {case.get('case_id')!r})"
     for name, value in case.items():
         if name not in CASE_FIELD_TYPES or value is None and CASE_FIELD_TYPES[name][1]:

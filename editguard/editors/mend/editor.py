@@ -16,6 +16,7 @@ from editguard.editors.mend.hparams import ARCHITECTURE_FIELDS, MendHparams, edi
 from editguard.editors.mend.store import cached_editors, load_trained, mend_cache_dir
 from editguard.editors.mend.training import TrainedMend, gradient_pairs
 from editguard.models.loading import ModelUnderEdit
+from editguard.options import UPDATE_NORM_REL
 from editguard.tokens import edit_batch
 
 
@@ -110,6 +111,6 @@ class MEND:
             diagnostics[f"update_norm_rel_{m.label}"] = rel
             worst = max(worst, rel)
             vectors[f"delta_w_{m.label}"] = deltas[m.name]
-        diagnostics["update_norm_rel"] = worst
+        diagnostics[UPDATE_NORM_REL] = worst
         diagnostics["seconds_update"] = seconds_update
         return EditReport(touched=[m.name for m in network.matrices], diagnostics=diagnostics, vectors=vectors)

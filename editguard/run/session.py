@@ -1,0 +1,98 @@
+"""Opening a run: the model loaded, its gate bounds resolved once (the calibration's, the explicit
+options on top), the editor set up, the unedited baselines measured on first need.
+
+    run = open_run(RunConfig.from_options(...))
+    run.gates.thresholds, run.gates.calibration      # what gates this model, and why
+    run.editor                                       # set up on first use (hparams checked, MEND trained?)
+    run.baseline("me-ppl-50")                        # the unedited perplexity, once per corpus
+
+Both front ends open their runs here: the plugin (one per session and xdist worker) and the CLI
+commands that edit or measure. This module sits above curation (layer 6, not 5 as the rest of
+run/): the bounds come from the model's calibration (editguard.calibration).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from editguard.calibration import calibrated_thresholds, calibration_note, find_calibration
+from editguard.gates import Thresholds
+from editguard.run.config import RunConfig
+
+
+@dataclass(frozen=True)
+class GateBounds:
+    """The bounds that gate this run's model, where they come from (the report header's sentence),
+    and a warning when defaults serve a model they were not calibrated on ('' otherwise)."""
+    thresholds: Thresholds
+    calibration: str
+    warning: str = ""
+
+
+def resolve_gates(config: RunConfig, model_name: str, fingerprint: str) -> GateBounds:
+    """The model's calibration for the editor (where one is stored, and only for the editor's
+    default hyperparameters), with the explicitly given gate options on top."""
+    calibration = None if config.hparams else find_calibration(model_name, fingerprint, config.editor)
+    thresholds = calibrated_thresholds(config.thresholds, calibration, config.explicit_thresholds)
+    note, warning = calibration_note(model_name, calibration, hparams_given=bool(config.hparams))
+    if config.explicit_thresholds:
+        note += "; given explicitly: " + ", ".join(sorted(config.explicit_thresholds))
+    return GateBounds(thresholds, note, warning)
+
+
+class Run:
+    """One opened run: its config, model and gate bounds; the editor and the baselines on first use."""
+
+    def __init__(self, config: RunConfig, model, gates: GateBounds):
+        self.config, self.model, self.gates = config, model, gates
+        self._editor = None
+        self._baselines: dict[str, Any] = {}
+        self._probe = None
+
+    @property
+    def editor(self):
+        """The editor under test, its hyperparameters resolved for the model up front (a bad
+        --hparams key fails here, once, with the list of valid keys), checked against
+        --batch-size, and prepared (MEND's trained network)."""
+        if self._editor is None:
+            from editguard.editors.api import check_batch_size, editor_hparams, prepare_editor
+            from editguard.editors.registry import get_editor
+
+            c = self.config
+            editor = get_editor(c.editor, c.hparams, data_dir=c.data_dir)
+            check_batch_size(editor, c.batch_size)
+            editor_hparams(editor, self.model)
+            prepare_editor(editor, self.model)
+            self._editor = editor
+        return self._editor
+
+    def probe(self):
+        """The downstream probe (--downstream): task subsets and the unedited model's scores, taken
+        once (and cached on disk across workers and sessions); None without --downstream."""
+        c = self.config
+        if c.downstream and self._probe is None:
+            from editguard.metrics.downstream import prepare_probe
+
+            self._probe = prepare_probe(self.model, list(c.downstream), c.downstream_n, c.data_dir,
+                                        min_retention=c.downstream_min_retention, precision=c.downstream_precision)
+        return self._probe
+
+    def baseline(self, corpus: str):
+        """The unedited model's measurements on `corpus` (perplexity, weight digests, the downstream
+        probe), taken once per corpus."""
+        if corpus not in self._baselines:
+            from editguard.data import load_ppl_corpus
+            from editguard.guard import measure_baseline
+
+            sentences = load_ppl_corpus(corpus, self.config.data_dir, download=self.config.download)
+            baseline = measure_baseline(self.model, sentences, corpus, shared=True, bos=self.config.ppl_bos)
+            baseline.downstream = self.probe()
+            self._baselines[corpus] = baseline
+        return self._baselines[corpus]
+
+
+def open_run(config: RunConfig) -> Run:
+    """Load the model and resolve its gate bounds; errors are editguard's (model load, usage)."""
+    model = config.load_model()
+    return Run(config, model, resolve_gates(config, model.name, model.fingerprint))
