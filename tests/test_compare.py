@@ -96,7 +96,8 @@ def test_margin_specs_parse_in_every_accepted_form():
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("pp:10%", "fail margin 'pp:10%': unknown field 'pp'; one of ppl, corpus_ppl, denominator_ratio, key_cosine, update_norm_rel"),
+    ("pp:10%", "fail margin 'pp:10%': unknown field 'pp'; one of ppl, corpus_ppl, denominator_ratio, key_cosine, "
+             "update_norm_rel"),
     ("ppl", "fail margin 'ppl': expected FIELD:VALUE, e.g. ppl:10% (relative to the saved value) or ppl:0.5"),
     ("ppl:ten%", "fail margin 'ppl:ten%': the margin must be a finite number ≥ 0, optionally with %"),
     ("ppl:-5%", "got '-5%'"), ("ppl:nan", "got 'nan'"), ("ppl:", "got ''"),
