@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+import editguard.errors
 from editguard.cache import CacheWarning, cache_dir, cache_key, is_sealed, locked, seal
 from editguard.models.registry import (
     DEFAULT_MODEL,
@@ -27,7 +28,7 @@ from editguard.models.tiny import build_tiny_model, tiny_tokenizer
 GGUF_KINDS = ("gguf-package", "gguf-assembled")  # packaged GGUF files, converted once into the cache
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(editguard.errors.ModelLoadError, RuntimeError):
     pass
 
 

@@ -14,11 +14,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from editguard.errors import ReportError
 from editguard.report.merge import case_key
 from editguard.report.verdicts import PASSED, VERDICTS, verdict
 
 
-class CompareError(ValueError):
+class CompareError(ReportError, ValueError):
     """Reports that cannot be compared (other model or suite), or a bad fail-margin spec."""
 
 

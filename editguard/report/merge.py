@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from editguard.errors import ReportError
 from editguard.report.json_report import combine_runs, sort_cases
 
 # Run fields that define what a result means; shards that differ in one cannot be merged.
@@ -20,7 +21,7 @@ SUITE_IDENTITY = ("sequential", "ppl_corpus")
 TIMING_FIELDS = ("seconds", "timings", "peak_memory_mb")
 
 
-class MergeError(ValueError):
+class MergeError(ReportError, ValueError):
     """Reports that are not parts of one run."""
 
 
