@@ -25,9 +25,9 @@ from editguard.editors.api import editor_hparams
 from editguard.errors import DataError
 from editguard.gates import Thresholds, is_collapsed
 from editguard.guard import check
-from editguard.mining import find_suite_file
 from editguard.options import CALIBRATION_MODEL, COLLAPSE_PPL, DEFAULT_EDITOR
 from editguard.report.json_report import versions
+from editguard.suite_files import find_suite_file
 
 CALIBRATION_SCHEMA = 1
 MARGIN = 3.0

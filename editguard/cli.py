@@ -142,8 +142,8 @@ def cmd_calibrate(args) -> int:
     from editguard.data import load_ppl_corpus
     from editguard.editors.registry import get_editor
     from editguard.guard import measure_baseline
-    from editguard.mining import find_mined_suite, project_suites_dir, refuse_installed_path
     from editguard.models import load_model
+    from editguard.suite_files import find_mined_suite, project_suites_dir, refuse_installed_path
     from editguard.suites import normal_sample
 
     out = Path(args.json) if args.json else project_suites_dir() / "calibration" / shipped_name(args.model, args.editor)
@@ -190,18 +190,12 @@ def cmd_mine(args) -> int:
     from editguard.editors.rome import RomeHparams
     from editguard.gates import Thresholds
     from editguard.guard import measure_baseline
-    from editguard.mining import (
-        mine,
-        pick_candidates,
-        project_mined_suite_path,
-        refuse_installed_path,
-        risk_correlation,
-        write_mined_suite,
-    )
+    from editguard.mining import mine, pick_candidates, risk_correlation, write_mined_suite
     from editguard.models import load_model
     from editguard.progress import progress_bar
     from editguard.runinfo import edit_run_info
     from editguard.screen import run_screen, write_screen
+    from editguard.suite_files import project_mined_suite_path, refuse_installed_path
     from editguard.suites import load_case_source
 
     mue = load_model(args.model, args.device, args.dtype)
@@ -278,10 +272,11 @@ def cmd_filter(args) -> int:
     from editguard.editors.registry import get_editor
     from editguard.gates import Thresholds
     from editguard.guard import measure_baseline
-    from editguard.mining import degradation, mine, record_filter, refuse_installed_path
+    from editguard.mining import degradation, mine, record_filter
     from editguard.models import load_model
     from editguard.progress import progress_bar
     from editguard.runinfo import edit_run_info
+    from editguard.suite_files import refuse_installed_path
 
     refuse_installed_path(args.case_file)  # the outcome is written into the case file
     mue = load_model(args.model, args.device, args.dtype)
@@ -343,8 +338,7 @@ def cmd_compare(args) -> int:
     """SAVED CURRENT: the no-regression gate (the plugin's --editguard-compare), exit 1 on a
     regression or a worsening beyond a --compare-fail margin; with --equal, the equality check."""
     from editguard.report import load_report
-    from editguard.report.compare import compare_runs, parse_fail_margins
-    from editguard.report.merge import compare_reports
+    from editguard.report.compare import compare_reports, compare_runs, parse_fail_margins
 
     if not args.equal:
         if args.rtol is not None:
