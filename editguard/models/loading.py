@@ -265,7 +265,8 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "fl
         # "org/name" is a hub id; only an explicit path (./x, /x, ~/x) must exist as a directory.
         is_path = spec is None and name.startswith((".", "/", "~")) and not Path(name).expanduser().exists()
         if is_path:
-            raise ModelLoadError(f"--model={name}: no such directory")
+            raise ModelLoadError(f"--model={name}: no such directory ({Path(name).expanduser().absolute()}); expected "
+                                 f"a model directory, a Hugging Face hub id or one of {', '.join(MODELS)}")
         try:
             model, tok = _load_pretrained(hub_id, local_files_only=True, dtype=torch_dtype)
         except (OSError, ValueError) as err:
