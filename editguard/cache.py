@@ -48,18 +48,50 @@ def safe_name(text: str) -> str:
 
 def unwritable_reason(path: str | os.PathLike, *, directory: bool = False) -> str:
     """Why `path` (a file, or with directory=True a folder) could not be written, or "" if it can:
-    checked before a long run, so that its report is not lost at the end."""
+    checked before a long run, so that its report is not lost at the end. Tried for real (a
+    permission bit says nothing to root, nor about /proc or a read-only mount): the missing
+    folders and the file are created, then removed again; an existing file is opened to append
+    (not changed)."""
     path = Path(path).expanduser().absolute()
     if path.exists():
         if directory != path.is_dir():
             return f"{path} exists and is {'not ' if directory else ''}a directory"
-        return "" if os.access(path, os.W_OK | (os.X_OK if directory else 0)) else f"{path} is not writable"
+        try:
+            if directory:
+                probe = path / f".editguard-write-check-{os.getpid()}"
+                probe.touch(exist_ok=False)
+                probe.unlink()
+            else:
+                with open(path, "ab"):
+                    pass
+        except OSError as err:
+            return f"{path} is not writable ({err.strerror or err})"
+        return ""
     parent = path.parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
         return f"{parent} is not a directory"
-    return "" if os.access(parent, os.W_OK | os.X_OK) else f"cannot create {path}: {parent} is not writable"
+    missing = [p for p in (path if directory else path.parent, *(path if directory else path.parent).parents)
+               if not p.exists()]
+    created: list[Path] = []
+    try:
+        for folder in reversed(missing):
+            folder.mkdir()
+            created.append(folder)
+        if not directory:
+            path.open("xb").close()
+            path.unlink()
+    except OSError as err:
+        where = f" ({err.filename})" if err.filename and str(err.filename) != str(path) else ""
+        return f"cannot create {path}: {err.strerror or err}{where}"
+    finally:
+        for folder in reversed(created):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+    return ""
 
 
 def output_path_problem(flag: str, path: str | os.PathLike | None, *, directory: bool = False) -> str:

@@ -22,11 +22,12 @@ from typing import Any, Callable
 
 from editguard.cache import cache_dir, locked, read_entry, safe_name, write_entry
 from editguard.editors.api import editor_hparams
+from editguard.errors import DataError
 from editguard.gates import Thresholds, is_collapsed
 from editguard.guard import check
-from editguard.mining import find_suite_file
 from editguard.options import CALIBRATION_MODEL, COLLAPSE_PPL, DEFAULT_EDITOR, UPDATE_NORM_REL
 from editguard.report.json_report import versions
+from editguard.suite_files import find_suite_file
 
 CALIBRATION_SCHEMA = 1
 MARGIN = 3.0
@@ -45,7 +46,7 @@ class CalibrationWarning(UserWarning):
     """The gate defaults serve a model they were not calibrated on."""
 
 
-class CalibrationError(ValueError):
+class CalibrationError(DataError, ValueError):
     """A calibration that cannot be made or read (no usable case, a damaged file)."""
 
 

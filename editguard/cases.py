@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable
 
+import editguard.errors
 from editguard.data import DataError, data_file, read_json
 
 __all__ = ["CaseError", "COUNTERFACT_SPLITS", "EditCase", "load_counterfact", "read_cases", "write_cases"]
@@ -17,7 +18,7 @@ __all__ = ["CaseError", "COUNTERFACT_SPLITS", "EditCase", "load_counterfact", "r
 COUNTERFACT_SPLITS = ("train", "val", "edit")
 
 
-class CaseError(ValueError):
+class CaseError(editguard.errors.DataError, ValueError):
     """A malformed edit case; the message names the case (and file, record) and the field.
 
     `detail` is the message without its "where" prefix, so loaders can re-prefix it."""

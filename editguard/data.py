@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import editguard.errors
 from editguard.cache import cache_dir, file_sha256
 
 __all__ = [
@@ -29,7 +30,7 @@ _HOW_TO_SET = (
 )
 
 
-class DataError(ValueError):
+class DataError(editguard.errors.DataError, ValueError):
     """Data missing or malformed; the message names the file (and record and field)."""
 
 

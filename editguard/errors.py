@@ -1,13 +1,58 @@
-"""editguard's errors (placeholder until the full hierarchy lands)."""
+"""The errors editguard raises on purpose, by kind, so a caller can tell them apart.
+
+Every exception class of editguard derives from one of these (and, where it did before, from
+a builtin such as ValueError, so `except ValueError` keeps working). A message names what went
+wrong and where: the option, the file (and record and field), the model.
+
+The `editguard` command turns each into one line on stderr and its kind's `exit_code`:
+
+    0  success
+    1  a gate failed: a regression in `compare`, failing cases in `report`
+    2  editguard could not do what was asked: a usage or input problem (an option, a data or
+       case file, a model that does not load, the editor's set-up, the cache, a report that
+       cannot be read or an output that cannot be written)
+
+This module is a leaf: it imports nothing from editguard.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "CacheError", "DataError", "EditguardError", "EditorError",
+    "ModelLoadError", "ReportError", "UsageError",
+]
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # a gate failed: a regression in compare, failing cases
+EXIT_USAGE = 2  # a usage or input problem: nothing was judged
 
 
 class EditguardError(Exception):
-    exit_code = 2
+    """Base of every error editguard raises on purpose; `exit_code` is the command's exit status."""
+
+    exit_code: int = EXIT_USAGE
 
 
 class UsageError(EditguardError):
-    pass
+    """A bad option, argument or configuration value."""
+
+
+class DataError(EditguardError):
+    """Data or case files missing or malformed; the message names the file (and record and field)."""
+
+
+class ModelLoadError(EditguardError):
+    """A model that cannot be found or loaded; the message names it and what was expected."""
+
+
+class EditorError(EditguardError):
+    """The editor under test or its set-up: unknown, not ready (e.g. untrained), bad hyperparameters,
+    or an edit that failed."""
+
+
+class CacheError(EditguardError):
+    """A cache entry or statistics file that cannot be read, written or trusted."""
 
 
 class ReportError(EditguardError):
-    pass
+    """A report that cannot be read or is incompatible, or an output that cannot be written."""

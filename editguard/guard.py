@@ -16,6 +16,7 @@ import torch
 from editguard.cache import cache_dir, cache_key, cached_json, safe_name
 from editguard.cases import EditCase
 from editguard.editors.api import Editor, checked_report, reset_editor
+from editguard.errors import EditorError
 from editguard.gates import Thresholds, Verdict, downstream_gates, is_collapsed, judge
 from editguard.metrics.anatomy import normal_text_keys, update_anatomy
 from editguard.metrics.efficacy import PromptHits, edit_scores, efficacy
@@ -330,11 +331,11 @@ def check(mue: ModelUnderEdit, editor: Editor, case: EditCase | Sequence[EditCas
     return result
 
 
-class SequenceStepError(RuntimeError):
+class SequenceStepError(EditorError, RuntimeError):
     """A step of a sequence raised; its partial writes were undone (the weights are as before it)."""
 
 
-class SequenceStopped(RuntimeError):
+class SequenceStopped(EditorError, RuntimeError):
     """An earlier step failed and the sequence stops there (on_error="stop")."""
 
 

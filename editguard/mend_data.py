@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from editguard.cases import EditCase, read_cases
 from editguard.data import load_ppl_corpus
-from editguard.mining import find_mined_suite
+from editguard.suite_files import find_mined_suite
 from editguard.suites import SCREEN_POOL, counterfact_hard, load_case_source, normal_sample
 
 

@@ -85,7 +85,7 @@ def screened_candidates(mue, cases: list[EditCase], top: int = SCREEN_TOP) -> li
 def hardcf(model_name: str, data_dir=None, download: bool = False, load=None) -> CaseList:
     """The model's mined HardCF list, or (none mined) its top-risk screened candidates.
     `load()` gives the ModelUnderEdit; it is called only when a screen is needed."""
-    from editguard.mining import find_mined_suite, suite_file_label
+    from editguard.suite_files import find_mined_suite, suite_file_label
 
     path = find_mined_suite(model_name)
     if path is not None:

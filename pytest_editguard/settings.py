@@ -144,10 +144,9 @@ def is_sequential(config: pytest.Config, module) -> bool:
 
 
 def user_errors() -> tuple[type[Exception], ...]:
-    """Errors caused by bad input or setup, shown without a traceback."""
-    from editguard.cases import CaseError
-    from editguard.data import DataError
-    from editguard.editors.api import EditorNotFound
-    from editguard.models import ModelLoadError
+    """Errors caused by bad input or setup, shown without a traceback: every EditguardError, and
+    ValueError while library code still raises it for bad input (--device, --dtype, --hparams
+    values, --batch-size, report files)."""
+    from editguard.errors import EditguardError
 
-    return (CaseError, DataError, EditorNotFound, ModelLoadError, ValueError)
+    return (EditguardError, ValueError)

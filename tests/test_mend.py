@@ -276,7 +276,7 @@ def test_check_restores_exactly_and_reports_the_anatomy(tiny, trained):
 
 def test_training_cases_leave_out_every_case_the_suites_edit(data_dir):
     from editguard.cases import read_cases
-    from editguard.mining import find_mined_suite
+    from editguard.suite_files import find_mined_suite
     from editguard.suites import normal_sample
 
     cases, excluded = training_cases("smollm2-135m", "counterfact", data_dir)

@@ -12,6 +12,7 @@ from editguard.gates import Thresholds
 from editguard.guard import measure_baseline
 from editguard.mining import degradation, mine, pick_candidates, risk_correlation, write_mined_suite
 from editguard.stats import spearman
+from editguard.suite_files import project_mined_suite_path
 from tests.tiny_edits import SCREEN_CASES
 
 FAST = {"v_num_grad_steps": 3, "context_template_length_params": [[5, 5]]}
@@ -119,7 +120,6 @@ def test_filter_is_recorded_in_the_case_file_and_selects_cases(tmp_path):
 
 
 def test_hardcf_suite_uses_the_mined_list_else_the_screen(tmp_path, monkeypatch, data_dir):
-    import editguard.mining as mining
     from editguard.suites import SCREEN_TOP, hardcf, normal_sample
 
     monkeypatch.chdir(tmp_path)  # the project: mined lists go to ./editguard-suites
@@ -136,7 +136,7 @@ def test_hardcf_suite_uses_the_mined_list_else_the_screen(tmp_path, monkeypatch,
     assert all(c.subject_first for c in screened)
     assert hardcf("tiny-llama", data_dir, load=load) == screened  # cached screen, same order
 
-    write_cases(mining.project_mined_suite_path("tiny-llama"), SCREEN_CASES[:2])
+    write_cases(project_mined_suite_path("tiny-llama"), SCREEN_CASES[:2])
     mined = hardcf("tiny-llama", data_dir, load=None)
     assert [c.case_id for c in mined] == ["1", "2"]
     assert "mined HardCF list editguard-suites/hardcf/tiny-llama.json" in mined.description

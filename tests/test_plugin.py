@@ -355,7 +355,7 @@ def _run_json(suite, name, *extra):
 
 
 def test_shards_merge_into_the_unsharded_report(suite):
-    from editguard.report.merge import compare_reports
+    from editguard.report.compare import compare_reports
 
     suite.makepyfile(test_steps=SEQUENCE_MODULE)
     whole = _run_json(suite, "whole.json")
@@ -380,7 +380,7 @@ def test_shards_merge_into_the_unsharded_report(suite):
 
 
 def test_xdist_run_equals_the_serial_run(suite):
-    from editguard.report.merge import compare_reports
+    from editguard.report.compare import compare_reports
 
     serial = _run_json(suite, "serial.json")
     parallel = _run_json(suite, "parallel.json", "-n", "2")
@@ -472,8 +472,8 @@ class InterruptSecond(ScaleRow):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--editguard-json=blocker/r.json"], "--editguard-json blocker/r.json: cannot write there (*)"),
-    (["--editguard-plots=blocker"], "--editguard-plots blocker: exists and is not a directory"),
+    (["--editguard-json=blocker/r.json"], "--editguard-json blocker/r.json: *blocker is not a directory"),
+    (["--editguard-plots=blocker"], "--editguard-plots blocker: *blocker exists and is not a directory"),
 ])
 def test_unwritable_output_paths_are_usage_errors_before_any_edit(suite, args, message):
     suite.makefile("", blocker="a file, not a folder")

@@ -184,4 +184,4 @@ def test_a_saved_report_of_other_weights_is_refused_before_any_edit(runs):
 def test_an_output_under_proc_is_refused_before_any_edit(runs):
     result = runs.runpytest_subprocess(*args("Quiet", "--editguard-json=/proc/x/r.json"))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--editguard-json /proc/x/r.json: cannot write there*"])
+    result.stderr.fnmatch_lines(["*--editguard-json /proc/x/r.json: cannot create /proc/x/r.json*"])

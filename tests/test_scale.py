@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from editguard.models.loading import resolve_device, worker_device
-from editguard.report.merge import MergeError, compare_reports, merge_reports
+from editguard.report.compare import compare_reports
+from editguard.report.merge import MergeError, merge_reports
 from editguard.sharding import parse_shard, shard_members
 
 

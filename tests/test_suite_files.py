@@ -9,17 +9,16 @@ import sys
 import pytest
 
 import editguard.mining as mining
+import editguard.suite_files as suite_files
 from editguard.cases import read_cases, write_cases
 from editguard.cli import main
-from editguard.mining import (
+from editguard.mining import hardest_records, record_filter, write_mined_suite
+from editguard.suite_files import (
     find_mined_suite,
     find_suite_file,
-    hardest_records,
     project_mined_suite_path,
-    record_filter,
     shipped_suites_dir,
     suite_file_label,
-    write_mined_suite,
 )
 from editguard.suites import hardcf
 from tests.tiny_edits import SCREEN_CASES
@@ -49,7 +48,7 @@ def site_packages(tmp_path, monkeypatch):
     write_cases(package / "hardedit" / "cases.json", SCREEN_CASES[:3])
     monkeypatch.delitem(sys.modules, "editguard_suites", raising=False)
     monkeypatch.syspath_prepend(str(site))
-    monkeypatch.setattr(mining, "_installed_package_dirs", lambda: [site.resolve()])
+    monkeypatch.setattr(suite_files, "_installed_package_dirs", lambda: [site.resolve()])
     return site
 
 

@@ -27,6 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
 
+from editguard.errors import EditorError
+
 if TYPE_CHECKING:  # annotations only: the registry reads this module without importing torch
     import torch
 
@@ -109,7 +111,7 @@ def check_batch_size(editor: Editor, batch_size: int) -> None:
                          f"--editor=memit (also alphaedit, ft, mend)")
 
 
-class EditorNotReady(LookupError):
+class EditorNotReady(EditorError, LookupError):
     """The editor cannot edit this model yet; the message says what to run first."""
 
 
@@ -133,7 +135,7 @@ def reset_editor(editor: Editor) -> None:
         editor.reset()
 
 
-class EditorNotFound(LookupError):
+class EditorNotFound(EditorError, LookupError):
     """An --editor that names no built-in, entry point or importable class."""
 
 

@@ -16,6 +16,7 @@ import torch
 
 from editguard.cache import cache_dir, cached_tensors
 from editguard.data import load_text_corpus
+from editguard.errors import CacheError
 from editguard.models.forward import inputs_until
 from editguard.models.loading import ModelUnderEdit
 from editguard.progress import progress_bar
@@ -72,7 +73,7 @@ def _in_memory(key: tuple, compute) -> torch.Tensor:
     return _IN_MEMORY[key]
 
 
-class StatsFileError(ValueError):
+class StatsFileError(CacheError, ValueError):
     """Downloaded ROME/MEMIT statistics that cannot be used: missing, ambiguous or malformed."""
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
+from editguard.errors import EditorError
 from editguard.models.registry import FAMILIES
 from editguard.options import expected_value
 
@@ -130,7 +131,7 @@ def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", None) if typing.get_origin(hint) is None else str(hint).replace("typing.", "")
 
 
-class HparamsFileError(ValueError):
+class HparamsFileError(EditorError, ValueError):
     """An hyperparameter file that cannot be read: wrong extension, bad syntax, not a mapping."""
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+import editguard.errors
 from editguard.cache import CacheWarning, cache_dir, cache_key, is_sealed, locked, seal
 from editguard.models.registry import (
     DEFAULT_MODEL,
@@ -27,7 +28,7 @@ from editguard.models.tiny import build_tiny_model, tiny_tokenizer
 GGUF_KINDS = ("gguf-package", "gguf-assembled")  # packaged GGUF files, converted once into the cache
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(editguard.errors.ModelLoadError, RuntimeError):
     pass
 
 
@@ -264,7 +265,8 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "fl
         # "org/name" is a hub id; only an explicit path (./x, /x, ~/x) must exist as a directory.
         is_path = spec is None and name.startswith((".", "/", "~")) and not Path(name).expanduser().exists()
         if is_path:
-            raise ModelLoadError(f"--model={name}: no such directory")
+            raise ModelLoadError(f"--model={name}: no such directory ({Path(name).expanduser().absolute()}); expected "
+                                 f"a model directory, a Hugging Face hub id or one of {', '.join(MODELS)}")
         try:
             model, tok = _load_pretrained(hub_id, local_files_only=True, dtype=torch_dtype)
         except (OSError, ValueError) as err:

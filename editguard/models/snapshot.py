@@ -10,8 +10,10 @@ from typing import Callable
 
 import torch
 
+from editguard.errors import EditorError
 
-class RestoreError(RuntimeError):
+
+class RestoreError(EditorError, RuntimeError):
     """The model could not be put back as it was: later results would be meaningless."""
 
 

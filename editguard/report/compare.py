@@ -14,13 +14,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from editguard.report.merge import case_key
+from editguard.errors import ReportError
+from editguard.report.merge import RUN_IDENTITY, TIMING_FIELDS, _short, _where, case_key
 from editguard.report.verdicts import PASSED, VERDICTS, verdict
 from editguard.run.records import METRICS as RECORD_METRICS
 from editguard.run.records import Metric
 
 
-class CompareError(ValueError):
+class CompareError(ReportError, ValueError):
     """Reports that cannot be compared (other model or suite), or a bad fail-margin spec."""
 
 
@@ -302,3 +303,47 @@ def compare_runs(saved: dict[str, Any], current: dict[str, Any], margins: list[F
             target = comparison.worsenings if judged[0] > 0 else comparison.improvements
             target.append(Change(label, judged[1], margin.metric))
     return comparison
+
+
+# `editguard compare --equal`: the two reports hold the same cases, verdicts and numbers.
+
+def compare_reports(a: dict[str, Any], b: dict[str, Any], rtol: float = 1e-4, atol: float = 1e-6) -> list[str]:
+    """Differences between two reports of the same cases, ignoring wall-clock fields and where
+    the run happened; [] when they agree (same cases, verdicts, gates, numbers within rtol)."""
+    problems = []
+    for name in RUN_IDENTITY + ("suites",):
+        problems += _diff(f"run.{name}", a["run"].get(name), b["run"].get(name), rtol, atol)
+    cases_a = {case_key(c): c for c in a["cases"]}
+    cases_b = {case_key(c): c for c in b["cases"]}
+    for key in sorted(cases_a.keys() - cases_b.keys()):
+        problems.append(f"case {key[2]}{_where(key)} only in the first report")
+    for key in sorted(cases_b.keys() - cases_a.keys()):
+        problems.append(f"case {key[2]}{_where(key)} only in the second report")
+    for key in sorted(cases_a.keys() & cases_b.keys()):
+        ca, cb = cases_a[key], cases_b[key]
+        for name in sorted(set(ca) | set(cb)):
+            if name not in TIMING_FIELDS:
+                problems += _diff(f"case {key[2]}{_where(key)}: {name}", ca.get(name), cb.get(name), rtol, atol)
+    return problems
+
+
+def _diff(where: str, x: Any, y: Any, rtol: float, atol: float) -> list[str]:
+    if isinstance(x, dict) and isinstance(y, dict):
+        out = []
+        for k in sorted(set(x) | set(y)):
+            if k.startswith("seconds") or k in TIMING_FIELDS:
+                continue
+            out += _diff(f"{where}.{k}", x.get(k), y.get(k), rtol, atol)
+        return out
+    if isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)):
+        if len(x) != len(y):
+            return [f"{where}: {len(x)} vs {len(y)} items"]
+        return [p for i, (u, v) in enumerate(zip(x, y)) for p in _diff(f"{where}[{i}]", u, v, rtol, atol)]
+    numeric = (int, float)
+    if isinstance(x, numeric) and isinstance(y, numeric) and not isinstance(x, bool) and not isinstance(y, bool):
+        if math.isnan(x) and math.isnan(y):
+            return []
+        if math.isclose(x, y, rel_tol=rtol, abs_tol=atol):
+            return []
+        return [f"{where}: {x!r} vs {y!r}"]
+    return [] if x == y else [f"{where}: {_short(x)} vs {_short(y)}"]

@@ -1,4 +1,5 @@
-"""Merging the JSON reports of shards (`--editguard-shard i/n`) into one, and comparing reports.
+"""Merging the JSON reports of shards (`--editguard-shard i/n`) into one (comparing reports, gate
+and equality check, is report/compare.py).
 
 Shards are parts of one run: they must agree on what was tested (model weights, editor and its
 hyperparameters, gates, perplexity corpus, dtype). Where they ran (device, package versions)
@@ -7,9 +8,9 @@ may differ; the merged header keeps the first shard's and lists the files it cam
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
+from editguard.errors import ReportError
 from editguard.report.json_report import combine_runs, sort_cases
 
 # Run fields that define what a result means; shards that differ in one cannot be merged.
@@ -20,7 +21,7 @@ SUITE_IDENTITY = ("sequential", "ppl_corpus")
 TIMING_FIELDS = ("seconds", "timings", "peak_memory_mb")
 
 
-class MergeError(ValueError):
+class MergeError(ReportError, ValueError):
     """Reports that are not parts of one run."""
 
 
@@ -124,45 +125,3 @@ def _where(key: tuple) -> str:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-def compare_reports(a: dict[str, Any], b: dict[str, Any], rtol: float = 1e-4, atol: float = 1e-6) -> list[str]:
-    """Differences between two reports of the same cases, ignoring wall-clock fields and where
-    the run happened; [] when they agree (same cases, verdicts, gates, numbers within rtol)."""
-    problems = []
-    for field in RUN_IDENTITY + ("suites",):
-        problems += _diff(f"run.{field}", a["run"].get(field), b["run"].get(field), rtol, atol)
-    cases_a = {case_key(c): c for c in a["cases"]}
-    cases_b = {case_key(c): c for c in b["cases"]}
-    for key in sorted(cases_a.keys() - cases_b.keys()):
-        problems.append(f"case {key[2]}{_where(key)} only in the first report")
-    for key in sorted(cases_b.keys() - cases_a.keys()):
-        problems.append(f"case {key[2]}{_where(key)} only in the second report")
-    for key in sorted(cases_a.keys() & cases_b.keys()):
-        ca, cb = cases_a[key], cases_b[key]
-        for field in sorted(set(ca) | set(cb)):
-            if field not in TIMING_FIELDS:
-                problems += _diff(f"case {key[2]}{_where(key)}: {field}", ca.get(field), cb.get(field), rtol, atol)
-    return problems
-
-
-def _diff(where: str, x: Any, y: Any, rtol: float, atol: float) -> list[str]:
-    if isinstance(x, dict) and isinstance(y, dict):
-        out = []
-        for k in sorted(set(x) | set(y)):
-            if k.startswith("seconds") or k in TIMING_FIELDS:
-                continue
-            out += _diff(f"{where}.{k}", x.get(k), y.get(k), rtol, atol)
-        return out
-    if isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)):
-        if len(x) != len(y):
-            return [f"{where}: {len(x)} vs {len(y)} items"]
-        return [p for i, (u, v) in enumerate(zip(x, y)) for p in _diff(f"{where}[{i}]", u, v, rtol, atol)]
-    numeric = (int, float)
-    if isinstance(x, numeric) and isinstance(y, numeric) and not isinstance(x, bool) and not isinstance(y, bool):
-        if math.isnan(x) and math.isnan(y):
-            return []
-        if math.isclose(x, y, rel_tol=rtol, abs_tol=atol):
-            return []
-        return [f"{where}: {x!r} vs {y!r}"]
-    return [] if x == y else [f"{where}: {_short(x)} vs {_short(y)}"]

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from editguard.cache import output_path_problem
 from editguard.errors import ReportError, UsageError
 from editguard.report.json_report import combine_runs, write_report
 from editguard.run.records import SCHEMA_VERSION, finite_json, restore_non_finite
@@ -36,27 +37,11 @@ def journal_path(json_path: str | os.PathLike) -> Path:
 
 
 def prove_writable(flag: str, path: str | os.PathLike, *, directory: bool = False) -> None:
-    """Create `path`'s folder (or, with `directory`, the folder itself) and a probe file in it, then
-    remove the probe: UsageError naming the option when that fails. An `os.access` check is not
-    enough (as root it passes for /proc); the file itself is not touched, so a saved report given
-    as the output is not clobbered before the run writes it."""
-    target = Path(path).expanduser()
-    folder = target if directory else target.parent
-    if not directory and target.is_dir():
-        raise UsageError(f"{flag} {path}: is a directory; give a file path")
-    if directory and target.exists() and not target.is_dir():
-        raise UsageError(f"{flag} {path}: exists and is not a directory; give a path you can write to")
-    probe = folder / f".editguard-probe-{os.getpid()}"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
-        if not directory and target.exists():
-            with open(target, "r+b"):
-                pass
-    except OSError as err:
-        raise UsageError(f"{flag} {path}: cannot write there ({err.strerror or err}); give a path you can write "
-                         f"to") from None
+    """UsageError naming the option when `path` cannot be written; tried for real, not by
+    permission bits (editguard.cache.unwritable_reason), and nothing is left behind."""
+    problem = output_path_problem(flag, path, directory=directory)
+    if problem:
+        raise UsageError(problem)
 
 
 @dataclass(frozen=True)
@@ -73,7 +58,7 @@ class Outputs:
         return journal_path(self.json) if self.json else None
 
     def prepare(self) -> None:
-        """Prove every output writable by creating its folder and a file in it, before the first edit."""
+        """Prove every output writable (by creating it, then removing it) before the first edit."""
         for name, path, directory in (("json", self.json, False), ("journal", self.journal, False),
                                       ("markdown", self.markdown, False), ("plots", self.plots, True),
                                       ("junit", self.junit, False)):

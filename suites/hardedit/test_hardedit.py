@@ -9,7 +9,8 @@ an installed package."""
 
 from pathlib import Path
 
-from editguard.mining import filtered_cases, find_suite_file, suite_file_label
+from editguard.mining import filtered_cases
+from editguard.suite_files import find_suite_file, suite_file_label
 from editguard.suites import CaseList
 
 SHIPPED_CASE_FILE = Path(__file__).with_name("cases.json")

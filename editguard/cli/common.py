@@ -1,0 +1,145 @@
+"""What the `editguard` subcommands share: argument types, the option table's options, the
+up-front output check, and the one set-up (data → editor → model → baseline) they all call."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from editguard.cache import output_path_problem
+from editguard.catalog import registered_names
+from editguard.errors import ReportError
+from editguard.options import add_cli_options, checked_type
+
+POSITIVE = checked_type(int, minimum=1)
+NON_NEGATIVE = checked_type(int, minimum=0)
+DEFAULT_OUT = "out"  # where the commands write by default (out/screen-MODEL.json, ...)
+
+
+def number_or(word: str):
+    """An argparse `type=`: `word` (e.g. 'all', 'full') or an integer ≥ 1."""
+    def parse(raw: str):
+        if raw == word:
+            return raw
+        try:
+            return POSITIVE(raw)
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"expected an integer ≥ 1 or '{word}', got {raw!r}") from None
+    return parse
+
+
+@functools.cache
+def _registered() -> dict[str, str]:
+    return registered_names()
+
+
+def add_options(parser: argparse.ArgumentParser, *names: str, **kwargs) -> None:
+    """The option table's options, with the registered editor/model/task names in their help."""
+    add_cli_options(parser, *names, registered=_registered(), **kwargs)
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """--model, --device, --dtype, --data: every command that loads a model."""
+    add_options(parser, "model", "device", "dtype", "data")
+
+
+def check_output(flag: str, path, *, directory: bool = False) -> None:
+    """Raise ReportError when `path` cannot be written: before the work, not after it (a long
+    mine or eval run must not be lost). Tried for real by cache.unwritable_reason."""
+    problem = output_path_problem(flag, path, directory=directory)
+    if problem:
+        raise ReportError(problem)
+
+
+def check_outputs(args) -> None:
+    """Every output path of the command (its `outputs`: dest -> is a folder), and the folder each
+    unset one defaults into (its `default_outputs`: dest -> folder), checked before any work."""
+    for dest, directory in getattr(args, "outputs", {}).items():
+        check_output(f"--{dest.replace('_', '-')}", getattr(args, dest, None), directory=directory)
+    for dest, folder in getattr(args, "default_outputs", {}).items():
+        if getattr(args, dest, None) is None:
+            check_output(f"--{dest.replace('_', '-')} (not given: its default folder)", folder, directory=True)
+
+
+def console():
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=160)  # piped: no 80-column squeeze
+
+
+def load(model: str, device: str = "auto", dtype: str = "float32"):
+    from editguard.models import load_model
+
+    return load_model(model, device, dtype)
+
+
+@dataclass
+class Setup:
+    """What a command measures with: the model, and as asked the editor, the perplexity corpus's
+    sentences, the unedited model's baseline and the gate thresholds."""
+
+    mue: Any
+    editor: Any = None
+    sentences: list[str] | None = None
+    baseline: Any = None
+    thresholds: Any = None
+
+
+def open_setup(args, *, editor: bool = False, corpus: bool = False, baseline: bool = False,
+               shared: bool = False) -> Setup:
+    """The one set-up of the model-loading commands: the --ppl-corpus sentences (with `corpus` or
+    `baseline`; --download where the command has it), the --editor, then the --model, then the
+    unedited model's baseline on the corpus (`shared`: kept on disk across runs, as the plugin's).
+    Data and editor come before the model, so a bad --data or --editor fails in a second, not
+    after a model load; --ppl-threshold, where the command has it, gives the thresholds."""
+    sentences = None
+    if corpus or baseline:
+        from editguard.data import load_ppl_corpus
+
+        sentences = load_ppl_corpus(args.ppl_corpus, args.data, download=getattr(args, "download", False))
+    chosen = None
+    if editor:
+        from editguard.editors.registry import get_editor
+
+        chosen = get_editor(args.editor, data_dir=args.data)
+    mue = load(args.model, args.device, args.dtype)
+    thresholds = None
+    if "ppl_threshold" in vars(args):
+        from editguard.gates import Thresholds
+
+        thresholds = Thresholds(ppl_max=args.ppl_threshold)
+    measured = None
+    if baseline:
+        from editguard.guard import measure_baseline
+
+        measured = measure_baseline(mue, sentences, args.ppl_corpus, shared=shared, bos=args.ppl_bos)
+    return Setup(mue, chosen, sentences, measured, thresholds)
+
+
+def analysis_cases(spec: str, model: str, data, n: int):
+    """hardcf (the model's mined list), normal (a seeded CounterFact sample) or a case file."""
+    from editguard.cases import read_cases
+    from editguard.suites import hardcf, normal_sample
+
+    if spec == "hardcf":
+        cases = hardcf(model, data, load=lambda: load(model))
+    elif spec == "normal":
+        cases = normal_sample(n, data)
+    else:
+        cases = read_cases(spec)
+    return list(cases)[:n]
+
+
+def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("condition", "group", "test") else "right")
+    for row in rows:
+        table.add_row(*[("–" if row[c] is None else f"{row[c]:.3g}" if isinstance(row[c], float) else str(row[c]))
+                        for c in columns])
+    console().print(table)
