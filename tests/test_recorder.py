@@ -85,3 +85,22 @@ def test_an_existing_report_is_not_clobbered_by_the_check(tmp_path):
     saved.write_text("keep me")
     prove_writable("--editguard-json", saved)
     assert saved.read_text() == "keep me"
+
+
+def test_the_cli_recovers_a_journal_and_refuses_to_judge_an_incomplete_run(tmp_path, capsys):
+    from editguard.cli import main
+
+    out = tmp_path / "r.json"
+    recorder = Recorder(Outputs(json=str(out)), fallback)
+    recorder.add_case({**record("c1"), "suite_module": "m.py"}, header("m.py"))
+    out.unlink()                                        # killed before any report survived
+    assert main(["report", str(journal_path(out)), "--recover", "--out", str(tmp_path / "back.json")]) == 1
+    printed = capsys.readouterr().out
+    assert f"recovered {tmp_path / 'back.json'}" in printed and "INCOMPLETE run: 1 cases reported" in printed
+    assert load_report(tmp_path / "back.json")["complete"] is False
+    complete = tmp_path / "complete.json"
+    complete.write_text(json.dumps({"run": header("m.py"), "cases": [record("c1")], "complete": True}))
+    assert main(["compare", str(complete), str(tmp_path / "back.json")]) == 2
+    assert "back.json: it is an incomplete run" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path / "back.json"), str(complete)]) == 2
+    assert main(["report", str(complete)]) == 0
