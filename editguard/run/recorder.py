@@ -102,6 +102,7 @@ class Recorder:
             return
         self.started = True
         if self.outputs.journal:
+            self.outputs.journal.parent.mkdir(parents=True, exist_ok=True)
             self.outputs.journal.write_text("", encoding="utf-8")
             self._journal({"kind": "start", "schema": SCHEMA_VERSION, "invocation": self._invocation()})
         self._write_json({"complete": False})
