@@ -88,13 +88,32 @@ class Setup:
     thresholds: Any = None
 
 
-def open_setup(args, *, editor: bool = False, corpus: bool = False, baseline: bool = False,
-               shared: bool = False) -> Setup:
+def run_config(args):
+    """The command's arguments as the library's RunConfig (the options a command lacks: their
+    defaults), so that the CLI opens its runs as the plugin does."""
+    from editguard.options import OPTIONS_BY_NAME
+    from editguard.run.config import RunConfig
+
+    def value(name: str) -> Any:
+        option = OPTIONS_BY_NAME[name]
+        given = getattr(args, option.dest, None)
+        if isinstance(given, list):   # a repeatable option given several times
+            given = ",".join(given)
+        return option.default if given is None else given
+
+    return RunConfig.from_options(value, flag=lambda name: OPTIONS_BY_NAME[name].cli_flag)
+
+
+def open_setup(args, *, editor: bool = False, corpus: bool = False, baseline: bool = False) -> Setup:
     """The one set-up of the model-loading commands: the --ppl-corpus sentences (with `corpus` or
-    `baseline`; --download where the command has it), the --editor, then the --model, then the
-    unedited model's baseline on the corpus (`shared`: kept on disk across runs, as the plugin's).
-    Data and editor come before the model, so a bad --data or --editor fails in a second, not
-    after a model load; --ppl-threshold, where the command has it, gives the thresholds."""
+    `baseline`; --download where the command has it), the --editor, then the run (model) opened
+    by editguard.run.session.open_run as the plugin opens it, then the unedited model's baseline
+    on the corpus (kept on disk across runs, as the plugin's). Data and editor come before the
+    model, so a bad --data or --editor fails in a second, not after a model load; --ppl-threshold,
+    where the command has it, gives the thresholds (the CLI measures against the collapse line,
+    not a calibration: `calibrate` makes them)."""
+    from editguard.run.session import open_run
+
     sentences = None
     if corpus or baseline:
         from editguard.data import load_ppl_corpus
@@ -105,18 +124,14 @@ def open_setup(args, *, editor: bool = False, corpus: bool = False, baseline: bo
         from editguard.editors.registry import get_editor
 
         chosen = get_editor(args.editor, data_dir=args.data)
-    mue = load(args.model, args.device, args.dtype)
+    run = open_run(run_config(args))
     thresholds = None
     if "ppl_threshold" in vars(args):
         from editguard.gates import Thresholds
 
         thresholds = Thresholds(ppl_max=args.ppl_threshold)
-    measured = None
-    if baseline:
-        from editguard.guard import measure_baseline
-
-        measured = measure_baseline(mue, sentences, args.ppl_corpus, shared=shared, bos=args.ppl_bos)
-    return Setup(mue, chosen, sentences, measured, thresholds)
+    measured = run.baseline(args.ppl_corpus) if baseline else None
+    return Setup(run.model, chosen, sentences, measured, thresholds)
 
 
 def analysis_cases(spec: str, model: str, data, n: int):

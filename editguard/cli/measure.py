@@ -58,7 +58,7 @@ def cmd_eval(args) -> int:
         torch.set_num_threads(args.threads)
     tasks = parse_task_list(args.tasks)
     n = None if args.n == "full" else int(args.n)
-    setup = open_setup(args, editor=bool(args.editor), baseline=bool(args.editor), shared=True)
+    setup = open_setup(args, editor=bool(args.editor), baseline=bool(args.editor))
     mue, editor, baseline = setup.mue, setup.editor, setup.baseline
     header, restore, steps = run_header(mue, tasks, n, args.seed, args.downstream_precision), None, []
     if args.editor:

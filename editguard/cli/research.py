@@ -25,7 +25,7 @@ def cmd_analyze(args) -> int:
     from editguard.progress import progress_bar
     from editguard.runinfo import model_fields
 
-    setup = open_setup(args, editor=True, baseline=True, shared=True)
+    setup = open_setup(args, editor=True, baseline=True)
     mue, editor, thresholds, baseline = setup.mue, setup.editor, setup.thresholds, setup.baseline
     header = {**model_fields(mue), "editor": editor.name, "hparams": editor_hparams(editor, mue),
               "ppl_corpus": args.ppl_corpus, "ppl_bos": args.ppl_bos, "baseline_ppl": baseline.ppl.ppl,
