@@ -56,8 +56,12 @@ def _run_step(tmp_path: Path, data_dir: Path, summary: Path, **env: str) -> subp
     workflow's env and this test's overrides, `python` being this interpreter."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    (bin_dir / "python").unlink(missing_ok=True)
-    (bin_dir / "python").symlink_to(sys.executable)
+    # A wrapper, not a symlink: a symlink to a venv's python, called from another folder, finds no
+    # pyvenv.cfg beside it and starts the base interpreter without the venv's packages.
+    wrapper = bin_dir / "python"
+    wrapper.unlink(missing_ok=True)
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
     script = tmp_path / "step.sh"
     script.write_text(_suite_step()["run"])
     environment = {**os.environ, **{k: str(v) for k, v in _workflow()["env"].items()}, **env,
