@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -199,16 +200,23 @@ def edit_batch_of(case: EditCase | Sequence[EditCase]) -> list[EditCase]:
     return cases
 
 
-def _edit_and_measure(*args, **kwargs) -> CaseResult:
-    """`_measure_edit`, with the phase it was in named on any exception it raises
-    (`err.editguard_phase`: the error record of the case says where the edit failed)."""
-    phase = ["check"]
+@contextmanager
+def named_phase(phase: list[str]):
+    """Name on any exception raised inside the phase of the edit it was in (`err.editguard_phase`,
+    `phase[0]` when it leaves): the error record of the case says where the edit failed."""
     try:
-        return _measure_edit(*args, phase=phase, **kwargs)
+        yield
     except Exception as err:
         if getattr(err, "editguard_phase", None) is None:
             err.editguard_phase = phase[0]
         raise
+
+
+def _edit_and_measure(*args, **kwargs) -> CaseResult:
+    """`_measure_edit`, which moves `phase` along as it goes, with that phase named on its errors."""
+    phase = ["check"]
+    with named_phase(phase):
+        return _measure_edit(*args, phase=phase, **kwargs)
 
 
 def _measure_edit(mue: ModelUnderEdit, editor: Editor, case: EditCase | Sequence[EditCase], baseline: Baseline,
@@ -310,22 +318,16 @@ def check(mue: ModelUnderEdit, editor: Editor, case: EditCase | Sequence[EditCas
     (quality mode)."""
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    try:
+    with named_phase(["snapshot"]):
         restore_point = RestorePoint(mue, editor, editor.touched_parameters(mue, edit_batch_of(case)), baseline)
-    except Exception as err:
-        err.editguard_phase = "snapshot"
-        raise
     timings["snapshot"] = time.perf_counter() - start
     try:
         result = _edit_and_measure(mue, editor, case, baseline, thresholds, restore_point.snapshot, timings, start,
                                    measure_scores=measure_scores)
     finally:
         t = time.perf_counter()
-        try:
+        with named_phase(["restore"]):
             restore_point.restore()
-        except Exception as err:
-            err.editguard_phase = "restore"
-            raise
         timings["restore"] = time.perf_counter() - t
     result.seconds = time.perf_counter() - start
     return result

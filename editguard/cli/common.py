@@ -9,10 +9,9 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from editguard.cache import output_path_problem
 from editguard.catalog import registered_names
-from editguard.errors import ReportError
 from editguard.options import add_cli_options, checked_type
+from editguard.run.recorder import prove_writable
 
 POSITIVE = checked_type(int, minimum=1)
 NON_NEGATIVE = checked_type(int, minimum=0)
@@ -46,22 +45,14 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     add_options(parser, "model", "device", "dtype", "data")
 
 
-def check_output(flag: str, path, *, directory: bool = False) -> None:
-    """Raise ReportError when `path` cannot be written: before the work, not after it (a long
-    mine or eval run must not be lost). Tried for real by cache.unwritable_reason."""
-    problem = output_path_problem(flag, path, directory=directory)
-    if problem:
-        raise ReportError(problem)
-
-
 def check_outputs(args) -> None:
     """Every output path of the command (its `outputs`: dest -> is a folder), and the folder each
     unset one defaults into (its `default_outputs`: dest -> folder), checked before any work."""
     for dest, directory in getattr(args, "outputs", {}).items():
-        check_output(f"--{dest.replace('_', '-')}", getattr(args, dest, None), directory=directory)
+        prove_writable(f"--{dest.replace('_', '-')}", getattr(args, dest, None), directory=directory)
     for dest, folder in getattr(args, "default_outputs", {}).items():
         if getattr(args, dest, None) is None:
-            check_output(f"--{dest.replace('_', '-')} (not given: its default folder)", folder, directory=True)
+            prove_writable(f"--{dest.replace('_', '-')} (not given: its default folder)", folder, directory=True)
 
 
 def console():

@@ -10,7 +10,6 @@ from editguard.cli.common import (
     POSITIVE,
     add_model_options,
     add_options,
-    check_output,
     number_or,
     open_setup,
 )
@@ -21,6 +20,7 @@ from editguard.options import (
     SINGLE_EDIT_PPL_CORPUS,
     UPDATE_NORM_REL,
 )
+from editguard.run.recorder import prove_writable
 
 # The screen's default, without importing torch for `editguard --help`.
 DEFAULT_SCREEN_TEMPLATES = 11
@@ -61,7 +61,7 @@ def cmd_calibrate(args) -> int:
 
     out = Path(args.json) if args.json else project_suites_dir() / "calibration" / shipped_name(args.model, args.editor)
     refuse_installed_path(out)
-    check_output("--json", out)
+    prove_writable("--json", out)
     cases = normal_sample(args.cases, args.data, download=args.download, seed=args.seed)
     setup = open_setup(args, editor=True, baseline=True)
     mue, editor, baseline = setup.mue, setup.editor, setup.baseline
@@ -107,7 +107,7 @@ def cmd_mine(args) -> int:
     if args.json:
         refuse_installed_path(args.json)  # before hours of edits, not after
     else:
-        check_output("--json (not given: its default folder)", project_suites_dir() / "hardcf", directory=True)
+        prove_writable("--json (not given: its default folder)", project_suites_dir() / "hardcf", directory=True)
     cases = load_case_source(args.cases, args.data, download=args.download)
     setup = open_setup(args, editor=True, baseline=True)
     mue, editor, thresholds, baseline = setup.mue, setup.editor, setup.thresholds, setup.baseline
@@ -157,7 +157,7 @@ def cmd_filter(args) -> int:
     from editguard.suite_files import refuse_installed_path
 
     refuse_installed_path(args.case_file)  # the outcome is written into the case file
-    check_output("case_file", args.case_file)
+    prove_writable("case_file", args.case_file)
     cases = read_cases(args.case_file)
     setup = open_setup(args, editor=True, baseline=True)
     mue, editor, thresholds, baseline = setup.mue, setup.editor, setup.thresholds, setup.baseline
