@@ -43,7 +43,8 @@ def apply_edits(mue, editor, cases, baseline, sequential: bool, thresholds=None)
     """Apply the edits; returns (restore, per-step records). `restore()` puts the unedited weights
     back and verifies them against the baseline's checksums."""
     from editguard.gates import Thresholds
-    from editguard.guard import EditSequence, RestorePoint
+    from editguard.guard import EditSequence
+    from editguard.restore import RestorePoint
 
     thresholds = thresholds or Thresholds()
     if sequential:
@@ -58,7 +59,7 @@ def apply_edits(mue, editor, cases, baseline, sequential: bool, thresholds=None)
             sequence.restore()
             raise
         return sequence.restore, steps
-    restore = RestorePoint(mue, editor, editor.touched_parameters(mue, cases), baseline).restore
+    restore = RestorePoint(mue, editor, editor.touched_parameters(mue, cases), baseline.pristine).restore
     try:
         t = time.perf_counter()
         report = editor.apply(mue, list(cases))

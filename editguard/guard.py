@@ -19,12 +19,14 @@ from editguard.cases import EditCase
 from editguard.editors.api import Editor, checked_report, reset_editor
 from editguard.errors import EditorError
 from editguard.gates import Thresholds, Verdict, downstream_gates, is_collapsed, judge
-from editguard.metrics.anatomy import normal_text_keys, update_anatomy
+from editguard.metrics.anatomy import blast_radius_skipped, normal_text_keys, update_anatomy
 from editguard.metrics.efficacy import PromptHits, edit_scores, efficacy
 from editguard.metrics.perplexity import PerplexityResult, add_bos_for, perplexity
-from editguard.models.loading import ModelUnderEdit, original_parameters
+from editguard.models.loading import ModelUnderEdit
 from editguard.models.snapshot import PristineModel, RestoreError, WeightSnapshot
+from editguard.models.state import ModelState
 from editguard.options import DEFAULT_PPL_BOS, SEQUENCE_ON_ERROR, UPDATE_NORM_REL
+from editguard.restore import RestorePoint, StateChanged, put_back_cases, put_back_state
 from editguard.run.records import ANATOMY_FIELDS, CaseRecord
 from editguard.tokens import check_case_fits
 
@@ -156,7 +158,7 @@ def anatomy_keys(mue: ModelUnderEdit, baseline: Baseline, names: list[str]) -> d
     """Normal-text keys (inputs) for every touched 2-D matrix in `names`, taken from the first
     ANATOMY_SENTENCES sentences of the baseline corpus on the model as it is when first needed
     (unedited, for single edits) and kept in the baseline."""
-    matrices = [n for n in names if mue.parameter(n).dim() == 2]
+    matrices = [n for n in names if blast_radius_skipped(mue, n) is None]
     missing = sorted({n.rpartition(".")[0] for n in matrices} - baseline.anatomy_keys.keys())
     if missing:
         baseline.anatomy_keys.update(normal_text_keys(mue, missing, baseline.sentences[:ANATOMY_SENTENCES],
@@ -167,29 +169,6 @@ def anatomy_keys(mue: ModelUnderEdit, baseline: Baseline, names: list[str]) -> d
 def measure_anatomy(snapshot: WeightSnapshot, mue: ModelUnderEdit, keys: dict[str, torch.Tensor] | None = None) -> dict:
     """update_anatomy of the change since `snapshot` was taken (editor-agnostic)."""
     return update_anatomy(mue, {name: snapshot.saved(name) for name in snapshot.names}, keys)
-
-
-def verify_pristine(mue: ModelUnderEdit, baseline: Baseline, editor_name: str) -> None:
-    """Every parameter and floating buffer must be the unedited model's (bytes and objects). If not,
-    the model is put back in place (reloading what no snapshot holds) and this edit fails loudly."""
-    changes = baseline.pristine.changes(mue.model)
-    if changes:
-        done = baseline.pristine.put_back(mue.model, changes, lambda names: original_parameters(mue, names))
-        raise RestoreError(f"editor '{editor_name}' {changes.describe()}; the unedited model was put back "
-                           f"({done}) and verified, so later tests are not affected")
-
-
-class RestorePoint:
-    """The touched weights as they are now; `restore()` writes them back and verifies the whole
-    model against the unedited baseline (the one snapshot/restore/verify path)."""
-
-    def __init__(self, mue: ModelUnderEdit, editor: Editor, names: list[str], baseline: Baseline):
-        self.mue, self.editor, self.baseline = mue, editor, baseline
-        self.snapshot = WeightSnapshot(mue.model, names)
-
-    def restore(self) -> None:
-        self.snapshot.restore()
-        verify_pristine(self.mue, self.baseline, self.editor.name)
 
 
 def edit_batch_of(case: EditCase | Sequence[EditCase]) -> list[EditCase]:
@@ -222,7 +201,8 @@ def _edit_and_measure(*args, **kwargs) -> CaseResult:
 def _measure_edit(mue: ModelUnderEdit, editor: Editor, case: EditCase | Sequence[EditCase], baseline: Baseline,
                   thresholds: Thresholds, snapshot: WeightSnapshot, timings: dict[str, float],
                   start: float, probe_step: bool = True, measure_scores: bool = False,
-                  edited_since_pristine: Sequence[str] = (), *, phase: list[str]) -> CaseResult:
+                  edited_since_pristine: Sequence[str] = (), *, phase: list[str],
+                  state: ModelState | None = None) -> CaseResult:
     """Apply the edit on top of the model as it is, measure and judge; restores nothing.
     `snapshot` holds the touched weights as they were just before this edit; `edited_since_pristine`
     names every parameter earlier edits of a sequence touched (the layers below all of them are
@@ -244,8 +224,14 @@ def _measure_edit(mue: ModelUnderEdit, editor: Editor, case: EditCase | Sequence
     timings["anatomy_keys"] = time.perf_counter() - t
     t = time.perf_counter()
     phase[0] = "edit"
+    case_fields = [vars(c).copy() for c in cases]
+    state = state if state is not None else ModelState(mue)
     report = checked_report(editor, editor.apply(mue, cases))
     timings["edit"] = time.perf_counter() - t
+    t = time.perf_counter()
+    put_back_cases(cases, case_fields, editor.name)
+    put_back_state(mue, state, editor.name, "in apply()")   # before any probe runs on what it left
+    timings["state_check"] = time.perf_counter() - t
     timings.update({k: v for k, v in report.diagnostics.items() if k.startswith("seconds_")})
     ppl = None
     if probe_step:
@@ -273,6 +259,9 @@ def _measure_edit(mue: ModelUnderEdit, editor: Editor, case: EditCase | Sequence
     diagnostics[UPDATE_NORM_REL] = anatomy["update_norm_rel_max"]
     diagnostics["blast_radius"] = anatomy["blast_radius_max"]
     diagnostics["touched_matrices"] = anatomy["matrices"]
+    skipped = {n: why for n in snapshot.names if (why := blast_radius_skipped(mue, n)) is not None}
+    if skipped:   # measured: the update norm; not measured: the blast radius, and why
+        diagnostics["blast_radius_skipped"] = skipped
     non_finite = [n for n in snapshot.names if not bool(torch.isfinite(mue.parameter(n)).all())]
     if non_finite:
         diagnostics["non_finite_weights"] = non_finite
@@ -319,18 +308,35 @@ def check(mue: ModelUnderEdit, editor: Editor, case: EditCase | Sequence[EditCas
     timings: dict[str, float] = {}
     start = time.perf_counter()
     with named_phase(["snapshot"]):
-        restore_point = RestorePoint(mue, editor, editor.touched_parameters(mue, edit_batch_of(case)), baseline)
+        touched = editor.touched_parameters(mue, edit_batch_of(case))
+        restore_point = RestorePoint(mue, editor, touched, baseline.pristine)
     timings["snapshot"] = time.perf_counter() - start
     try:
         result = _edit_and_measure(mue, editor, case, baseline, thresholds, restore_point.snapshot, timings, start,
-                                   measure_scores=measure_scores)
-    finally:
-        t = time.perf_counter()
-        with named_phase(["restore"]):
-            restore_point.restore()
-        timings["restore"] = time.perf_counter() - t
+                                   measure_scores=measure_scores, state=restore_point.state)
+    except BaseException as err:
+        _restore(restore_point, timings, during=err)
+        raise
+    _restore(restore_point, timings)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _restore(restore_point: RestorePoint, timings: dict[str, float], during: BaseException | None = None) -> None:
+    """restore_point.restore(), timed; what it finds after an edit already failed for changing the
+    state is added to that failure, so the record names both."""
+    t = time.perf_counter()
+    try:
+        with named_phase(["restore"]):
+            restore_point.restore()
+    except RestoreError as err:
+        if isinstance(during, StateChanged):
+            combined = StateChanged(f"{during} After the edit, the restore found more: {err}")
+            combined.editguard_phase = getattr(during, "editguard_phase", None)
+            raise combined from err
+        raise
+    finally:
+        timings["restore"] = time.perf_counter() - t
 
 
 class SequenceStepError(EditorError, RuntimeError):
@@ -375,7 +381,7 @@ class EditSequence:
         self.ppl_every, self.length, self.stop_on_collapse = ppl_every, length, stop_on_collapse
         self.collapsed_at: tuple[int, float | None] | None = None   # (step, perplexity) that stopped it
         self.not_run: list[dict[str, Any]] = []   # steps after a stop, recorded by `skip`
-        self.original = RestorePoint(mue, editor, [], baseline)
+        self.original = RestorePoint(mue, editor, [], baseline.pristine)
         self.results: list[CaseResult] = []
         self.failed_steps: list[tuple[int, str, str]] = []   # (step, case id, error)
         self.steps_taken = 0
@@ -429,13 +435,15 @@ class EditSequence:
         touched = self.editor.touched_parameters(self.mue, cases)
         self.original.snapshot.extend(touched)
         step_snapshot = WeightSnapshot(self.mue.model, touched)  # this step's ΔW is measured against it
+        step_state = ModelState(self.mue)   # nothing but declared weights may change in a step either
         timings["snapshot"] = time.perf_counter() - start
         try:
             result = _edit_and_measure(self.mue, self.editor, case, self.baseline, self.thresholds,
                                        step_snapshot, timings, start, probe_step=self.probes_step(step),
                                        measure_scores=self.measure_scores,
-                                       edited_since_pristine=self.original.snapshot.names)
+                                       edited_since_pristine=self.original.snapshot.names, state=step_state)
         except Exception as err:
+            step_state.put_back(self.mue)
             step_snapshot.restore()   # never build on a half-written edit
             self.failed_steps.append((step, cases[0].case_id, f"{type(err).__name__}: {err}"))
             then = "later steps are skipped" if self.on_error == "stop" else "the sequence continues from there"

@@ -31,8 +31,8 @@ LAYERS: list[tuple[str, float]] = [
     # run/: records, recorder, config at 5; opening a run (session) resolves the calibration's bounds,
     # so it sits above curation.
     ("editguard.run.session", 6.5), ("editguard.run", 5), ("editguard.run.*", 5),
-    ("editguard.guard", 5), ("editguard.runinfo", 5), ("editguard.catalog", 5), ("editguard.report", 5),
-    ("editguard.report.*", 5),
+    ("editguard.guard", 5), ("editguard.restore", 5), ("editguard.runinfo", 5), ("editguard.catalog", 5),
+    ("editguard.report", 5), ("editguard.report.*", 5),
     # 6 curation
     ("editguard.screen", 6), ("editguard.mining", 6), ("editguard.suites", 6), ("editguard.suite_files", 6),
     ("editguard.strategies", 6), ("editguard.calibration", 6),

@@ -80,7 +80,7 @@ FAULTS = {  # editor -> what the failure names
     PermutingEditor: r"changed parameters \['model.layers.0.mlp.down_proj.weight'\] that it did not list",
     OffsettingEditor: r"changed parameters \['model.norm.weight'\] that it did not list",
     BufferEditor: r"changed buffers \['model.rotary_emb.inv_freq'\]",
-    ReplacingEditor: r"replaced the Parameter objects \['model.layers.1.mlp.down_proj.weight'\]",
+    ReplacingEditor: r"replaced the Parameter object model.layers.1.mlp.down_proj.weight",
 }
 
 

@@ -65,6 +65,20 @@ def normal_text_keys(mue: ModelUnderEdit, modules: Sequence[str], sentences: lis
     return {path: torch.cat(rows)[:max_keys] for path, rows in seen.items()}
 
 
+def blast_radius_skipped(mue: ModelUnderEdit, name: str) -> str | None:
+    """Why the blast radius of parameter `name` is not measured (None: it is): only a matrix that a
+    linear layer multiplies its input vectors by has one; an embedding's inputs are token ids."""
+    module_path, _, attr = name.rpartition(".")
+    module = mue.module(module_path) if module_path else mue.model
+    if mue.parameter(name).dim() != 2:
+        return f"not a matrix ({mue.parameter(name).dim()}-D)"
+    if isinstance(module, torch.nn.Embedding):
+        return "an embedding: its inputs are token ids, not vectors"
+    if attr != "weight" or not (isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"):
+        return f"not the weight of a linear layer ({type(module).__name__}.{attr})"
+    return None
+
+
 def _as_out_by_in(mue: ModelUnderEdit, name: str, tensor: torch.Tensor) -> torch.Tensor:
     """A 2-D weight as (out, in): GPT-2's Conv1D stores (in, out)."""
     module_path = name.rpartition(".")[0]

@@ -35,9 +35,11 @@ class ModelLoadError(editguard.errors.ModelLoadError, RuntimeError):
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelUnderEdit:
-    """A loaded causal LM plus what editors and probes need to know about it."""
+    """A loaded causal LM plus what editors and probes need to know about it. Frozen: an editor
+    under test has no business rebinding its fields (which layer is edited, which tokenizer); a
+    reload after an edit that could not be undone replaces them through `reload_model` only."""
 
     name: str
     model: torch.nn.Module
@@ -292,6 +294,20 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "fl
         name=name, model=model, tokenizer=tok, family=family, edit_layer=layer,
         device=torch_device, dtype=torch_dtype, fingerprint=model_fingerprint(name, model), source=source,
     )
+
+
+def reload_model(mue: ModelUnderEdit) -> None:
+    """Load `mue`'s model again from its source and put the fresh model and tokenizer into `mue`
+    in place, so every holder of `mue` sees them: the way back from an edit that could not be
+    undone in place."""
+    dtype_name = next(name for name, dtype in _DTYPES.items() if dtype == mue.dtype)
+    fresh = load_model.__wrapped__(mue.name, device=str(mue.device), dtype=dtype_name, edit_layer=mue.edit_layer)
+    if fresh.fingerprint != mue.fingerprint:
+        raise ModelLoadError(f"reloading model '{mue.name}' gave other weights (fingerprint {fresh.fingerprint}, "
+                             f"expected {mue.fingerprint}): its source changed since it was loaded")
+    object.__setattr__(mue, "model", fresh.model)
+    object.__setattr__(mue, "tokenizer", fresh.tokenizer)
+    object.__setattr__(mue, "_modules", {})
 
 
 def original_parameters(mue: ModelUnderEdit, names: list[str]) -> dict[str, torch.Tensor]:

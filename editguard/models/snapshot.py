@@ -68,11 +68,14 @@ class PristineModel:
     floating buffer, the Parameter objects themselves, and copies of the (small) floating buffers."""
 
     def __init__(self, model: torch.nn.Module):
+        self.model = model
         self.digests = weight_digests(model)
         self.parameters = dict(model.named_parameters())
         self.buffers = {n: b.detach().clone() for n, b in floating_buffers(model).items()}
 
     def changes(self, model: torch.nn.Module) -> ModelChanges:
+        if model is not self.model:   # reloaded (models.loading.reload_model): its objects are the originals now
+            self.model, self.parameters = model, dict(model.named_parameters())
         now_params, now_buffers = dict(model.named_parameters()), floating_buffers(model)
         now = weight_digests(model)
         changes = ModelChanges(structure=sorted(now.keys() ^ self.digests.keys()))
