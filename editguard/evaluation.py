@@ -44,7 +44,7 @@ def apply_edits(mue, editor, cases, baseline, sequential: bool, thresholds=None)
     back and verifies them against the baseline's checksums."""
     from editguard.gates import Thresholds
     from editguard.guard import EditSequence
-    from editguard.restore import RestorePoint
+    from editguard.restore import RestorePoint, put_back_state
 
     thresholds = thresholds or Thresholds()
     if sequential:
@@ -59,10 +59,12 @@ def apply_edits(mue, editor, cases, baseline, sequential: bool, thresholds=None)
             sequence.restore()
             raise
         return sequence.restore, steps
-    restore = RestorePoint(mue, editor, editor.touched_parameters(mue, cases), baseline.pristine).restore
+    point = RestorePoint(mue, editor, editor.touched_parameters(mue, cases), baseline.pristine)
+    restore = point.restore
     try:
         t = time.perf_counter()
         report = editor.apply(mue, list(cases))
+        put_back_state(mue, point.state, editor.name, "in apply()")   # before the downstream scores
     except BaseException:
         restore()
         raise

@@ -153,6 +153,25 @@ def test_the_failure_names_the_change(setting, editor_class):
     with pytest.raises(StateChanged) as failure:
         check(mue, editor_class(), dataclasses.replace(PARIS, case_id="faulty"), baseline)
     assert NAMED[editor_class.name] in str(failure.value)
+    declared = "model.layers.1.mlp.down_proj.weight"
+    assert f"['{declared}'] that it did not list" not in str(failure.value)   # dtype: its own matrix is declared
+
+
+def test_a_poisoned_module_cache_is_caught(setting):
+    """ModelUnderEdit.module() answers from a cache: an editor that plants another module there would
+    redirect every later edit and probe."""
+    from tests.toy_editors import FaultyEditor
+
+    class CachePoisoner(FaultyEditor):
+        name = "cache-poisoner"
+
+        def sabotage(self, model):
+            model._modules[model.family.rewrite.format(model.edit_layer)] = torch.nn.Linear(4, 4)
+
+    mue, baseline = setting[:2]
+    with pytest.raises(StateChanged, match="module cache no longer matches"):
+        check(mue, CachePoisoner(), PARIS, baseline)
+    assert_untouched_and_next_case_exact(setting)
 
 
 def test_what_cannot_be_put_back_in_place_is_reloaded(setting, monkeypatch):

@@ -126,7 +126,6 @@ class ModelState:
         self.tokenizer_json = backend.to_str() if backend is not None and hasattr(backend, "to_str") else None
         self.tokenizer_per_call = _per_call_settings(backend)
         self.owner_fields = {f.name: getattr(mue, f.name) for f in dataclasses.fields(mue)}
-        self.owner_module_cache = dict(mue._modules) if isinstance(getattr(mue, "_modules", None), dict) else None
         self.torch_modes = _torch_modes()
         self.spaces = _namespaces(model)
         self.code = {name: _code_of(space) for name, space in self.spaces.items()}
@@ -211,11 +210,9 @@ class ModelState:
             new = getattr(mue, name, _MISSING)
             if not _same(old, new) and not (isinstance(old, torch.device) and old == new):
                 found.append(f"ModelUnderEdit.{name}: {_describe(old)} -> {_describe(new)}")
-        if self.owner_module_cache is not None:
-            now = getattr(mue, "_modules", None)
-            if not isinstance(now, dict) or any(now.get(k) is not v for k, v in self.owner_module_cache.items()) \
-                    or len(now) > len(self.owner_module_cache) and self.owner_module_cache:
-                found.append("ModelUnderEdit's module cache changed")
+        cache = getattr(mue, "_modules", None)   # path -> module, filled on first use: it must match the tree
+        if not isinstance(cache, dict) or any(self.modules.get(path, _MISSING) is not m for path, m in cache.items()):
+            found.append("ModelUnderEdit's module cache no longer matches the model's modules")
         return found
 
     def _tokenizer_changes(self) -> list[str]:
@@ -243,8 +240,7 @@ class ModelState:
         for name, value in self.owner_fields.items():
             if name != "_modules" and getattr(mue, name, _MISSING) is not value:
                 object.__setattr__(mue, name, value)
-        if self.owner_module_cache is not None:
-            object.__setattr__(mue, "_modules", dict(self.owner_module_cache))
+        object.__setattr__(mue, "_modules", {})   # refilled from the restored tree on first use
         for path, module in self.modules.items():
             if type(module) is not self.classes[path]:
                 module.__class__ = self.classes[path]
