@@ -259,6 +259,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("plots", str, None,
            "write PNG plots (perplexity per case, edit anatomy, perplexity evolution of sequences) into this "
            "directory", namespaced=True, metavar="DIR", default_help="none: no plots"),
+    Option("hparams-any-family", bool, False,
+           "use an EasyEdit --hparams file on a model of another family than the one its module templates "
+           "name (its values were tuned for that family's model)", namespaced=True),
     Option("stats-dir", str, None,
            "covariance statistics downloaded for ROME/MEMIT: their layer_stats .npz files, laid out as "
            "DIR/MODEL/wikipedia_stats/MODULE_float32_mom2_100000.npz; used where the editor uses C (ROME with "

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from editguard.errors import UsageError
 from pytest_editguard.settings import SETTINGS_KEY, SOURCES_KEY, EditguardSettings, is_sequential, user_errors
 
 
@@ -30,6 +31,8 @@ def editguard_run(editguard_settings: EditguardSettings):
     s = editguard_settings
     try:
         run = open_run(s)
+    except UsageError as err:   # the run's options contradict the model (an --hparams file of another family)
+        pytest.exit(str(err), returncode=pytest.ExitCode.USAGE_ERROR)
     except user_errors() as err:
         _fail_cleanly(f"load --model={s.model}", err)
     saved, mue = s.compare_saved, run.model

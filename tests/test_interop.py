@@ -46,12 +46,13 @@ def test_easyedit_memit_file_maps_layers_and_lambda():
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"alg_name": "FT"}, r"alg_name 'FT': editguard reads EasyEdit files of ROME, MEMIT, AlphaEdit"),
+    ({"alg_name": "KN"}, r"alg_name 'KN': editguard reads EasyEdit files of ROME, R-ROME, MEMIT, AlphaEdit, FT"),
     ({"layers": [4, 5]}, r"ROME edits one layer"),
     ({"mom2_dataset": "wikitext"}, r"mom2_dataset 'wikitext' cannot be honoured"),
     ({"fact_token": "last"}, r"fact_token 'last' cannot be honoured"),
     ({"mom2_dtype": "float16"}, r"mom2_dtype 'float16' cannot be honoured"),
-    ({"rewrite_module_tmp": "model.layers.{}.mlp.up_proj"}, r"module templates .* are no family's"),
+    ({"rewrite_module_tmp": "model.layers.{}.mlp.up_proj"},
+     r"rewrite_module_tmp='model.layers.{}.mlp.up_proj' names no module of a family editguard knows"),
     ({"v_lrr": 0.1}, r"EasyEdit ROME keys editguard does not know: \['v_lrr'\]"),
 ])
 def test_easyedit_values_editguard_cannot_honour_are_errors(change, message):

@@ -26,6 +26,7 @@ PLUGIN_FLAGS = {
     "--downstream-precision", "--ppl-bos", "--sequence-on-error", "--editguard-markdown", "--editguard-compare",
     "--editguard-compare-fail", "--editguard-quality", "--editguard-min-efficacy",
     "--editguard-min-generalization", "--editguard-min-locality", "--editguard-stats-dir",
+    "--editguard-hparams-any-family",
     "--sequence-length", "--ppl-every", "--sequence-stop-on-collapse", "--batch-size",
 }
 

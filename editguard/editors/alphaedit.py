@@ -124,6 +124,11 @@ class AlphaEdit(MEMIT):
         report.diagnostics["preserved_keys_dropped"] = bool(stale)
         return report
 
+    def _second_moments(self, mue: ModelUnderEdit, hp: AlphaEditHparams) -> None:
+        """Every layer's null-space projection (from the unedited model's C) before any layer is written."""
+        for layer in hp.layers:
+            self.projection(mue, hp, layer)
+
     def _layer_update(self, mue: ModelUnderEdit, hp: AlphaEditHparams, layer: int, keys: torch.Tensor,
                       residual: torch.Tensor, diagnostics: dict[str, Any]) -> torch.Tensor:
         projection, null_dim = self.projection(mue, hp, layer)

@@ -1,11 +1,17 @@
-"""FT-L∞: constrained fine-tuning (Zhu et al. 2020, "Modifying Memories in Transformer Models"),
-the fine-tuning baseline of the ROME and MEMIT papers.
+"""Fine-tuning one MLP matrix: FT-L∞ (Zhu et al. 2020, "Modifying Memories in Transformer Models"),
+the fine-tuning baseline of the ROME and MEMIT papers, and EasyEdit's two unconstrained variants.
 
-Adam minimises the negative log-likelihood of " " + target_new after each case's prompt,
-updating only one matrix: the MLP output projection of `layer` (the matrix ROME rewrites).
-After every step the matrix is clamped elementwise to [W₀ − ε, W₀ + ε], ε = `norm_constraint`,
-so that max |ΔW| ≤ ε holds exactly in the weight's dtype (the bounds are nudged by one ulp
-where rounding W₀ ± ε would overshoot).
+Adam minimises a negative log-likelihood of " " + target_new after each case's prompt, updating
+only one matrix: the MLP output projection of `layer` (the matrix ROME rewrites).
+
+- `ft` (FT-L∞): teacher-forced NLL of the target's tokens (`objective: target_new`); after every
+  step the matrix is clamped elementwise to [W₀ − ε, W₀ + ε], ε = `norm_constraint`, so that
+  max |ΔW| ≤ ε holds exactly in the weight's dtype (the bounds are nudged by one ulp where
+  rounding W₀ ± ε would overshoot).
+- `ft-l` (EasyEdit's FT-L, `objective_optimization: prompt_last`): every target token's NLL read at
+  the prompt's last position (ROME's FT objective), no norm constraint.
+- `ft-m` (EasyEdit's FT-M, `objective_optimization: target_new`): teacher-forced NLL of the target's
+  tokens, no norm constraint.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from editguard.editors.api import EditReport
 from editguard.editors.hparams import Hparams, ranged
 from editguard.models.loading import ModelUnderEdit
 from editguard.options import UPDATE_NORM_REL
-from editguard.tokens import edit_batch
+from editguard.tokens import TokenBatch, edit_batch
 
 
 @dataclass(frozen=True)
@@ -46,8 +52,28 @@ class FtHparams(Hparams):
     layer: int | None = ranged(None, minimum=0)        # None: the model's registered edit layer
     steps: int = ranged(25, minimum=1)
     lr: float = ranged(5e-4, above=0)
-    norm_constraint: float = ranged(5e-4, above=0)   # ε of the L∞ box around the unedited matrix
+    # ε of the L∞ box around the unedited matrix; None: unconstrained (EasyEdit's `norm_constraint: false`)
+    norm_constraint: float | None = ranged(5e-4, above=0)
     early_stop_loss: float = ranged(1e-2, minimum=0)   # stop once the mean NLL is below this (as ROME's FT)
+    objective: str = "target_new"   # one of OBJECTIVES
+    weight_decay: float = ranged(0.0, minimum=0)      # Adam's (EasyEdit's files: 0)
+
+
+# What the loss reads (EasyEdit's `objective_optimization`): the target's tokens teacher-forced, or
+# every target token at the prompt's last position.
+OBJECTIVES = ("target_new", "prompt_last")
+
+
+def prompt_last_nll(batch: TokenBatch, logits: torch.Tensor) -> torch.Tensor:
+    """EasyEdit's `prompt_last` loss: the log-probabilities at each prompt's last position (where
+    its first target token is predicted), read for every one of its target tokens, averaged per
+    sequence, then over the sequences."""
+    first = torch.full((batch.n,), logits.shape[1], device=logits.device).scatter_reduce(
+        0, batch.rows, batch.cols, reduce="amin")
+    log_probs = torch.log_softmax(logits[batch.rows, first[batch.rows]].float(), dim=-1)
+    token_nll = -log_probs[torch.arange(len(batch.labels), device=logits.device), batch.labels]
+    counts = torch.bincount(batch.rows, minlength=batch.n).clamp_min(1).float()
+    return (torch.zeros(batch.n, device=logits.device).index_add(0, batch.rows, token_nll) / counts).mean()
 
 
 def linf_box(w0: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,12 +101,18 @@ class FineTuneLInf:
 
     name: ClassVar[str] = "ft"
     batch_edits: ClassVar[bool] = True   # several cases per apply() (--batch-size)
+    # The variant's own values, under the user's overrides (FT-L and FT-M below).
+    VARIANT: ClassVar[dict[str, Any]] = {}
 
     def __post_init__(self):
-        FtHparams.check_overrides(self.overrides)  # fail at construction, not at the first edit
+        checked = FtHparams.check_overrides({**self.VARIANT, **self.overrides})  # fail now, not at the first edit
+        if checked.get("objective", "target_new") not in OBJECTIVES:
+            raise ValueError(f"FT hyperparameter 'objective' must be one of {', '.join(OBJECTIVES)}, "
+                             f"got {checked['objective']!r}")
 
     def _resolve(self, mue: ModelUnderEdit) -> FtHparams:
-        hp = FtHparams.for_family(mue.family.name, self.overrides, mue.name, n_layers=mue.n_layers)
+        hp = FtHparams.for_family(mue.family.name, {**self.VARIANT, **self.overrides}, mue.name,
+                                  n_layers=mue.n_layers)
         if hp.layer is None:
             return replace(hp, layer=mue.edit_layer)
         if not 0 <= hp.layer < mue.n_layers:
@@ -100,17 +132,18 @@ class FineTuneLInf:
         name = mue.family.rewrite_weight(hp.layer)
         weight = mue.parameter(name)
         w0 = weight.detach().clone()
-        lo, hi = linf_box(w0, hp.norm_constraint)
+        box = linf_box(w0, hp.norm_constraint) if hp.norm_constraint is not None else None
         batch = edit_batch(mue, cases)
+        loss_of = prompt_last_nll if hp.objective == "prompt_last" else TokenBatch.nll
 
         def mean_nll() -> torch.Tensor:
-            return batch.nll(mue.model(**batch.inputs).logits)
+            return loss_of(batch, mue.model(**batch.inputs).logits)
 
         clock = time.perf_counter()
         grad_flags = {n: p.requires_grad for n, p in mue.model.named_parameters()}
         mue.model.requires_grad_(False)
         weight.requires_grad_(True)
-        opt = torch.optim.Adam([weight], lr=hp.lr)
+        opt = torch.optim.Adam([weight], lr=hp.lr, weight_decay=hp.weight_decay)
         steps, loss_initial = 0, None
         try:
             for _ in range(hp.steps):
@@ -123,8 +156,9 @@ class FineTuneLInf:
                     break
                 loss.backward()
                 opt.step()
-                with torch.no_grad():
-                    weight.copy_(torch.maximum(torch.minimum(weight, hi), lo))
+                if box is not None:
+                    with torch.no_grad():
+                        weight.copy_(torch.maximum(torch.minimum(weight, box[1]), box[0]))
                 steps += 1
         finally:
             weight.grad = None
@@ -143,9 +177,24 @@ class FineTuneLInf:
             "loss": loss_final,
             "max_abs_delta": max_abs,
             "norm_constraint": hp.norm_constraint,
+            "objective": hp.objective,
             "update_norm": update_norm,
             UPDATE_NORM_REL: update_rel,
             "seconds_update": time.perf_counter() - clock,
         }
         delta_w = delta.T if mue.family.weight_is_in_by_out else delta  # (out, in), as ROME's
         return EditReport(touched=[name], diagnostics=diagnostics, vectors={"delta_w": delta_w})
+
+
+class FineTuneL(FineTuneLInf):
+    """EasyEdit's FT-L: every target token's NLL at the prompt's last position, unconstrained."""
+
+    name: ClassVar[str] = "ft-l"
+    VARIANT: ClassVar[dict[str, Any]] = {"objective": "prompt_last", "norm_constraint": None}
+
+
+class FineTuneM(FineTuneLInf):
+    """EasyEdit's FT-M: the target's tokens teacher-forced, unconstrained."""
+
+    name: ClassVar[str] = "ft-m"
+    VARIANT: ClassVar[dict[str, Any]] = {"objective": "target_new", "norm_constraint": None}

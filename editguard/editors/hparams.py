@@ -184,17 +184,23 @@ def load_hparams_file(path) -> dict[str, Any]:
 
 
 # EasyEdit's hyperparameter files (hparams/<ALG>/<model>.yaml, read by its *HyperParams
-# dataclasses): recognised by their `alg_name` key and translated to editguard's names.
-EASYEDIT_EDITORS = {"ROME": ("rome", "c-rome", "r-rome"), "MEMIT": ("memit",), "AlphaEdit": ("alphaedit",)}
-# Keys with the same meaning and name in editguard.
-EASYEDIT_SAME = ("v_num_grad_steps", "v_lr", "v_weight_decay", "clamp_norm_factor", "kl_factor",
-                 "context_template_length_params")
+# dataclasses): recognised by their `alg_name` key and translated to editguard's names. The papers'
+# ROME/MEMIT yamls (the Butterfly Effect / Fall of ROME code, an EasyEdit fork) add a few keys.
+EASYEDIT_EDITORS = {"ROME": ("rome", "c-rome", "r-rome"), "R-ROME": ("r-rome",), "MEMIT": ("memit",),
+                    "AlphaEdit": ("alphaedit",), "FT": ("ft", "ft-l", "ft-m")}
+# Keys with the same meaning and name in editguard, per algorithm.
+_LOCATE_KEYS = ("v_num_grad_steps", "v_lr", "v_weight_decay", "clamp_norm_factor", "kl_factor",
+                "context_template_length_params")
+EASYEDIT_SAME = {"ROME": _LOCATE_KEYS, "R-ROME": _LOCATE_KEYS, "MEMIT": _LOCATE_KEYS, "AlphaEdit": _LOCATE_KEYS,
+                 "FT": ("lr", "weight_decay")}
 # Per algorithm: EasyEdit key -> editguard's name (None: no field here, handled below).
 EASYEDIT_RENAMED = {
     "ROME": {"mom2_adjustment": "mom2_adjustment"},
+    "R-ROME": {"mom2_adjustment": "mom2_adjustment"},
     "MEMIT": {"mom2_update_weight": "mom2_update_weight", "mom2_adjustment": None},
     "AlphaEdit": {"nullspace_threshold": "nullspace_threshold", "L2": "l2_weight", "mom2_adjustment": None,
                   "mom2_update_weight": None, "P_loc": None},
+    "FT": {"num_steps": "steps", "objective_optimization": "objective", "norm_constraint": None, "kl_factor": None},
 }
 # Keys about how EasyEdit runs, not what the edit is: ignored, with why.
 EASYEDIT_IGNORED = {
@@ -204,7 +210,7 @@ EASYEDIT_IGNORED = {
     "model_parallel": "--device / --devices",
     "fp16": "--dtype",
     "max_length": "generation length of EasyEdit's evaluation",
-    "batch_size": "editguard edits one case at a time (sequences: --sequential)",
+    "batch_size": "cases per edit: --batch-size (sequences: --sequential)",
     "stats_dir": "give ROME/MEMIT statistics files with --editguard-stats-dir",
     "layer_selection": "MEMIT's layers are given by `layers`",
     "mom2_dtype": "statistics are float32 here; with --editguard-stats-dir any precision's file is read",
@@ -213,7 +219,14 @@ EASYEDIT_IGNORED = {
     "enable_prompt_keys": "keys: --editor=rome (bare prompt) or c-rome / r-rome (prefix-averaged)",
     "enable_random_prefix_keys": "keys: --editor=rome (bare prompt) or c-rome / r-rome (prefix-averaged)",
     "original_implementation": "keys: --editor=rome (bare prompt) or c-rome / r-rome (prefix-averaged)",
+    # The papers' own yamls.
+    "ppl_sentence_num": "the perplexity corpus is --ppl-corpus (me-ppl-50: 50 sentences, me-ppl-1k, me-ppl)",
+    "ppl_batch_size": "batching does not change a perplexity (editguard batches by itself)",
+    "save_keys": "editguard records k̄ and kᵘ's divergence and the denominators in every case's record",
+    "save_keys_path": "editguard records k̄ and kᵘ's divergence and the denominators in every case's record",
 }
+# The papers' switches between ROME's variants -> the editguard editor they are: (if_c_rome, if_prefix).
+PAPERS_VARIANTS = {(False, False): "rome", (True, True): "c-rome", (True, False): "r-rome"}
 # Module-name templates: editguard takes them from the model's family (editguard.models.registry),
 # so a file's templates must be one family's.
 EASYEDIT_TEMPLATES = {"rewrite_module_tmp": "rewrite", "layer_module_tmp": "layer", "mlp_module_tmp": "mlp",
@@ -230,10 +243,12 @@ class EasyEditTranslation:
     overrides: dict[str, Any]
     ignored: dict[str, str]          # key -> why it does not matter here
     notes: list[str]                 # values editguard honours differently, in words
+    families: tuple[str, ...] = ()   # the families whose module names the file's templates are (): any
+    variant: str | None = None       # the editor the papers' if_c_rome / if_prefix switches select
 
     @property
     def editors(self) -> tuple[str, ...]:
-        return EASYEDIT_EDITORS[self.algorithm]
+        return (self.variant,) if self.variant else EASYEDIT_EDITORS[self.algorithm]
 
     def warning(self, path) -> str:
         parts = []
@@ -247,9 +262,45 @@ def is_easyedit(data: dict[str, Any]) -> bool:
     return "alg_name" in data
 
 
+def _template_fits(key: str, value: Any, family) -> bool:
+    """Whether an EasyEdit template names `family`'s module: FT's templates may end in ".weight"; a
+    tied head is named by its embedding (EasyEdit's GPT-2 and Llama 3.2 files)."""
+    attr = EASYEDIT_TEMPLATES[key]
+    if attr is None or not isinstance(value, str):
+        return True
+    value = value.removesuffix(".weight")
+    if key == "lm_head_module":
+        return value in (family.lm_head, family.embedding)
+    return value == getattr(family, attr)
+
+
+def template_families(templates: dict[str, Any], path) -> tuple[str, ...]:
+    """The families whose module names all of a file's templates are; HparamsFileError naming the
+    key(s) no family has."""
+    fitting = tuple(f.name for f in FAMILIES.values() if all(_template_fits(k, v, f) for k, v in templates.items()))
+    if fitting:
+        return fitting
+    lonely = [k for k, v in templates.items() if not any(_template_fits(k, v, f) for f in FAMILIES.values())]
+    if lonely:
+        shown = ", ".join(f"{k}={templates[k]!r}" for k in lonely)
+        raise HparamsFileError(f"hyperparameter file {path}: {shown} names no module of a family editguard knows "
+                               f"({', '.join(FAMILIES)}); editguard takes module names from the model's family")
+    shown = ", ".join(f"{k}={v!r}" for k, v in templates.items())
+    raise HparamsFileError(f"hyperparameter file {path}: the module templates {shown} are not all one family's "
+                           f"(each fits some family, together none)")
+
+
+def _layer(algorithm: str, value: Any, path) -> int:
+    if not isinstance(value, list) or len(value) != 1:
+        raise HparamsFileError(f"hyperparameter file {path}: layers {value!r}: {algorithm} edits one layer "
+                               f"here, expected a list of one layer such as [5]")
+    return value[0]
+
+
 def translate_easyedit(data: dict[str, Any], path) -> EasyEditTranslation:
-    """EasyEdit's ROME / MEMIT / AlphaEdit keys as editguard's hyperparameters; HparamsFileError for
-    an algorithm editguard has no mapping for, a value it cannot honour or a key it does not know."""
+    """EasyEdit's ROME / R-ROME / MEMIT / AlphaEdit / FT keys (and the papers' extra ones) as
+    editguard's hyperparameters; HparamsFileError for an algorithm editguard has no mapping for, a
+    value it cannot honour or a key it does not know, naming the key."""
     algorithm = data.get("alg_name")
     if algorithm not in EASYEDIT_EDITORS:
         raise HparamsFileError(f"hyperparameter file {path}: alg_name {algorithm!r}: editguard reads EasyEdit files "
@@ -257,15 +308,16 @@ def translate_easyedit(data: dict[str, Any], path) -> EasyEditTranslation:
     overrides: dict[str, Any] = {}
     ignored: dict[str, str] = {}
     notes: list[str] = []
-    templates: dict[str, str] = {}
+    templates: dict[str, Any] = {}
     unknown = []
     renamed = EASYEDIT_RENAMED[algorithm]
+    rome_like = algorithm in ("ROME", "R-ROME")
     for key, value in data.items():
-        if key in EASYEDIT_SAME:
+        if key in EASYEDIT_SAME[algorithm]:
             overrides[key] = value
         elif renamed.get(key):
             overrides[renamed[key]] = value
-        elif key == "mom2_adjustment" and algorithm != "ROME":
+        elif key == "mom2_adjustment" and algorithm in ("MEMIT", "AlphaEdit"):
             if value is not True:
                 raise HparamsFileError(f"hyperparameter file {path}: mom2_adjustment {value!r} cannot be honoured: "
                                        f"{algorithm} always weighs its update by the second moment C")
@@ -274,12 +326,22 @@ def translate_easyedit(data: dict[str, Any], path) -> EasyEditTranslation:
             ignored[key] = "AlphaEdit's update is projected on C's null space and weighed by L2 instead"
         elif key == "P_loc":
             ignored[key] = "editguard computes the null-space projection from C (and caches it in memory)"
+        elif key == "norm_constraint" and algorithm == "FT":
+            if value is False or value is None:
+                overrides["norm_constraint"] = None
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                overrides["norm_constraint"] = value
+            else:
+                raise HparamsFileError(f"hyperparameter file {path}: norm_constraint {value!r}: expected a number "
+                                       f"(ε of the L∞ box) or false (unconstrained)")
+        elif key == "kl_factor" and algorithm == "FT":
+            if value not in (0, 0.0):
+                raise HparamsFileError(f"hyperparameter file {path}: kl_factor {value!r} cannot be honoured: "
+                                       f"editguard's FT has no KL term (EasyEdit's FT files use 0)")
+            ignored[key] = "0: no KL term, as editguard's FT"
         elif key == "layers":
-            if algorithm == "ROME":
-                if not isinstance(value, list) or len(value) != 1:
-                    raise HparamsFileError(f"hyperparameter file {path}: layers {value!r}: ROME edits one layer, "
-                                           f"expected a list of one layer such as [5]")
-                overrides["layer"] = value[0]
+            if rome_like or algorithm == "FT":
+                overrides["layer"] = _layer(algorithm, value, path)
             else:
                 overrides["layers"] = value
         elif key == "mom2_n_samples":
@@ -294,6 +356,9 @@ def translate_easyedit(data: dict[str, Any], path) -> EasyEditTranslation:
                                        f"or reads {EASYEDIT_STATS_DATASET}_stats files (--editguard-stats-dir)")
             notes.append(f"mom2_dataset {value!r}: editguard uses its local corpus (mom2_corpus, default "
                          f"wikitext-2-raw) unless --editguard-stats-dir holds ROME/MEMIT's {value}_stats files")
+        elif key in ("if_c_rome", "if_prefix") and rome_like:
+            if not isinstance(value, bool):
+                raise HparamsFileError(f"hyperparameter file {path}: {key} {value!r}: expected true or false")
         elif key in EASYEDIT_TEMPLATES:
             templates[key] = value
         elif key in EASYEDIT_IGNORED:
@@ -301,8 +366,9 @@ def translate_easyedit(data: dict[str, Any], path) -> EasyEditTranslation:
         else:
             unknown.append(key)
     if unknown:
-        known = sorted([*EASYEDIT_SAME, *renamed, "layers", "mom2_n_samples", "mom2_dataset", *EASYEDIT_TEMPLATES,
-                        *EASYEDIT_IGNORED])
+        known = sorted({*EASYEDIT_SAME[algorithm], *renamed, "layers", *EASYEDIT_TEMPLATES, *EASYEDIT_IGNORED,
+                        *(("mom2_n_samples", "mom2_dataset") if algorithm != "FT" else ()),
+                        *(("if_c_rome", "if_prefix") if rome_like else ())})
         raise HparamsFileError(f"hyperparameter file {path}: EasyEdit {algorithm} keys editguard does not know: "
                                f"{sorted(unknown)}; known: {known}")
     if data.get("fact_token", "subject_last") != "subject_last":
@@ -311,15 +377,29 @@ def translate_easyedit(data: dict[str, Any], path) -> EasyEditTranslation:
     if data.get("mom2_dtype", "float32") not in ("float32", "float64"):
         raise HparamsFileError(f"hyperparameter file {path}: mom2_dtype {data['mom2_dtype']!r} cannot be honoured: "
                                f"editguard keeps the second moment in float32 (accumulated in float64)")
+    variant = None
+    if rome_like and ("if_c_rome" in data or "if_prefix" in data):
+        switches = (bool(data.get("if_c_rome", False)), bool(data.get("if_prefix", False)))
+        variant = PAPERS_VARIANTS.get(switches)
+        if variant is None:
+            raise HparamsFileError(f"hyperparameter file {path}: if_c_rome false with if_prefix true (ROME's "
+                                   f"inconsistent keys, tested with a prefix) is no editor editguard has; "
+                                   f"--editor=rome is if_c_rome false, if_prefix false")
+        notes.append(f"if_c_rome {switches[0]}, if_prefix {switches[1]}: that is --editor={variant}")
+    if algorithm == "FT":
+        objective = overrides.get("objective", "target_new")
+        unconstrained = "norm_constraint" in overrides and overrides["norm_constraint"] is None
+        same = {("prompt_last", True): "ft-l", ("target_new", True): "ft-m"}.get((objective, unconstrained), "ft")
+        notes.append(f"objective_optimization {objective!r}, norm_constraint "
+                     f"{'false' if unconstrained else overrides.get('norm_constraint', 'default')}: "
+                     f"what --editor={same} runs")
+        if isinstance(templates.get("rewrite_module_tmp"), str) \
+                and not templates["rewrite_module_tmp"].endswith(".weight"):
+            notes.append(f"rewrite_module_tmp {templates['rewrite_module_tmp']!r} also tunes that module's bias in "
+                         f"EasyEdit (a substring match); editguard tunes its weight")
+    families: tuple[str, ...] = ()
     if templates:
-        fitting = [f.name for f in FAMILIES.values()
-                   if all(value == getattr(f, EASYEDIT_TEMPLATES[key]) for key, value in templates.items()
-                          if EASYEDIT_TEMPLATES[key])]
-        if not fitting:
-            shown = ", ".join(f"{k}={v!r}" for k, v in templates.items())
-            raise HparamsFileError(f"hyperparameter file {path}: module templates {shown} are no family's that "
-                                   f"editguard knows ({', '.join(FAMILIES)}); editguard takes module names from the "
-                                   f"model's family")
-        ignored["module templates"] = (f"{', '.join(sorted(templates))} are the {'/'.join(fitting)} family's; "
+        families = template_families(templates, path)
+        ignored["module templates"] = (f"{', '.join(sorted(templates))} are the {'/'.join(families)} family's; "
                                        f"editguard takes them from the model")
-    return EasyEditTranslation(algorithm, overrides, ignored, notes)
+    return EasyEditTranslation(algorithm, overrides, ignored, notes, families, variant)

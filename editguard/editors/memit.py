@@ -184,6 +184,12 @@ class MEMIT:
         mom2 = layer_second_moment(mue, layer, hp.mom2_corpus, hp.mom2_n_tokens, self.data_dir, hp.mom2_stats_dir)
         return memit_solve(residual, keys, mom2, hp.mom2_update_weight)
 
+    def _second_moments(self, mue: ModelUnderEdit, hp) -> None:
+        """Every layer's C, before any layer is written: C is the UNEDITED model's key statistics
+        (cached under its fingerprint), and the keys of a layer above an updated one would not be."""
+        for layer in hp.layers:
+            layer_second_moment(mue, layer, hp.mom2_corpus, hp.mom2_n_tokens, self.data_dir, hp.mom2_stats_dir)
+
     def _after_layer(self, mue: ModelUnderEdit, hp, layer: int, keys: torch.Tensor) -> None:
         """Called once the update of `layer` is written (AlphaEdit remembers the keys)."""
 
@@ -192,6 +198,7 @@ class MEMIT:
             raise ValueError(f"{self.name}: no cases to apply")
         hp = self._resolve(mue)
         last = hp.layers[-1]
+        self._second_moments(mue, hp)
         clock = time.perf_counter()
         templates = context_templates(mue, hp.context_template_length_params, hp.template_seed)
         values = [optimize_value(mue, hp, last, case, templates, scale_module=mue.family.layer.format(last))

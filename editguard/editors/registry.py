@@ -20,6 +20,8 @@ BUILTIN_EDITORS: dict[str, tuple[str, dict[str, Any]]] = {
     "c-rome": ("editguard.editors.rome:ROME", {"consistent": True}),
     "r-rome": ("editguard.editors.rome:ROME", {"consistent": True, "prefix_at_test": False}),
     "ft": ("editguard.editors.ft:FineTuneLInf", {}),
+    "ft-l": ("editguard.editors.ft:FineTuneL", {}),
+    "ft-m": ("editguard.editors.ft:FineTuneM", {}),
     "memit": ("editguard.editors.memit:MEMIT", {}),
     "alphaedit": ("editguard.editors.alphaedit:AlphaEdit", {}),
     "mend": ("editguard.editors.mend.editor:MEND", {}),

@@ -20,16 +20,19 @@ class Family:
     lm_head: str
     # GPT-2's Conv1D stores weights as (in, out); nn.Linear as (out, in).
     weight_is_in_by_out: bool = False
+    # The input embedding: what a tied head shares its weight with (EasyEdit's files name it as
+    # their lm_head_module where the head is tied). "" where unknown.
+    embedding: str = ""
 
     def rewrite_weight(self, layer: int) -> str:
         return f"{self.rewrite.format(layer)}.weight"
 
 
-def _decoder(name: str, layers: str, mlp: str, rewrite: str, final_norm: str, lm_head: str = "lm_head",
-             weight_is_in_by_out: bool = False) -> Family:
+def _decoder(name: str, layers: str, mlp: str, rewrite: str, final_norm: str, embedding: str,
+             lm_head: str = "lm_head", weight_is_in_by_out: bool = False) -> Family:
     """A family whose block, MLP and rewrite paths all start with `layers` ("...{}")."""
     return Family(name, layers, f"{layers}.{mlp}" if mlp else layers, f"{layers}.{rewrite}", final_norm, lm_head,
-                  weight_is_in_by_out)
+                  weight_is_in_by_out, embedding)
 
 
 # Where each family keeps its modules (the Hugging Face implementations in transformers 5.x).
@@ -41,18 +44,21 @@ FAMILIES: dict[str, Family] = {
     family.name: family
     for family in [
         # GPT-2's Conv1D: c_proj(act(c_fc(x))).
-        _decoder("gpt2", "transformer.h.{}", "mlp", "mlp.c_proj", "transformer.ln_f", weight_is_in_by_out=True),
-        _decoder("gptj", "transformer.h.{}", "mlp", "mlp.fc_out", "transformer.ln_f"),
+        _decoder("gpt2", "transformer.h.{}", "mlp", "mlp.c_proj", "transformer.ln_f", "transformer.wte",
+                 weight_is_in_by_out=True),
+        _decoder("gptj", "transformer.h.{}", "mlp", "mlp.fc_out", "transformer.ln_f", "transformer.wte"),
         # down_proj(act(gate_proj(x)) * up_proj(x)): Llama, Mistral, Qwen2/3, Gemma 1/2/3.
-        _decoder("llama", "model.layers.{}", "mlp", "mlp.down_proj", "model.norm"),
+        _decoder("llama", "model.layers.{}", "mlp", "mlp.down_proj", "model.norm", "model.embed_tokens"),
         # Gemma: embeddings scaled by √hidden, tied head, (Gemma 2/3) pre/post feed-forward norms.
-        _decoder("gemma", "model.layers.{}", "mlp", "mlp.down_proj", "model.norm"),
+        _decoder("gemma", "model.layers.{}", "mlp", "mlp.down_proj", "model.norm", "model.embed_tokens"),
         # Phi-3: down_proj(act(gate) * up) with gate and up fused in one gate_up_proj.
-        _decoder("phi3", "model.layers.{}", "mlp", "mlp.down_proj", "model.norm"),
+        _decoder("phi3", "model.layers.{}", "mlp", "mlp.down_proj", "model.norm", "model.embed_tokens"),
         # GPT-NeoX (Pythia): dense_4h_to_h(act(dense_h_to_4h(x))).
-        _decoder("gpt_neox", "gpt_neox.layers.{}", "mlp", "mlp.dense_4h_to_h", "gpt_neox.final_layer_norm"),
+        _decoder("gpt_neox", "gpt_neox.layers.{}", "mlp", "mlp.dense_4h_to_h", "gpt_neox.final_layer_norm",
+                 "gpt_neox.embed_in"),
         # OPT has no MLP module: fc2(act(fc1(x))) sit in the block; fc2's output is the MLP output.
-        _decoder("opt", "model.decoder.layers.{}", "fc2", "fc2", "model.decoder.final_layer_norm"),
+        _decoder("opt", "model.decoder.layers.{}", "fc2", "fc2", "model.decoder.final_layer_norm",
+                 "model.decoder.embed_tokens"),
     ]
 }
 

@@ -64,6 +64,10 @@ class RunConfig:
     ppl_every: int = 1
     sequence_stop_on_collapse: bool = True
     batch_size: int = 1                     # cases per edit (--batch-size)
+    # The families an EasyEdit --hparams file's module templates name (() : any); open_run refuses a
+    # model of another family unless hparams_any_family.
+    hparams_families: tuple[str, ...] = ()
+    hparams_any_family: bool = False
 
     def ppl_corpus_for(self, sequential: bool) -> str:
         if self.ppl_corpus:
@@ -91,8 +95,9 @@ class RunConfig:
 
         editor, model = value("editor"), value("model")
         hparams: dict[str, Any] = {}
+        families: tuple[str, ...] = ()
         if value("hparams"):
-            hparams = read_hparams(value("hparams"), editor, flag("hparams"), warn)
+            hparams, families = read_hparams(value("hparams"), editor, flag("hparams"), warn)
         stats_dir = value("stats-dir")
         if stats_dir:
             if not Path(stats_dir).is_dir():
@@ -139,19 +144,21 @@ class RunConfig:
             compare_path=compare_path, compare_saved=compare_saved, compare_margins=tuple(margins), quality=quality,
             sequence_length=value("sequence-length"), ppl_every=value("ppl-every"),
             sequence_stop_on_collapse=value("sequence-stop-on-collapse") == "on", batch_size=value("batch-size"),
-            explicit_thresholds=explicit,
+            explicit_thresholds=explicit, hparams_families=families, hparams_any_family=value("hparams-any-family"),
         )
 
 
-def read_hparams(path: str, editor: str, flag: str, warn: Callable[[str], None]) -> dict[str, Any]:
-    """The --hparams file's overrides; an EasyEdit file (it has `alg_name`) is translated to
-    editguard's names, what it ignores is said through `warn`, and its algorithm must be --editor's."""
+def read_hparams(path: str, editor: str, flag: str,
+                 warn: Callable[[str], None]) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The --hparams file's overrides and the model families it is for (() : any); an EasyEdit file
+    (it has `alg_name`) is translated to editguard's names, what it ignores is said through `warn`,
+    and its algorithm must be --editor's."""
     from editguard.editors.hparams import HparamsFileError, is_easyedit, load_hparams_file, translate_easyedit
 
     try:
         data = load_hparams_file(path)
         if not is_easyedit(data):
-            return data
+            return data, ()
         translation = translate_easyedit(data, path)
     except HparamsFileError as err:
         raise UsageError(f"{flag} {path}: {err}") from None
@@ -160,7 +167,7 @@ def read_hparams(path: str, editor: str, flag: str, warn: Callable[[str], None])
                          f"--editor={editor}; use it with --editor={' or '.join(translation.editors)}")
     if translation.ignored or translation.notes:
         warn(translation.warning(path))
-    return translation.overrides
+    return translation.overrides, translation.families
 
 
 def read_saved_report(path: str | None, specs: Any, model: str,

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from editguard.calibration import calibrated_thresholds, calibration_note, find_calibration
+from editguard.errors import UsageError
 from editguard.gates import Thresholds
+from editguard.options import OPTIONS_BY_NAME
 from editguard.run.config import RunConfig
 
 
@@ -95,4 +97,15 @@ class Run:
 def open_run(config: RunConfig) -> Run:
     """Load the model and resolve its gate bounds; errors are editguard's (model load, usage)."""
     model = config.load_model()
+    check_hparams_family(config, model.name, model.family.name)
     return Run(config, model, resolve_gates(config, model.name, model.fingerprint))
+
+
+def check_hparams_family(config: RunConfig, model_name: str, family: str) -> None:
+    """An EasyEdit --hparams file tuned for another family's model is refused, naming both."""
+    if config.hparams_families and family not in config.hparams_families and not config.hparams_any_family:
+        option = OPTIONS_BY_NAME["hparams-any-family"]
+        raise UsageError(f"the --hparams file is for the {'/'.join(config.hparams_families)} family (its module "
+                         f"templates), but model {model_name} is of the {family} family: its layers and tuned values "
+                         f"are another model's. Use a file for {family}, or pass "
+                         f"{option.pytest_flag} ({option.cli_flag} on the command line) to use its values anyway")
