@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 
 from editguard.errors import UsageError
-from pytest_editguard.settings import SETTINGS_KEY, SOURCES_KEY, EditguardSettings, is_sequential, user_errors
+from pytest_editguard.settings import (
+    SETTINGS_KEY,
+    SOURCES_KEY,
+    EditguardSettings,
+    is_sequential,
+    sequence_name,
+    user_errors,
+)
 
 
 def _fail_cleanly(what: str, err: Exception):
@@ -110,7 +117,7 @@ def edit_sequence(request, editguard_run, editor, editguard_baselines, editguard
     s = editguard_settings
     selected = request.config.stash[SOURCES_KEY].get(request.module.__name__, {}).get("cases_selected")
     length = None if selected is None else -(-selected // s.batch_size)   # steps: one edit per --batch-size cases
-    name = request.module.__name__.rpartition(".")[2].removeprefix("test_")
+    name = sequence_name(request.module)
     sequence = EditSequence(editguard_run.model, editor, editguard_baselines.get(s.ppl_corpus_for(sequential=True)),
                             editguard_run.gates.thresholds, name=name,
                             on_error=s.sequence_on_error, ppl_every=s.ppl_every, length=length,

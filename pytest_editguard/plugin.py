@@ -33,6 +33,7 @@ from pytest_editguard.fixtures import (  # noqa: F401
 from pytest_editguard.results import ResultCollector
 from pytest_editguard.scheduling import step_id, work_unit
 from pytest_editguard.settings import (
+    EMPTY_SHARD_KEY,
     SETTINGS_KEY,
     SHORT_FORMS_LEFT,
     SOURCES_KEY,
@@ -42,6 +43,7 @@ from pytest_editguard.settings import (
     is_sequential,
     option_value,
     read_settings,
+    sequence_name,
     user_errors,
 )
 
@@ -156,7 +158,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     # A sequence's steps build on each other: the whole module is one unit of work (the same unit
     # as xdist's scheduling, from the step ids the plugin gives).
-    keep = shard_members([work_unit(i.nodeid) for i in items], *settings.shard)
+    units = [work_unit(i.nodeid) for i in items]
+    keep = shard_members(units, *settings.shard)
+    if items and not any(keep) and any("edit_guard" in getattr(i, "fixturenames", ()) for i in items):
+        # More shards than units of work: this shard's job still ends well and writes its (empty)
+        # report, so that `editguard merge` gets every shard.
+        from editguard.run.records import EmptyShard
+
+        config.stash[EMPTY_SHARD_KEY] = EmptyShard(settings.shard_label, len(set(units))).to_json()
     deselected = [item for item, k in zip(items, keep) if not k]
     if deselected:
         items[:] = [item for item, k in zip(items, keep) if k]
@@ -171,12 +180,34 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = yield
     if report.failed and report.when in ("setup", "call") and "edit_guard" in getattr(item, "fixturenames", ()):
         _record_unrecorded_error(item, call, report)
+    if report.when == "setup" and hasattr(item.config, "workerinput"):
+        identity = case_identity(item)
+        if identity is not None:
+            # Should this worker die during the test, the controller still knows which case it was
+            # (results.py records it as an error); on the set-up report only, so not in junit XML.
+            report.user_properties.append(("editguard_identity", json.dumps(identity)))
     exc = call.excinfo.value if call.excinfo is not None else None
     notes = getattr(exc, "__notes__", None)
     if (report.failed and notes and "edit_guard" in getattr(item, "fixturenames", ())
             and isinstance(exc, pytest.fail.Exception) and not exc.pytrace):
         report.sections.append(("Hypothesis", "\n".join(notes)))
     return report
+
+
+def case_identity(item: pytest.Item) -> dict | None:
+    """What the controller needs to write an edit test's error record without its worker: the
+    case (or batch), its suite module and, in a sequence, its name and step. None: not an edit test."""
+    case = getattr(getattr(item, "callspec", None), "params", {}).get("edit_case")
+    if case is None or "edit_guard" not in getattr(item, "fixturenames", ()):
+        return None
+    cases = list(case) if isinstance(case, (tuple, list)) else [case]
+    identity = {"cases": [{"case_id": str(c.case_id), "subject": c.subject, "prompt": c.prompt,
+                           "target_new": c.target_new, "target_true": c.target_true} for c in cases],
+                "suite_module": item.nodeid.split("::")[0], "sequence": None, "step": None}
+    step = re.search(r"\[step(\d+)-", item.nodeid)
+    if step and is_sequential(item.config, item.module):
+        identity["sequence"], identity["step"] = sequence_name(item.module), int(step.group(1))
+    return identity
 
 
 def _record_unrecorded_error(item: pytest.Item, call: pytest.CallInfo, report: pytest.TestReport) -> None:
@@ -206,12 +237,17 @@ def _record_unrecorded_error(item: pytest.Item, call: pytest.CallInfo, report: p
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """Under -n N with --dist load/loadgroup/worksteal (xdist's default is load), schedule so that
-    a sequence is never split across workers; loadscope, loadfile and each keep modules whole
-    already and are left to xdist."""
-    if config.getvalue("dist") in ("load", "loadgroup", "worksteal"):
-        from pytest_editguard.scheduling import sequence_aware_scheduler
+    a sequence is never split across workers; loadscope and loadfile keep their units (modules
+    and files whole already). All of them handle a dead worker without hanging (scheduling.py);
+    each is left to xdist."""
+    from pytest_editguard import scheduling
 
-        return sequence_aware_scheduler(config, log)
+    dist = config.getvalue("dist")
+    if dist in ("load", "loadgroup", "worksteal"):
+        return scheduling.sequence_aware_scheduler(config, log)
+    if dist in ("loadscope", "loadfile"):
+        unit = scheduling.file_unit if dist == "loadfile" else scheduling.scope_unit
+        return scheduling.sequence_aware_scheduler(config, log, unit)
     return None
 
 

@@ -14,7 +14,11 @@ from typing import Any
 
 import pytest
 
-from pytest_editguard.settings import SETTINGS_KEY, SOURCES_KEY
+from pytest_editguard.settings import EMPTY_SHARD_KEY, SETTINGS_KEY, SOURCES_KEY
+
+# What a worker tells the controller when it finishes (config.workeroutput): its edit tests (the
+# controller collects nothing under xdist) and, for a shard that got no test, records.EmptyShard.
+EDIT_TESTS_OUTPUT, EMPTY_SHARD_OUTPUT = "editguard_edit_tests", "editguard_empty_shard"
 
 
 def is_xdist_worker(config: pytest.Config) -> bool:
@@ -39,6 +43,13 @@ class ResultCollector:
         # that ran to an outcome: the difference is what an interrupted run did not get to.
         self.collected: list[str] | None = None
         self.finished: set[str] = set()
+        # Under xdist: every test id the workers collected, the cases they are about to run (from
+        # each set-up report), and the workers that died (records.WorkerDeath's JSON).
+        self.worker_ids: list[str] | None = None
+        self.identities: dict[str, dict[str, Any]] = {}
+        self.worker_deaths: list[dict[str, Any]] = []
+        self._exits: dict[str, str] = {}
+        self.empty_shard: dict[str, Any] | None = None
         # How this run was started (the controller's, not a worker's): taken now; the git commit is
         # looked up once the run is known to edit, not in every pytest run of a foreign project.
         self.started = datetime.datetime.now(datetime.timezone.utc)
@@ -69,6 +80,7 @@ class ResultCollector:
         # purpose): the settings say what would have run.
         s = self.config.stash[SETTINGS_KEY]
         return {"editor": s.editor, "model": s.model, "thresholds": s.thresholds.to_dict(), "ppl_bos": s.ppl_bos,
+                "shard": s.shard_label,
                 "quality": s.quality.to_dict() if s.quality.enabled else None,
                 "calibration": "the options' bounds: no edit ran, so the model's calibration was not looked up"}
 
@@ -80,7 +92,14 @@ class ResultCollector:
         return not is_xdist_worker(self.config) and not self.config.option.collectonly
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
-        if not is_xdist_worker(self.config) and session.items:
+        self.empty_shard = self.config.stash.get(EMPTY_SHARD_KEY, None)
+        if is_xdist_worker(self.config):
+            self.config.workeroutput[EDIT_TESTS_OUTPUT] = [
+                item.nodeid for item in session.items if "edit_guard" in getattr(item, "fixturenames", ())]
+            if self.empty_shard:
+                self.config.workeroutput[EMPTY_SHARD_OUTPUT] = self.empty_shard
+            return
+        if session.items:
             self.collected = [item.nodeid for item in session.items
                               if "edit_guard" in getattr(item, "fixturenames", ())]
             if self.collected:
@@ -121,11 +140,69 @@ class ResultCollector:
             self._previous_sigterm = None
 
     def completion(self, exitstatus: int) -> dict[str, Any]:
-        """Whether every collected edit test ran: {"complete", "cases_done", "cases_not_run"}."""
-        not_run = [nodeid for nodeid in (self.collected or []) if nodeid not in self.finished]
+        """Whether every collected edit test ran: {"complete", "cases_done", "cases_not_run"}, and
+        "workers_died" when an xdist worker died (the run is then incomplete)."""
+        collected = self.collected if self.collected is not None else self.worker_ids
+        not_run = [nodeid for nodeid in (collected or []) if nodeid not in self.finished]
         interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
-        return {"complete": not (interrupted or not_run), "cases_done": len(self.results),
-                "cases_not_run": not_run}
+        out = {"complete": not (interrupted or not_run or self.worker_deaths), "cases_done": len(self.results),
+               "cases_not_run": not_run}
+        if self.worker_deaths:
+            out["workers_died"] = self.worker_deaths
+        return out
+
+    # ---- pytest-xdist: what the controller learns of its workers ----
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node, ids: list[str]) -> None:
+        if self.worker_ids is None:
+            self.worker_ids = list(ids)   # every test, until a worker says which ones edit
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node, error: object | None) -> None:
+        output = getattr(node, "workeroutput", None) or {}
+        if error is None:
+            if EDIT_TESTS_OUTPUT in output:
+                self.worker_ids = list(output[EDIT_TESTS_OUTPUT])
+            if output.get(EMPTY_SHARD_OUTPUT):
+                self.empty_shard = output[EMPTY_SHARD_OUTPUT]
+            return
+        if error == "keyboard-interrupt":
+            return   # not a death: the run was interrupted (it says "complete": false)
+        from editguard.run.records import WorkerDeath
+
+        worker = worker_name(node)
+        exit_ = self._exits[worker] = worker_exit(node)
+        # Its case (if any) is known a moment later, from pytest_handlecrashitem.
+        self.worker_deaths.append(WorkerDeath(worker, exit_, str(error)).to_json())
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_handlecrashitem(self, crashitem: str, report: pytest.TestReport, sched) -> None:
+        """The test a dead worker was running: an error record (when it is an edit test) that says
+        which worker died and how; the tests its death leaves unrun come from the scheduler."""
+        worker = worker_name(getattr(report, "node", None))
+        death = next((d for d in reversed(self.worker_deaths) if d["worker"] == worker and d["case"] is None), None)
+        exit_ = self._exits.get(worker, "unknown")
+        not_run = list(getattr(sched, "not_run_after_crash", {}).get(crashitem, []))
+        if death is not None:
+            death.update(case=crashitem, not_run=not_run)
+        message = (f"worker {worker} died while running this case ({exit_}); the case is not run again"
+                   + (f"; {len(not_run)} later steps of its sequence are not run" if not_run else ""))
+        report.longrepr = f"editguard: {crashitem}: {message}"
+        self.finished.add(crashitem)
+        identity = self.identities.get(crashitem)
+        if identity is None and crashitem not in (self.worker_ids or ()):
+            return
+        self._add_record(worker_death_record(crashitem, identity, self.config.stash[SETTINGS_KEY], message))
+
+    def _add_record(self, record: dict[str, Any], header: dict[str, Any] | None = None) -> None:
+        if not self.results and not is_xdist_worker(self.config):
+            self.invocation()   # under xdist the controller collects nothing: look it up now
+        if self._writes_reports():
+            self._start()
+            self.recorder.add_case(record, header)
+        else:
+            self.recorder.cases.append(record)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when == "call" or (report.when == "setup" and not report.passed):
@@ -133,29 +210,37 @@ class ResultCollector:
         if report.when not in ("setup", "call"):
             return
         props = dict(report.user_properties)
+        if "editguard_identity" in props:
+            self.identities[report.nodeid] = json.loads(props["editguard_identity"])
+        if report.when == "teardown":
+            self.identities.pop(report.nodeid, None)   # it finished: its worker is past it
         if "editguard_not_run" in props and report.when == "call":
             self.recorder.add_step_not_run(json.loads(props["editguard_not_run"]))
         if "editguard_case" in props and props.get("editguard_case_phase", "call") == report.when:
-            record = json.loads(props["editguard_case"])
-            if not self.results and not is_xdist_worker(self.config):
-                self.invocation()   # under xdist the controller collects nothing: look it up now
             header = json.loads(props["editguard_run"]) if "editguard_run" in props else None
-            if self._writes_reports():
-                self._start()
-                self.recorder.add_case(record, header)
-            else:
-                self.recorder.cases.append(record)
+            self._add_record(json.loads(props["editguard_case"]), header)
 
     def pytest_terminal_summary(self, terminalreporter, exitstatus: int) -> None:
         if is_xdist_worker(self.config):
             return
         completion = self.completion(exitstatus)
+        json_path = self.config.stash[SETTINGS_KEY].json_path
+        for death in completion.get("workers_died", []):
+            terminalreporter.write_line(
+                f"editguard: worker {death['worker']} died ({death['exit']})"
+                + (f" while running {death['case']}" if death["case"] else "")
+                + (f"; {len(death['not_run'])} tests not run because of it" if death["not_run"] else ""),
+                red=True, bold=True)
         if not completion["complete"] and (self.results or completion["cases_not_run"]):
-            json_path = self.config.stash[SETTINGS_KEY].json_path
             terminalreporter.write_line(
                 f"editguard: INCOMPLETE run: {completion['cases_done']} cases reported, "
                 f"{len(completion['cases_not_run'])} collected edit tests did not run"
                 + (f"; {json_path} says \"complete\": false" if json_path else ""), red=True, bold=True)
+        if self.empty_shard:
+            terminalreporter.write_line(
+                f"editguard: shard {self.empty_shard['shard']} got no test (the run has {self.empty_shard['units']} "
+                f"unit{'' if self.empty_shard['units'] == 1 else 's'} of work, fewer than its shards)"
+                + (f"; {json_path} says so, for editguard merge" if json_path else ""))
         if not self.results:
             return
         from rich.console import Console
@@ -195,7 +280,11 @@ class ResultCollector:
                  if source.get("empty_reason")}
         if empty:
             completion["empty_suites"] = empty
-        if not (self.results or not completion["complete"] or empty or self.recorder.started):
+        if self.empty_shard:
+            completion["empty_shard"] = self.empty_shard
+            if session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+                session.exitstatus = pytest.ExitCode.OK   # a shard with nothing to do did its part
+        if not (self.results or not completion["complete"] or empty or self.empty_shard or self.recorder.started):
             return   # nothing edited here: a foreign project's run writes no report
         outcome = self.recorder.finish(completion)
         # Judged here, from every worker's results: a suite-level gate or a regression fails the run
@@ -204,3 +293,43 @@ class ResultCollector:
             session.exitstatus = pytest.ExitCode.USAGE_ERROR
         elif (outcome.quality_failed or outcome.comparison_failed) and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def worker_name(node) -> str:
+    """An xdist worker's id (gw0, gw1, ...)."""
+    return str(getattr(getattr(node, "gateway", None), "id", node))
+
+
+def worker_exit(node) -> str:
+    """How a dead xdist worker's process ended ("exit code 3", "signal SIGKILL"), or "unknown"
+    (a remote worker, or one not reaped within 2 s)."""
+    popen = getattr(getattr(getattr(node, "gateway", None), "_io", None), "popen", None)
+    try:
+        code = popen.wait(timeout=2)
+    except Exception:   # no local process (a remote gateway), or still running
+        return "unknown"
+    if code is None:
+        return "unknown"
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+def worker_death_record(nodeid: str, identity: dict[str, Any] | None, settings, message: str) -> dict[str, Any]:
+    """The error record of the edit test `nodeid` whose worker died: its case from the worker's
+    set-up report, or (when the worker died before that) the test id's parameter as the case id."""
+    from types import SimpleNamespace
+
+    from editguard.run.records import WORKER_PHASE, WorkerDied, error_record
+
+    if identity is None:
+        param = nodeid.rpartition("[")[2].rstrip("]") if nodeid.endswith("]") else nodeid
+        identity = {"cases": [{"case_id": param, "subject": "", "prompt": "", "target_new": "", "target_true": None}],
+                    "suite_module": nodeid.split("::")[0], "sequence": None, "step": None}
+    cases = [SimpleNamespace(**case) for case in identity["cases"]]
+    return error_record(tuple(cases) if len(cases) > 1 else cases[0], settings.editor, settings.model,
+                        WorkerDied(message), WORKER_PHASE, suite_module=identity["suite_module"],
+                        sequence=identity["sequence"], step=identity["step"]).to_json()

@@ -137,10 +137,17 @@ SHORT_FORMS_LEFT = pytest.StashKey[list]()  # short forms another plugin or conf
 SETTINGS_KEY = pytest.StashKey[EditguardSettings]()
 # suite module -> {suite_source, cases_total, cases_selected}: where its cases came from (for the report)
 SOURCES_KEY = pytest.StashKey[dict]()
+# Set when --editguard-shard gives this shard no test: records.EmptyShard's fields.
+EMPTY_SHARD_KEY = pytest.StashKey[dict]()
 
 
 def is_sequential(config: pytest.Config, module) -> bool:
     return bool(config.stash[SETTINGS_KEY].sequential or getattr(module, "EDITGUARD_SEQUENTIAL", False))
+
+
+def sequence_name(module) -> str:
+    """The name of a suite module's edit sequence: the module's name without `test_`."""
+    return module.__name__.rpartition(".")[2].removeprefix("test_")
 
 
 def user_errors() -> tuple[type[Exception], ...]:

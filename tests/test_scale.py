@@ -189,3 +189,59 @@ def test_merge_command_names_the_file_of_a_malformed_report(tmp_path, capsys, te
     (tmp_path / "bad.json").write_text(text)
     assert main(["merge", str(tmp_path / "bad.json"), "--json", str(tmp_path / "all.json")]) == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_merge_takes_an_empty_shard_whose_header_holds_only_the_options():
+    ran = _report(cases=[{"case_id": "1", "ppl": 1.0, "passed": True}], shard="1/3")
+    empty = {"schema": 1, "run": {"model": "m", "editor": "rome", "thresholds": {"ppl_max": 1000.0}, "shard": "2/3"},
+             "cases": [], "empty_shard": {"shard": "2/3", "units": 1}}
+    with pytest.raises(MergeError, match=r"shard 3/3 missing"):
+        merge_reports([("a.json", ran), ("b.json", empty)])
+    merged = merge_reports([("b.json", empty), ("a.json", ran), ("c.json", {**empty, "run": {**empty["run"],
+                                                                                             "shard": "3/3"}})])
+    assert [c["case_id"] for c in merged["cases"]] == ["1"] and merged["run"]["model_fingerprint"] == "f"
+    assert [m["shard"] for m in merged["run"]["merged_from"]] == ["2/3", "1/3", "3/3"]
+    # A report with cases is checked in full, whatever it says.
+    with pytest.raises(MergeError, match="differ in 'model_fingerprint'"):
+        merge_reports([("a.json", ran), ("b.json", {**empty, "cases": [{"case_id": "2", "passed": True}]}),
+                       ("c.json", {**empty, "run": {**empty["run"], "shard": "3/3"}})])
+
+
+ONE_CASE_SUITE = '''
+from editguard.cases import EditCase
+
+def edit_cases(settings):
+    return [EditCase("t1", "{} is the capital of", "Paris", "Rome", "France")]
+
+def test_edit(edit_case, edit_guard):
+    edit_guard.assert_safe(edit_case)
+'''
+
+
+@pytest.mark.parametrize("xdist", [(), ("-n", "2")], ids=["serial", "xdist"])
+def test_a_shard_with_no_case_ends_well_and_merges(pytester, data_dir, monkeypatch, xdist):
+    """Two shards of a one-case suite: shard 2/2 gets nothing; it exits 0 with a report that says
+    so, and `editguard merge` takes it with shard 1/2."""
+    import json
+
+    from editguard.cli import main
+
+    monkeypatch.setenv("EDITGUARD_DATA", str(data_dir))
+    pytester.makepyfile(test_one=ONE_CASE_SUITE)
+    pytester.makefile(".json", hparams=json.dumps({"v_num_grad_steps": 3, "context_template_length_params": [[5, 5]]}))
+    args = ["--model=tiny-llama", "--hparams=hparams.json", "--update-norm-max=5", "--ppl-corpus=me-ppl-50",
+            "-p", "no:cacheprovider"]
+    empty = pytester.runpytest_subprocess(*args, *xdist, "--editguard-shard=2/2", "--editguard-json=s2.json")
+    assert empty.ret == 0, empty.stdout.str()[-2000:]
+    empty.stdout.fnmatch_lines(["*shard 2/2 got no test (the run has 1 unit of work, fewer than its shards)*"])
+    doc = json.loads((pytester.path / "s2.json").read_text())
+    assert doc["empty_shard"] == {"shard": "2/2", "units": 1} and doc["cases"] == [] and doc["complete"] is True
+    assert doc["run"]["shard"] == "2/2"
+    if xdist:
+        return   # the shard that runs is the serial case's
+    ran = pytester.runpytest_subprocess(*args, "--editguard-shard=1/2", "--editguard-json=s1.json")
+    assert ran.ret in (0, 1), ran.stdout.str()[-2000:]
+    assert main(["merge", str(pytester.path / "s1.json"), str(pytester.path / "s2.json"),
+                 "--json", str(pytester.path / "all.json")]) == 0
+    merged = json.loads((pytester.path / "all.json").read_text())
+    assert [c["case_id"] for c in merged["cases"]] == ["t1"] and merged.get("complete", True) is True

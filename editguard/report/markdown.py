@@ -46,6 +46,12 @@ def render_markdown(run: dict[str, Any], cases: list[dict[str, Any]], comparison
     if completion and not completion.get("complete", True):
         lines += ["", f"**Incomplete run:** {len(completion.get('cases_not_run') or [])} collected edit tests did "
                       f"not run."]
+        for death in completion.get("workers_died") or []:
+            lines.append(f"Worker {death['worker']} died ({death['exit']})"
+                         + (f" while running `{death['case']}`" if death.get("case") else "") + ".")
+    if completion and completion.get("empty_shard"):
+        lines += ["", f"Shard {completion['empty_shard']['shard']} got no test (more shards than the "
+                      f"{completion['empty_shard']['units']} units of work)."]
     lines += ["", "| cases | passed | failed a gate | collapsed | error |", "|---:|---:|---:|---:|---:|",
               f"| {s['cases']} | {s['passed']} | {s['failed_gate']} | {s['collapsed']} | "
               + (f"**❌ {s['error']}** |" if s["error"] else "0 |")]

@@ -39,9 +39,15 @@ def merge_reports(docs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     schema = first.get("schema")
     seen: dict[tuple, str] = {}
     cases: list[dict[str, Any]] = []
+    # A shard that got no test (more shards than units of work) ran nothing: its header holds only
+    # the options, so it is checked for its shard label alone.
+    ran = [(name, doc) for name, doc in docs if not is_empty_shard(doc)] or docs[:1]
+    first_name, first = ran[0]
     for name, doc in docs:
         if doc.get("schema") != schema:
-            raise MergeError(f"{name} has report schema {doc.get('schema')}, {first_name} has {schema}")
+            raise MergeError(f"{name} has report schema {doc.get('schema')}, {docs[0][0]} has {schema}")
+        if is_empty_shard(doc):
+            continue
         for field in RUN_IDENTITY:
             mine, theirs = doc["run"].get(field), first["run"].get(field)
             if mine != theirs:
@@ -66,7 +72,7 @@ def merge_reports(docs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
             seen[key] = name
             cases.append(case)
     _check_shards_complete(docs)
-    run = {k: v for k, v in combine_runs([doc["run"] for _, doc in docs]).items() if k != "shard"}
+    run = {k: v for k, v in combine_runs([doc["run"] for _, doc in ran]).items() if k != "shard"}
     run["merged_from"] = [{"file": name, "shard": doc["run"].get("shard", ""), "cases": len(doc["cases"]),
                            "device": doc["run"].get("device")} for name, doc in docs]
     merged = {"schema": schema, "run": run, "cases": sort_cases(cases)}
@@ -75,7 +81,18 @@ def merge_reports(docs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
         merged["sequences_stopped"] = stops
     if any(doc.get("complete") is False for _, doc in docs):
         merged["complete"] = False
+    not_run = [nodeid for _, doc in docs for nodeid in doc.get("cases_not_run") or []]
+    if not_run:
+        merged["cases_not_run"] = not_run
+    deaths = [death for _, doc in docs for death in doc.get("workers_died") or []]
+    if deaths:
+        merged["workers_died"] = deaths
     return merged
+
+
+def is_empty_shard(doc: dict[str, Any]) -> bool:
+    """A shard's report that says it got no test (records.EmptyShard) and holds no case."""
+    return bool(doc.get("empty_shard")) and not doc.get("cases")
 
 
 def _sequences_stopped(docs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:

@@ -158,6 +158,41 @@ class NotRunStep:
         return asdict(self)
 
 
+class WorkerDied(Exception):
+    """The error of a case whose pytest-xdist worker died while running it (os._exit, an OOM
+    kill, a segfault): the case has no measurement, and is not run again."""
+
+
+WORKER_PHASE = "worker"
+
+
+@dataclass(frozen=True)
+class WorkerDeath:
+    """A worker process that died during the run: `exit` says how ("exit code 3", "signal
+    SIGKILL", or "unknown"), `case` is the test it was running (its record has verdict `error`;
+    None where it died between tests), `not_run` the tests its death left unrun (the later steps
+    of a sequence it had started)."""
+    worker: str
+    exit: str
+    message: str
+    case: str | None = None
+    not_run: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EmptyShard:
+    """A shard (`--editguard-shard i/n`) that got no test: more shards than units of work. Its
+    report has no case, and `editguard merge` takes it as the part of the run it is."""
+    shard: str
+    units: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def versions() -> dict[str, str]:
     import importlib.metadata as md
 
@@ -349,6 +384,9 @@ def json_schema() -> dict[str, Any]:
     header_props["thresholds"] = {"type": "object", "required": ["ppl_max"],
                                   "additionalProperties": {"type": "number"}}
     step_props = {f.name: _schema_of(str(f.type)) for f in fields(NotRunStep)}
+    death_props = {f.name: _schema_of(str(f.type)) for f in fields(WorkerDeath)}
+    death_props["not_run"] = {"type": "array", "items": {"type": "string"}}
+    empty_props = {f.name: _schema_of(str(f.type)) for f in fields(EmptyShard)}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "editguard JSON report",
@@ -363,6 +401,9 @@ def json_schema() -> dict[str, Any]:
                                                  "properties": case_props}},
             "steps_not_run": {"type": "array", "items": {"type": "object", "properties": step_props}},
             "cases_not_run": {"type": "array", "items": {"type": "string"}},
+            "workers_died": {"type": "array", "items": {"type": "object", "required": ["worker", "exit"],
+                                                        "properties": death_props}},
+            "empty_shard": {"type": "object", "required": ["shard", "units"], "properties": empty_props},
         },
     }
 
