@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import json
 import signal
+import subprocess
 import sys
 from io import StringIO
 from typing import Any
@@ -43,12 +44,14 @@ class ResultCollector:
         # that ran to an outcome: the difference is what an interrupted run did not get to.
         self.collected: list[str] | None = None
         self.finished: set[str] = set()
-        # Under xdist: every test id the workers collected, the cases they are about to run (from
-        # each set-up report), and the workers that died (records.WorkerDeath's JSON).
-        self.worker_ids: list[str] | None = None
+        # Under xdist: the edit tests (from the first worker that finishes), the cases the workers
+        # are about to run (from each set-up report), the workers that died (records.WorkerDeath's
+        # JSON), and the tests a dead worker was running before its set-up report came.
+        self.worker_edit_tests: list[str] | None = None
         self.identities: dict[str, dict[str, Any]] = {}
         self.worker_deaths: list[dict[str, Any]] = []
         self._exits: dict[str, str] = {}
+        self._crashed_unknown: list[tuple[str, str]] = []
         self.empty_shard: dict[str, Any] | None = None
         # How this run was started (the controller's, not a worker's): taken now; the git commit is
         # looked up once the run is known to edit, not in every pytest run of a foreign project.
@@ -141,29 +144,28 @@ class ResultCollector:
 
     def completion(self, exitstatus: int) -> dict[str, Any]:
         """Whether every collected edit test ran: {"complete", "cases_done", "cases_not_run"}, and
-        "workers_died" when an xdist worker died (the run is then incomplete)."""
-        collected = self.collected if self.collected is not None else self.worker_ids
+        "workers_died" when an xdist worker died (the run is then incomplete if it was running a test)."""
+        collected = self.collected if self.collected is not None else self.worker_edit_tests
         not_run = [nodeid for nodeid in (collected or []) if nodeid not in self.finished]
         interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
-        out = {"complete": not (interrupted or not_run or self.worker_deaths), "cases_done": len(self.results),
+        # Deaths count in a run that edits (another project's crashes are its own business); a worker
+        # that died between tests lost nothing (its queued tests went to another worker).
+        deaths = self.worker_deaths if (collected or self.results) else []
+        lost = any(death["case"] for death in deaths)
+        out = {"complete": not (interrupted or not_run or lost), "cases_done": len(self.results),
                "cases_not_run": not_run}
-        if self.worker_deaths:
-            out["workers_died"] = self.worker_deaths
+        if deaths:
+            out["workers_died"] = deaths
         return out
 
     # ---- pytest-xdist: what the controller learns of its workers ----
 
     @pytest.hookimpl(optionalhook=True)
-    def pytest_xdist_node_collection_finished(self, node, ids: list[str]) -> None:
-        if self.worker_ids is None:
-            self.worker_ids = list(ids)   # every test, until a worker says which ones edit
-
-    @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node, error: object | None) -> None:
         output = getattr(node, "workeroutput", None) or {}
         if error is None:
-            if EDIT_TESTS_OUTPUT in output:
-                self.worker_ids = list(output[EDIT_TESTS_OUTPUT])
+            if EDIT_TESTS_OUTPUT in output and self.worker_edit_tests is None:
+                self.worker_edit_tests = list(output[EDIT_TESTS_OUTPUT])
             if output.get(EMPTY_SHARD_OUTPUT):
                 self.empty_shard = output[EMPTY_SHARD_OUTPUT]
             return
@@ -182,18 +184,32 @@ class ResultCollector:
         which worker died and how; the tests its death leaves unrun come from the scheduler."""
         worker = worker_name(getattr(report, "node", None))
         death = next((d for d in reversed(self.worker_deaths) if d["worker"] == worker and d["case"] is None), None)
+        if death is None:
+            return   # not a death: the worker stopped on a keyboard interrupt (the run is incomplete)
         exit_ = self._exits.get(worker, "unknown")
         not_run = list(getattr(sched, "not_run_after_crash", {}).get(crashitem, []))
-        if death is not None:
-            death.update(case=crashitem, not_run=not_run)
+        death.update(case=crashitem, not_run=not_run)
         message = (f"worker {worker} died while running this case ({exit_}); the case is not run again"
                    + (f"; {len(not_run)} later steps of its sequence are not run" if not_run else ""))
         report.longrepr = f"editguard: {crashitem}: {message}"
-        self.finished.add(crashitem)
         identity = self.identities.get(crashitem)
-        if identity is None and crashitem not in (self.worker_ids or ()):
+        if crashitem in self.finished:
+            return   # it died after the test had its outcome (in its teardown)
+        if identity is None:
+            # Died before the set-up report: an edit test or not is known once a worker finishes.
+            self._crashed_unknown.append((crashitem, message))
             return
+        self.finished.add(crashitem)
         self._add_record(worker_death_record(crashitem, identity, self.config.stash[SETTINGS_KEY], message))
+
+    def _record_crashes_before_setup(self) -> None:
+        """The edit tests whose worker died before their set-up report: error records with the test
+        id's parameter as the case id (the case itself never reached the controller)."""
+        for crashitem, message in self._crashed_unknown:
+            if crashitem in (self.worker_edit_tests or ()) and crashitem not in self.finished:
+                self.finished.add(crashitem)
+                self._add_record(worker_death_record(crashitem, None, self.config.stash[SETTINGS_KEY], message))
+        self._crashed_unknown = []
 
     def _add_record(self, record: dict[str, Any], header: dict[str, Any] | None = None) -> None:
         if not self.results and not is_xdist_worker(self.config):
@@ -207,13 +223,13 @@ class ResultCollector:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when == "call" or (report.when == "setup" and not report.passed):
             self.finished.add(report.nodeid)
+        if report.when == "teardown":
+            self.identities.pop(report.nodeid, None)   # its worker is past it
         if report.when not in ("setup", "call"):
             return
         props = dict(report.user_properties)
         if "editguard_identity" in props:
             self.identities[report.nodeid] = json.loads(props["editguard_identity"])
-        if report.when == "teardown":
-            self.identities.pop(report.nodeid, None)   # it finished: its worker is past it
         if "editguard_not_run" in props and report.when == "call":
             self.recorder.add_step_not_run(json.loads(props["editguard_not_run"]))
         if "editguard_case" in props and props.get("editguard_case_phase", "call") == report.when:
@@ -223,6 +239,7 @@ class ResultCollector:
     def pytest_terminal_summary(self, terminalreporter, exitstatus: int) -> None:
         if is_xdist_worker(self.config):
             return
+        self._record_crashes_before_setup()
         completion = self.completion(exitstatus)
         json_path = self.config.stash[SETTINGS_KEY].json_path
         for death in completion.get("workers_died", []):
@@ -275,6 +292,7 @@ class ResultCollector:
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if not self._writes_reports():
             return   # a worker reports to the controller; --collect-only writes nothing
+        self._record_crashes_before_setup()
         completion = self.completion(exitstatus)
         empty = {module: source["empty_reason"] for module, source in self.config.stash[SOURCES_KEY].items()
                  if source.get("empty_reason")}
@@ -306,7 +324,7 @@ def worker_exit(node) -> str:
     popen = getattr(getattr(getattr(node, "gateway", None), "_io", None), "popen", None)
     try:
         code = popen.wait(timeout=2)
-    except Exception:   # no local process (a remote gateway), or still running
+    except (AttributeError, OSError, subprocess.TimeoutExpired):   # no local process (a remote gateway), or alive
         return "unknown"
     if code is None:
         return "unknown"

@@ -1,10 +1,14 @@
 """The xdist scheduler: a sequence's steps go to one worker, in order; other tests spread."""
 
 import json
+from pathlib import Path
 
+import jsonschema
 import pytest
 
 from pytest_editguard.scheduling import step_id, work_unit
+
+SCHEMA_FILE = Path(__file__).resolve().parents[1] / "editguard" / "run" / "report.schema.json"
 
 
 def test_a_sequence_step_belongs_to_its_module_and_other_tests_stand_alone():
@@ -112,6 +116,42 @@ def test_a_dead_workers_sequence_is_not_continued_elsewhere():
     assert crashed == steps[1] and dropped == steps[2:] and requeue == {"b.py::t[x]": {"b.py::t[x]": False}}
 
 
+def test_a_dead_workers_exit_code_or_signal_is_named():
+    import signal
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    from pytest_editguard.results import worker_exit
+
+    def node(code: str):
+        popen = subprocess.Popen([sys.executable, "-c", code])
+        return SimpleNamespace(gateway=SimpleNamespace(id="gw0", _io=SimpleNamespace(popen=popen)))
+
+    assert worker_exit(node("import os; os._exit(3)")) == "exit code 3"
+    assert worker_exit(node(f"import os; os.kill(os.getpid(), {int(signal.SIGKILL)})")) == "signal SIGKILL"
+    alive = node("import time; time.sleep(30)")
+    try:
+        assert worker_exit(alive) == "unknown"
+    finally:
+        alive.gateway._io.popen.kill()
+        alive.gateway._io.popen.wait()
+    assert worker_exit(SimpleNamespace(gateway=SimpleNamespace(id="gw1"))) == "unknown"   # a remote worker
+
+
+def test_a_case_whose_worker_died_before_its_set_up_report_is_named_by_its_test_id():
+    from types import SimpleNamespace
+
+    from pytest_editguard.results import worker_death_record
+
+    settings = SimpleNamespace(editor="rome", model="tiny-llama")
+    record = worker_death_record("s/test_x.py::test_edit[t3-Windows]", None, settings,
+                                 "worker gw0 died (signal SIGKILL)")
+    assert (record["case_id"], record["suite_module"], record["passed"]) == ("t3-Windows", "s/test_x.py", False)
+    assert record["error"] == {"type": "WorkerDied", "message": "WorkerDied: worker gw0 died (signal SIGKILL)",
+                               "phase": "worker"}
+
+
 KILLER_SUITE = '''
 from editguard.cases import EditCase
 
@@ -187,6 +227,7 @@ def test_a_worker_that_dies_ends_the_run_and_the_report_names_its_case(pytester,
     [death] = doc["workers_died"]
     assert death["case"] == "test_suite.py::test_edit[t3-Windows]" and death["exit"] == exit_
     assert death["not_run"] == [] and doc["cases_not_run"] == []
+    jsonschema.validate(doc, json.loads(SCHEMA_FILE.read_text()))
 
 
 KILLER_SEQUENCE = KILLER_SUITE.replace("def edit_cases", "EDITGUARD_SEQUENTIAL = True\n\ndef edit_cases")
