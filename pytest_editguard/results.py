@@ -191,14 +191,15 @@ class ResultCollector:
         death.update(case=crashitem, not_run=not_run)
         message = (f"worker {worker} died while running this case ({exit_}); the case is not run again"
                    + (f"; {len(not_run)} later steps of its sequence are not run" if not_run else ""))
-        report.longrepr = f"editguard: {crashitem}: {message}"
         identity = self.identities.get(crashitem)
         if crashitem in self.finished:
             return   # it died after the test had its outcome (in its teardown)
         if identity is None:
-            # Died before the set-up report: an edit test or not is known once a worker finishes.
+            # Died before the set-up report: an edit test or not is known once a worker finishes
+            # (xdist's own message stays: it may be another project's test).
             self._crashed_unknown.append((crashitem, message))
             return
+        report.longrepr = f"editguard: {crashitem}: {message}"
         self.finished.add(crashitem)
         self._add_record(worker_death_record(crashitem, identity, self.config.stash[SETTINGS_KEY], message))
 
