@@ -184,3 +184,197 @@ def test_rome_calibration_serves_the_rome_family_only_and_the_header_says_so(pro
     gates = resolve_gates(_config("memit"), "m", "f")
     assert gates.thresholds.update_norm_rel_max == 0.9 and gates.warning == ""
     assert gates.calibration.startswith("gates calibrated on 20 normal cases of m with memit (")
+
+
+# --- 4. output paths --------------------------------------------------------------------------
+
+def test_filter_refuses_the_checkouts_shipped_case_file(capsys, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from editguard.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    shipped = Path(__file__).resolve().parents[1] / "suites" / "hardedit" / "cases.json"
+    before = shipped.read_bytes()
+    assert main(["filter", str(shipped), "--model", "tiny-llama"]) == 2
+    err = capsys.readouterr().err
+    assert f"{shipped} is inside editguard's own package" in err and "does not write there" in err
+    assert "copy it into your project first" in err and "Traceback" not in err
+    assert shipped.read_bytes() == before
+
+
+def test_an_output_inside_editguards_package_is_refused(tmp_path):
+    from pathlib import Path
+
+    import editguard
+    from editguard.errors import UsageError
+    from editguard.run.recorder import prove_writable
+
+    inside = Path(editguard.__file__).resolve().parent / "report.json"
+    with pytest.raises(UsageError, match=r"--editguard-json .*report\.json: .* is inside editguard's own package"):
+        prove_writable("--editguard-json", inside)
+    assert not inside.exists()
+    prove_writable("--editguard-json", tmp_path / "report.json")   # a project path is fine
+
+
+@pytest.mark.parametrize("model", ["../../../x", "/abs/olute", "org/name", "..", ".hidden/../../y"])
+def test_default_output_paths_from_user_strings_stay_in_the_output_folder(tmp_path, monkeypatch, model):
+    from editguard.cli.common import DEFAULT_OUT, default_output
+
+    monkeypatch.chdir(tmp_path)
+    for path in (default_output("screen", model), default_output("mine", model, "pkg.mod:Editor", suffix=".jsonl")):
+        assert path.parent == tmp_path.__class__(DEFAULT_OUT) and len(path.parts) == 2
+        assert (tmp_path / path).resolve().parent == (tmp_path / DEFAULT_OUT).resolve()
+        assert not path.name.startswith(".")
+
+
+# --- 5. raw tracebacks that became clear errors -----------------------------------------------
+
+@pytest.mark.usefixtures("private_cache", "one_thread")
+@pytest.mark.parametrize("command", ["filter", "mine"])
+def test_mine_and_filter_take_a_user_editor_without_hparams(command, tmp_path, monkeypatch, data_dir, capsys,
+                                                            toy_importable):
+    from editguard.cases import write_cases
+    from editguard.cli import main
+    from tests.tiny_edits import SCREEN_CASES
+    from tests.toy_editors import NoOpEditor
+
+    assert not hasattr(NoOpEditor, "hparams")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EDITGUARD_SUITES", str(tmp_path / "suites"))
+    write_cases(tmp_path / "cases.json", SCREEN_CASES[:2])
+    extra = ["cases.json"] if command == "filter" else ["--cases", "cases.json", "--top", "1", "--control", "0"]
+    rc = main([command, *extra, "--model", "tiny-llama", "--editor", "tests.toy_editors:NoOpEditor",
+               "--data", str(data_dir)])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "Traceback" not in err
+    log = next((tmp_path / "out").glob(f"{command}-tiny-llama-*.jsonl"))
+    assert json.loads(log.read_text().splitlines()[0])["header"]["hparams"] == {}
+
+
+def test_an_empty_counterfact_file_is_a_clear_error(tmp_path):
+    from editguard.cases import CaseError, load_counterfact
+
+    (tmp_path / "counterfact").mkdir()
+    (tmp_path / "counterfact" / "counterfact-edit.json").write_text("[]")
+    with pytest.raises(CaseError, match=r"counterfact-edit\.json: holds no CounterFact records \(an empty list\)"):
+        load_counterfact(tmp_path, splits="edit")
+
+
+def test_a_one_token_perplexity_sentence_names_the_corpus_and_sentence(tiny_llama):
+    from editguard.guard import measure_baseline
+    from editguard.metrics.perplexity import PerplexityInputError
+
+    one = next(w for w in ("a", "the", "x") if len(tiny_llama.tokenizer(w, add_special_tokens=False)["input_ids"]) == 1)
+    with pytest.raises(PerplexityInputError, match=rf"perplexity corpus mine\.txt: sentence 1 \('{one}'\) is 1 token "
+                                                   rf"on tiny-llama; a perplexity needs at least two"):
+        measure_baseline(tiny_llama, ["The capital of France is Paris.", one], "mine.txt")
+
+
+def test_a_paraphrase_longer_than_the_model_context_is_refused_in_quality_mode(tiny_llama):
+    from editguard.cases import CaseError, EditCase
+    from editguard.tokens import check_case_fits, model_context_length
+
+    long = "Paris is, as everyone knows, " * model_context_length(tiny_llama) + "the capital of"
+    case = EditCase("p1", "{} is the capital of", "Paris", "Rome", "France", paraphrases=("Paris is in", long))
+    check_case_fits(tiny_llama, case)   # not scored outside quality mode: nothing to refuse
+    with pytest.raises(CaseError, match=r"case p1: field 'paraphrases' \[1\] \+ its target is \d+ tokens on "
+                                        r"tiny-llama; a scored prompt may have at most \d+"):
+        check_case_fits(tiny_llama, case, scored_prompts=True)
+
+
+@pytest.mark.usefixtures("private_cache")
+def test_a_singular_covariance_file_is_a_clear_error(tmp_path, tiny_llama, data_dir):
+    import numpy as np
+
+    from editguard.editors.covariance import StatsFileError, inverse_layer_second_moment, key_width
+
+    layer = tiny_llama.edit_layer
+    module = tiny_llama.family.rewrite.format(layer)
+    path = tmp_path / "tiny-llama" / "wikipedia_stats" / f"{module}_float32_mom2_100.npz"
+    path.parent.mkdir(parents=True)
+    width = key_width(tiny_llama, layer)
+    np.savez(path, **{"mom2.mom2": np.ones((width, width), dtype=np.float32), "mom2.count": 100})  # rank 1
+    with pytest.raises(StatsFileError, match=rf"statistics file {path}: C = E\[kkᵀ\] of layer {layer} .* is singular"):
+        inverse_layer_second_moment(tiny_llama, layer, "unused", 1, data_dir, stats_dir=tmp_path)
+
+
+MALFORMED_REPORTS = {
+    "not-json": ("{", "not valid JSON (line 1, column 2)"),
+    "a-list": ("[]", "not an editguard JSON report (expected keys 'run' and 'cases')"),
+    "schema": (json.dumps({"schema": 99, "run": {}, "cases": []}), "report schema 99; this editguard reads"),
+    "no-editor": (json.dumps({"run": {"model": "m", "thresholds": {"ppl_max": 1000}}, "cases": []}),
+                  "run.editor is None; expected a string"),
+    "case-fields": (json.dumps({"run": {"model": "m", "editor": "rome", "thresholds": {"ppl_max": 1000}},
+                                "cases": [{"case_id": "c1", "passed": True}]}),
+                    "case 0 (case 'c1') is not a case record editguard wrote: it has no 'subject', 'prompt'"),
+    "not-utf8": (b"\xff\xfe{", "cannot read it"),
+}
+
+
+@pytest.mark.parametrize("kind", MALFORMED_REPORTS)
+@pytest.mark.parametrize("command", ["report", "merge", "compare", "compare --equal", "plot"])
+def test_malformed_reports_are_clear_errors_in_every_report_command(tmp_path, monkeypatch, capsys, command, kind):
+    from editguard.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    text, message = MALFORMED_REPORTS[kind]
+    (tmp_path / "r.json").write_bytes(text if isinstance(text, bytes) else text.encode())
+    args = {"report": ["r.json"], "merge": ["r.json", "r.json", "-o", "m.json"], "compare": ["r.json", "r.json"],
+            "compare --equal": ["--equal", "r.json", "r.json"], "plot": ["r.json", "--plots", "p"]}[command]
+    assert main([command.split()[0], *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"editguard {command.split()[0]}: r.json: ") and message in err, err
+    assert "Traceback" not in err and not (tmp_path / "m.json").exists()
+
+
+@pytest.mark.parametrize("argv", [["compare", "a.json", "b.json", "--markdown", "/dev/full"],
+                                  ["merge", "a.json", "-o", "/dev/full"],
+                                  ["plot", "a.json", "--plots", "/dev/full"]])
+def test_dev_full_as_an_output_is_a_clear_error_and_left_alone(tmp_path, monkeypatch, capsys, argv):
+    import os
+    import stat
+
+    from editguard.cache import write_atomic
+    from editguard.cli import main
+    from editguard.errors import ReportError
+
+    device = os.stat("/dev/full")
+    assert stat.S_ISCHR(device.st_mode)
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "/dev/full" in err and "Traceback" not in err and ("not a regular file" in err or "not a directory" in err)
+    with pytest.raises(ReportError, match=r"cannot write /dev/full: it is not a regular file"):
+        write_atomic("/dev/full", b"{}")
+    after = os.stat("/dev/full")
+    assert stat.S_ISCHR(after.st_mode) and (after.st_ino, after.st_rdev) == (device.st_ino, device.st_rdev)
+
+
+def test_a_full_disk_is_a_clear_error_naming_the_output(tmp_path, monkeypatch):
+    import errno
+
+    from editguard.cache import write_atomic
+    from editguard.errors import ReportError
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(type(tmp_path), "write_bytes", full)
+    with pytest.raises(ReportError, match=r"cannot write .*report\.json: the disk is full"):
+        write_atomic(tmp_path / "report.json", b"{}")
+    assert not list(tmp_path.iterdir())   # no temporary file left behind
+
+
+@pytest.mark.parametrize("field, value", [("subject", "   "), ("target_new", "\t"), ("target_true", " \n ")])
+def test_whitespace_only_subject_or_target_is_refused_naming_case_and_field(tmp_path, field, value):
+    from editguard.cases import CaseError, read_cases
+
+    record = {"case_id": "w1", "prompt": "{} is the capital of", "subject": "Paris", "target_new": "Rome",
+              "target_true": "France", field: value}
+    (tmp_path / "cases.json").write_text(json.dumps({"cases": [record]}))
+    with pytest.raises(CaseError, match=rf"cases\.json: case 0 \(case_id 'w1'\)|cases\.json.*w1.*field '{field}': "
+                                        rf"expected .*non-empty string \(not only whitespace\)") as err:
+        read_cases(tmp_path / "cases.json")
+    assert f"field '{field}'" in str(err.value) and "w1" in str(err.value)

@@ -114,7 +114,8 @@ def _plot_input(name: str) -> dict:
         return doc
     if isinstance(doc, dict) and "run" in doc and "cases" in doc:
         return load_report(name)
-    raise ReportError(f"{name}: neither an editguard JSON report nor a mined suite file")
+    raise ReportError(f"{name}: not an editguard JSON report (expected keys 'run' and 'cases'), nor a mined suite "
+                      f"file (keys 'run' and 'measurements')")
 
 
 def cmd_plot(args) -> int:
