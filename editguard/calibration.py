@@ -296,9 +296,9 @@ def calibration_note(model: str, calibration: Calibration | None, hparams_given:
                          f"{'' if editor == DEFAULT_EDITOR else ' --editor ' + editor}` "
                          f"(or set --editguard-update-norm-max)")
     if not serves(DEFAULT_EDITOR, editor):
-        made = (f"the calibration of {model} was made with {unserved.doc['editor']}, and" if unserved is not None
-                else "the gate defaults were calibrated with")
-        warnings_.append(f"{made} a {DEFAULT_EDITOR} calibration serves "
+        made = (f"the calibration of {model} was made with {unserved.doc['editor']}" if unserved is not None
+                else f"the gate defaults were calibrated with {DEFAULT_EDITOR}")
+        warnings_.append(f"{made}, and a {DEFAULT_EDITOR} calibration serves "
                          f"{', '.join(CALIBRATION_SERVES[DEFAULT_EDITOR])} only: {editor} is gated by the "
                          f"uncalibrated defaults, which may not fit its edits")
         note += f" (a {DEFAULT_EDITOR} calibration does not serve {editor})"
