@@ -101,9 +101,14 @@ def _collapsing_extremes(mined: dict[str, Any] | None, editor: str, ppl_max: flo
     mined list made with `editor`; None when it holds none."""
     if not mined or mined.get("run", {}).get("editor") != editor:
         return None
-    rows = [m for m in mined.get("measurements", []) if is_collapsed(m.get("ppl"), ppl_max)]
-    norms = [m[UPDATE_NORM_REL] for m in rows if m.get(UPDATE_NORM_REL) is not None]
-    ratios = [m["denominator_ratio"] for m in rows if m.get("denominator_ratio") is not None]
+    rows = [m for m in mined.get("measurements") or [] if isinstance(m, dict)
+            and isinstance(m.get("ppl"), (int, float, type(None))) and is_collapsed(m.get("ppl"), ppl_max)]
+
+    def finite(value: Any) -> bool:   # a mined file is read from disk: NaN, strings and booleans are skipped
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    norms = [m[UPDATE_NORM_REL] for m in rows if finite(m.get(UPDATE_NORM_REL))]
+    ratios = [m["denominator_ratio"] for m in rows if finite(m.get("denominator_ratio"))]
     if not norms and not ratios:
         return None
     out = {"n": len(rows)}
@@ -172,7 +177,8 @@ def calibrate(mue, editor, cases, baseline, *, mined: dict[str, Any] | None = No
         "rule": BOUND_RULE, "bounds": derive_bounds(distributions, collapsing),
         "cases": rows,
     }
-    return Calibration(doc)
+    # The bounds it stores are checked as a calibration file's are when read back.
+    return checked_calibration(doc, f"calibration of {mue.name} with {editor.name}")
 
 
 # --- storage --------------------------------------------------------------------------------

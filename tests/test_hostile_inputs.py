@@ -378,3 +378,13 @@ def test_whitespace_only_subject_or_target_is_refused_naming_case_and_field(tmp_
                                         rf"expected .*non-empty string \(not only whitespace\)") as err:
         read_cases(tmp_path / "cases.json")
     assert f"field '{field}'" in str(err.value) and "w1" in str(err.value)
+
+
+def test_a_mined_lists_non_finite_measurements_never_reach_the_calibrated_bounds():
+    from editguard.calibration import _collapsing_extremes
+
+    mined = {"run": {"editor": "rome"}, "measurements": [
+        {"ppl": 5000.0, "update_norm_rel": float("nan"), "denominator_ratio": "0.5"}, "junk",
+        {"ppl": "high", "update_norm_rel": 0.01}, {"ppl": 4000.0, "update_norm_rel": 0.9, "denominator_ratio": True},
+        {"ppl": 12.0, "update_norm_rel": 0.1}]}
+    assert _collapsing_extremes(mined, "rome", 1000.0) == {"n": 2, "update_norm_rel_min": 0.9}
