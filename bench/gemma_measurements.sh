@@ -25,7 +25,9 @@ sed -i "s/^GEMMA3_EDIT_LAYER = .*/GEMMA3_EDIT_LAYER = $LAYER  # the causal trace
 
 python -m editguard.cli screen --model gemma3-270m --cases counterfact --json out/screen-gemma3-270m.json --show 10
 python -m editguard.cli mine --model gemma3-270m --editor rome --cases counterfact --screen out/screen-gemma3-270m.json \
-    --top 70 --control 30 --json suites/hardcf/gemma3-270m.json
+    --top 70 --control 30 --json editguard-suites/hardcf/gemma3-270m.json
+# editguard never writes into its own checkout; the maintainer ships the list by copying it there.
+cp editguard-suites/hardcf/gemma3-270m.json suites/hardcf/gemma3-270m.json
 python -m editguard.cli calibrate --model gemma3-270m
 (cd "$R" && python -m pytest "$ROOT/suites/hardcf" --editor=rome --model=gemma3-270m --max-cases 3 --editguard-json r.json)
 (cd "$R" && python -m pytest "$ROOT/suites/hardcf" --editor=c-rome --model=gemma3-270m --max-cases 20 --editguard-json r-crome.json)

@@ -22,10 +22,11 @@ from typing import Any, Callable
 
 from editguard.cache import cache_dir, locked, read_entry, safe_name, write_entry
 from editguard.editors.api import editor_hparams
-from editguard.errors import DataError
+from editguard.errors import DataError, bounded
+from editguard.files import parse_config_text
 from editguard.gates import Thresholds, is_collapsed
 from editguard.guard import check
-from editguard.options import CALIBRATION_MODEL, COLLAPSE_PPL, DEFAULT_EDITOR, UPDATE_NORM_REL
+from editguard.options import CALIBRATION_MODEL, COLLAPSE_PPL, DEFAULT_EDITOR, OPTIONS_BY_NAME, UPDATE_NORM_REL
 from editguard.report.json_report import versions
 from editguard.suite_files import find_suite_file
 
@@ -40,6 +41,26 @@ BOUND_RULE = (
 # Measurements recorded per case (CaseResult.to_json names) and the calibration's names for them.
 METRICS = ("denominator_ratio", UPDATE_NORM_REL, "blast_radius", "ppl_ratio", "key_cosine")
 GATED_BOUNDS = ("update_norm_rel_max", "denominator_ratio_min", "ppl_max_ratio")
+# Each bound read from a file is checked as its command-line option is (finite, in range): a
+# `"ppl_max_ratio": NaN` would otherwise turn the ratio gate off.
+BOUND_OPTIONS = {"update_norm_rel_max": "update-norm-max", "denominator_ratio_min": "denominator-ratio-min",
+                 "ppl_max_ratio": "ppl-max-ratio"}
+# Which editors a calibration serves: the editor it was made with, and for ROME its variants, which
+# share ROME's update rule and measurements (C-ROME and R-ROME differ only in the key used at edit
+# and test time, which is what the gates judge). Any other editor gets the uncalibrated defaults,
+# with a warning that says so: MEMIT spreads an edit over several layers and FT has no
+# denominator, so ROME's ‖ΔW‖/‖W‖ bound means nothing for them.
+CALIBRATION_SERVES: dict[str, tuple[str, ...]] = {"rome": ("rome", "c-rome", "r-rome")}
+
+
+def serves(calibrated_with: str, editor: str) -> bool:
+    """Whether a calibration made with `calibrated_with` gives the bounds of `editor` (CALIBRATION_SERVES)."""
+    return editor == calibrated_with or editor in CALIBRATION_SERVES.get(calibrated_with, ())
+
+
+def served_by(editor: str) -> list[str]:
+    """The editors whose calibration serves `editor`, its own first."""
+    return list(dict.fromkeys([editor, *(c for c in CALIBRATION_SERVES if serves(c, editor))]))
 
 
 class CalibrationWarning(UserWarning):
@@ -60,10 +81,15 @@ class Calibration:
     def bounds(self) -> dict[str, float]:
         return dict(self.doc["bounds"])
 
-    def describe(self) -> str:
+    def describe(self, editor: str | None = None) -> str:
+        """The report header's sentence; for an `editor` other than the calibration's own, why it serves."""
         d = self.doc
-        return (f"gates calibrated on {d['n_cases']} normal cases of {d['model']} with {d['editor']} "
+        text = (f"gates calibrated on {d['n_cases']} normal cases of {d['model']} with {d['editor']} "
                 f"({d['date']}, editguard {d['editguard_version']})")
+        if editor and editor != d["editor"]:
+            text += (f", serving {editor}: a {d['editor']} calibration serves "
+                     f"{', '.join(CALIBRATION_SERVES.get(d['editor'], (d['editor'],)))}")
+        return text
 
 
 def _distribution(values: list[float]) -> dict[str, Any]:
@@ -75,9 +101,14 @@ def _collapsing_extremes(mined: dict[str, Any] | None, editor: str, ppl_max: flo
     mined list made with `editor`; None when it holds none."""
     if not mined or mined.get("run", {}).get("editor") != editor:
         return None
-    rows = [m for m in mined.get("measurements", []) if is_collapsed(m.get("ppl"), ppl_max)]
-    norms = [m[UPDATE_NORM_REL] for m in rows if m.get(UPDATE_NORM_REL) is not None]
-    ratios = [m["denominator_ratio"] for m in rows if m.get("denominator_ratio") is not None]
+    rows = [m for m in mined.get("measurements") or [] if isinstance(m, dict)
+            and isinstance(m.get("ppl"), (int, float, type(None))) and is_collapsed(m.get("ppl"), ppl_max)]
+
+    def finite(value: Any) -> bool:   # a mined file is read from disk: NaN, strings and booleans are skipped
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    norms = [m[UPDATE_NORM_REL] for m in rows if finite(m.get(UPDATE_NORM_REL))]
+    ratios = [m["denominator_ratio"] for m in rows if finite(m.get("denominator_ratio"))]
     if not norms and not ratios:
         return None
     out = {"n": len(rows)}
@@ -146,7 +177,8 @@ def calibrate(mue, editor, cases, baseline, *, mined: dict[str, Any] | None = No
         "rule": BOUND_RULE, "bounds": derive_bounds(distributions, collapsing),
         "cases": rows,
     }
-    return Calibration(doc)
+    # The bounds it stores are checked as a calibration file's are when read back.
+    return checked_calibration(doc, f"calibration of {mue.name} with {editor.name}")
 
 
 # --- storage --------------------------------------------------------------------------------
@@ -176,36 +208,72 @@ def write_copy(calibration: Calibration, path: Path) -> None:
     path.write_text(json.dumps(calibration.doc, indent=1) + "\n")
 
 
-def read_calibration(path: Path) -> Calibration:
-    try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CalibrationError(f"calibration file {path}: cannot read it: {err}") from None
+def checked_calibration(doc: Any, where: str) -> Calibration:
+    """`doc` as a Calibration, its fields present and every bound checked as its command-line
+    option is (a finite number in the option's range); CalibrationError naming `where` (the file),
+    the key, the value (bounded) and what was expected."""
+    if not isinstance(doc, dict):
+        raise CalibrationError(f"calibration file {where}: expected a JSON object, got {type(doc).__name__}")
     missing = [k for k in ("model", "fingerprint", "editor", "n_cases", "date", "editguard_version", "bounds")
                if k not in doc]
     if missing or not isinstance(doc.get("bounds"), dict):
-        raise CalibrationError(f"calibration file {path}: missing fields {missing or ['bounds (a mapping)']}")
+        raise CalibrationError(f"calibration file {where}: missing fields {missing or ['bounds (a mapping)']}")
     unknown = sorted(set(doc["bounds"]) - set(GATED_BOUNDS))
     if unknown:
-        raise CalibrationError(f"calibration file {path}: unknown bounds {unknown}; known: {list(GATED_BOUNDS)}")
+        raise CalibrationError(f"calibration file {where}: unknown bounds {bounded(unknown)}; "
+                               f"known: {list(GATED_BOUNDS)}")
+    for key, value in doc["bounds"].items():
+        option = OPTIONS_BY_NAME[BOUND_OPTIONS[key]]
+        try:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"expected a number, got {bounded(value)}")
+            option.parse(value)
+        except ValueError as err:
+            raise CalibrationError(f"calibration file {where}: bounds.{key} (the bound of {option.cli_flag}): "
+                                   f"{err}") from None
+    for key in ("model", "fingerprint", "editor"):
+        if not isinstance(doc[key], str):
+            raise CalibrationError(f"calibration file {where}: {key}: expected a string, got {bounded(doc[key])}")
     return Calibration(doc)
 
 
+def read_calibration(path: Path) -> Calibration:
+    try:
+        doc = parse_config_text(Path(path).read_bytes(), "json")
+    except (OSError, ValueError) as err:
+        raise CalibrationError(f"calibration file {path}: cannot read it: {err}") from None
+    return checked_calibration(doc, str(path))
+
+
 def find_calibration(model: str, fingerprint: str, editor: str) -> Calibration | None:
-    """The calibration of this model (same fingerprint) for `editor`, else for ROME (the gates'
-    reference editor): the cache's, else the project's or shipped suites/calibration/ file."""
-    for name in dict.fromkeys([editor, DEFAULT_EDITOR]):
+    """The calibration of this model (same fingerprint) that serves `editor` (its own, else for a
+    ROME variant ROME's: CALIBRATION_SERVES): the cache's, else the project's or shipped
+    suites/calibration/ file. Every one is checked as the options are (checked_calibration)."""
+    for name in served_by(editor):
         path = cache_path(model, fingerprint, name)
         with locked(path):
             data = read_entry(path)
         if data is not None:
-            return Calibration(json.loads(data))
+            try:
+                doc = parse_config_text(data, "json")
+            except ValueError as err:
+                raise CalibrationError(f"calibration file {path}: cannot read it: {err}") from None
+            return _for(checked_calibration(doc, str(path)), name, path)
         shipped = find_suite_file("calibration", shipped_name(model, name))
         if shipped is not None:
-            calibration = read_calibration(shipped)
+            calibration = _for(read_calibration(shipped), name, shipped)
             if calibration.doc["fingerprint"] == fingerprint:
                 return calibration
     return None
+
+
+def _for(calibration: Calibration, editor: str, path: Path) -> Calibration:
+    """`calibration`, refused when the file found under `editor`'s name was made with another editor."""
+    made_with = calibration.doc["editor"]
+    if made_with != editor:
+        raise CalibrationError(f"calibration file {path}: made with editor {bounded(made_with)}, but its name says "
+                               f"{editor}; rename or remake it (editguard calibrate --editor {editor})")
+    return calibration
 
 
 def calibrated_thresholds(base: Thresholds, calibration: Calibration | None, explicit: dict[str, float]) -> Thresholds:
@@ -214,18 +282,31 @@ def calibrated_thresholds(base: Thresholds, calibration: Calibration | None, exp
     return replace(base, **{**bounds, **explicit})
 
 
-def calibration_note(model: str, calibration: Calibration | None, hparams_given: bool = False) -> tuple[str, str]:
-    """(the report header's sentence on where the gate bounds come from, a warning or '').
+def calibration_note(model: str, calibration: Calibration | None, hparams_given: bool = False,
+                     editor: str = DEFAULT_EDITOR, unserved: Calibration | None = None) -> tuple[str, str]:
+    """(the report header's sentence on which bounds gate `editor` on `model` and why, a warning or '').
     A calibration is made with the editor's default hyperparameters: with others (hparams_given)
-    the defaults serve."""
+    the defaults serve. `unserved`: a calibration of this model made with an editor that does not
+    serve `editor` (CALIBRATION_SERVES), named in the warning."""
     if calibration is not None:
-        return calibration.describe(), ""
+        return calibration.describe(editor), ""
     note = f"uncalibrated defaults — run `editguard calibrate --model {model}`"
+    if editor != DEFAULT_EDITOR:
+        note = f"uncalibrated defaults — run `editguard calibrate --model {model} --editor {editor}`"
     if hparams_given:
         note = "uncalibrated defaults — calibrations hold for the editor's default hyperparameters, not --hparams"
-    warning = ""
+    warnings_ = []
     if model != CALIBRATION_MODEL:
-        warning = (f"editguard: the gate defaults were calibrated on {CALIBRATION_MODEL}, not on {model}; "
-                   f"normal edits may fail the update-norm gate. Run `editguard calibrate --model {model}` "
-                   f"(or set --editguard-update-norm-max)")
+        warnings_.append(f"the gate defaults were calibrated on {CALIBRATION_MODEL}, not on {model}; "
+                         f"normal edits may fail the update-norm gate. Run `editguard calibrate --model {model}"
+                         f"{'' if editor == DEFAULT_EDITOR else ' --editor ' + editor}` "
+                         f"(or set --editguard-update-norm-max)")
+    if not serves(DEFAULT_EDITOR, editor):
+        made = (f"the calibration of {model} was made with {unserved.doc['editor']}" if unserved is not None
+                else f"the gate defaults were calibrated with {DEFAULT_EDITOR}")
+        warnings_.append(f"{made}, and a {DEFAULT_EDITOR} calibration serves "
+                         f"{', '.join(CALIBRATION_SERVES[DEFAULT_EDITOR])} only: {editor} is gated by the "
+                         f"uncalibrated defaults, which may not fit its edits")
+        note += f" (a {DEFAULT_EDITOR} calibration does not serve {editor})"
+    warning = "editguard: " + "; ".join(warnings_) if warnings_ else ""
     return note, warning

@@ -46,12 +46,12 @@ class EditCase:
 
         for name in ("case_id", "subject", "target_new"):
             value = getattr(self, name)
-            if not isinstance(value, str) or not value:
-                fail(name, "a non-empty string", value)
+            if not isinstance(value, str) or not value.strip():
+                fail(name, "a non-empty string (not only whitespace)", value)
         if not isinstance(self.prompt, str) or self.prompt.count("{}") != 1:
             fail("prompt", 'a string with exactly one "{}" where the subject goes', self.prompt)
-        if self.target_true is not None and (not isinstance(self.target_true, str) or not self.target_true):
-            fail("target_true", "None or a non-empty string", self.target_true)
+        if self.target_true is not None and (not isinstance(self.target_true, str) or not self.target_true.strip()):
+            fail("target_true", "None or a non-empty string (not only whitespace)", self.target_true)
         if self.target_new == self.target_true:
             fail("target_new", f"a different answer than target_true ({self.target_true!r})", self.target_new)
         for name in ("paraphrases", "neighborhood"):
@@ -127,6 +127,9 @@ def _load_counterfact_file(path: str, mtime_ns: int, size: int) -> tuple[EditCas
         raise CaseError(str(e)) from None
     if not isinstance(data, list):
         raise CaseError(f"{file}: expected a JSON list of CounterFact records, got {type(data).__name__}")
+    if not data:
+        raise CaseError(f"{file}: holds no CounterFact records (an empty list); expected the split's records, "
+                        f"e.g. from the ROME release (editguard --download fetches them)")
     return tuple(_counterfact_case(file, i, record) for i, record in enumerate(data))
 
 

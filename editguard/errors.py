@@ -19,12 +19,20 @@ from __future__ import annotations
 
 __all__ = [
     "EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "CacheError", "DataError", "EditguardError", "EditorError",
-    "ModelLoadError", "ReportError", "UsageError",
+    "ModelLoadError", "ReportError", "UsageError", "bounded",
 ]
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # a gate failed: a regression in compare, failing cases
 EXIT_USAGE = 2  # a usage or input problem: nothing was judged
+SHOWN_MAX = 200  # the most characters of a value that an error message echoes
+
+
+def bounded(value: object, limit: int = SHOWN_MAX) -> str:
+    """repr(value) cut to `limit` characters: an error message never embeds an unbounded value (a
+    file's expanded YAML, a case's 1 MB prompt)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 25]}... ({len(text)} characters)"
 
 
 class EditguardError(Exception):

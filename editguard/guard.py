@@ -21,7 +21,13 @@ from editguard.errors import EditorError
 from editguard.gates import Thresholds, Verdict, downstream_gates, is_collapsed, judge
 from editguard.metrics.anatomy import blast_radius_skipped, normal_text_keys, update_anatomy
 from editguard.metrics.efficacy import PromptHits, edit_scores, efficacy
-from editguard.metrics.perplexity import PerplexityResult, add_bos_for, perplexity
+from editguard.metrics.perplexity import (
+    PerplexityInputError,
+    PerplexityResult,
+    add_bos_for,
+    encode_sentences,
+    perplexity,
+)
 from editguard.models.loading import ModelUnderEdit
 from editguard.models.snapshot import PristineModel, RestoreError, WeightSnapshot
 from editguard.models.state import ModelState
@@ -63,6 +69,10 @@ def measure_baseline(mue: ModelUnderEdit, sentences: list[str], corpus: str = ""
     weight digests. With `shared`, the perplexity is taken once per (weights, dtype, device type,
     corpus, BOS rule) and kept on disk under a file lock, so parallel workers (pytest -n N) and
     later sessions reuse one measurement."""
+    try:
+        encode_sentences(mue, sentences, add_bos_for(bos, mue), max_length=1 << 30)
+    except PerplexityInputError as err:
+        raise PerplexityInputError(f"perplexity corpus {corpus or '(given sentences)'}: {err}") from None
     pristine = PristineModel(mue.model)
     if not shared:
         return Baseline(perplexity(mue, sentences, bos=bos), sentences, corpus, pristine, ppl_bos=bos)
@@ -215,7 +225,8 @@ def _measure_edit(mue: ModelUnderEdit, editor: Editor, case: EditCase | Sequence
     case = cases[0]
     phase[0] = "case check"
     for each in cases:
-        check_case_fits(mue, each)   # before any weight moves: a kilobyte prompt is refused, not edited for minutes
+        # Before any weight moves: a kilobyte prompt is refused, not edited for minutes.
+        check_case_fits(mue, each, scored_prompts=measure_scores)
     if mue.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(mue.device)
     t = time.perf_counter()

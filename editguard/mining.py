@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from editguard.cases import EditCase, write_cases
+from editguard.editors.api import editor_hparams
 from editguard.gates import Thresholds, is_collapsed
 from editguard.guard import Baseline, check
 from editguard.models.loading import ModelUnderEdit
@@ -85,7 +86,7 @@ def mine(mue: ModelUnderEdit, editor, candidates: list[tuple[EditCase, str]], ba
     """Guarded single edits of every candidate; returns one record per case (resumed ones too)."""
     path = Path(progress_path)
     header = {"model": mue.name, "fingerprint": mue.fingerprint, "editor": editor.name,
-              "hparams": json.loads(json.dumps(editor.hparams(mue), default=str)),
+              "hparams": json.loads(json.dumps(editor_hparams(editor, mue), default=str)),
               "thresholds": thresholds.to_dict(), "ppl_corpus": baseline.corpus}
     done = _read_progress(path, header)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -88,7 +88,8 @@ class Option:
         expected = expected_value(value, self.type, minimum=self.minimum, above=self.above, maximum=self.maximum,
                                   finite=self.finite, choices=self.choices)
         if expected:
-            raise ValueError(f"expected {expected}, got {raw!r}")
+            shown = repr(raw)   # bounded: an error message never echoes an unbounded value
+            raise ValueError(f"expected {expected}, got {shown if len(shown) <= 200 else shown[:175] + '...'}")
         return value
 
     def cli_type(self):

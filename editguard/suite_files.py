@@ -14,6 +14,7 @@ import site
 import sysconfig
 from pathlib import Path
 
+from editguard.cache import inside_package
 from editguard.errors import UsageError
 
 __all__ = ["InstalledPathError", "find_mined_suite", "find_suite_file", "is_shipped_suite_file",
@@ -97,16 +98,21 @@ class InstalledPathError(UsageError, ValueError):
 
 
 def refuse_installed_path(path: str | Path) -> None:
-    """Raise InstalledPathError (a ValueError) when `path` lies inside an installed package (site-packages): suite
-    files written there would vanish with the next install. Says where a project copy goes."""
+    """Raise InstalledPathError (a ValueError) when `path` lies inside an installed package (site-packages)
+    or inside editguard's own packages wherever they are (an editable install's checkout:
+    editguard.cache.inside_package): suite files written there would vanish with the next install,
+    or change the checkout's shipped suites. Says where a project copy goes."""
     resolved = Path(path).resolve()
-    if not any(resolved.is_relative_to(d) for d in _installed_package_dirs()):
+    package = inside_package(resolved)
+    if package is None and not any(resolved.is_relative_to(d) for d in _installed_package_dirs()):
         return
     copy = project_suites_dir() / resolved.parent.name / resolved.name
-    if is_shipped_suite_file(resolved):
+    if is_shipped_suite_file(resolved) or (package is not None and package.name in ("suites", SHIPPED_SUITES_PACKAGE)):
         advice = (f"copy it into your project first (`mkdir -p {copy.parent} && cp {resolved} {copy}`) and "
                   f"name the copy; the suites read {copy} before the shipped file")
     else:
         advice = "name a file in your project instead"
-    raise InstalledPathError(f"{path} is inside an installed package ({resolved.parent}); editguard does not write "
-                     f"there: {advice}")
+    installed = any(resolved.is_relative_to(d) for d in _installed_package_dirs())
+    where = (f"an installed package ({resolved.parent})" if installed
+             else f"editguard's own package {package} (a checkout, e.g. an editable install)")
+    raise InstalledPathError(f"{path} is inside {where}; editguard does not write there: {advice}")

@@ -27,17 +27,30 @@ def model_context_length(mue: ModelUnderEdit) -> int | None:
     return None
 
 
-def check_case_fits(mue: ModelUnderEdit, case: EditCase) -> None:
+def check_case_fits(mue: ModelUnderEdit, case: EditCase, scored_prompts: bool = False) -> None:
     """Refuse a case whose prompt + target exceeds MAX_EDIT_TOKENS or the model's context, naming
-    its length (an editor adds context templates in front, so the limit leaves room for them)."""
-    prompt_ids, target_ids = prompt_target_ids(mue.tokenizer, case.text, case.target_new)
-    length = len(prompt_ids) + len(target_ids)
+    its length (an editor adds context templates in front, so the limit leaves room for them).
+    With `scored_prompts` (quality mode measures them), each paraphrase and neighbourhood prompt +
+    its longest target must fit the same limit, named by field and index."""
     context = model_context_length(mue)
     limit = min(MAX_EDIT_TOKENS, context // 2) if context else MAX_EDIT_TOKENS
+    where = f"(model context {context or 'unknown'}, edit limit {MAX_EDIT_TOKENS})"
+    prompt_ids, target_ids = prompt_target_ids(mue.tokenizer, case.text, case.target_new)
+    length = len(prompt_ids) + len(target_ids)
     if length > limit:
         raise CaseError(f"case {case.case_id}: prompt + target_new is {length} tokens on {mue.name}; an edit "
-                        f"accepts at most {limit} (model context {context or 'unknown'}, edit limit "
-                        f"{MAX_EDIT_TOKENS}): shorten the prompt")
+                        f"accepts at most {limit} {where}: shorten the prompt")
+    if not scored_prompts:
+        return
+    targets = [t for t in (case.target_new, case.target_true) if t is not None]
+    for field in ("paraphrases", "neighborhood"):
+        for index, prompt in enumerate(getattr(case, field)):
+            ids = mue.tokenizer(prompt)["input_ids"]
+            longest = max(len(prompt_target_ids(mue.tokenizer, "", t)[1]) for t in targets)
+            if len(ids) + longest > limit:
+                raise CaseError(f"case {case.case_id}: field '{field}' [{index}] + its target is "
+                                f"{len(ids) + longest} tokens on {mue.name}; a scored prompt may have at most "
+                                f"{limit} {where}: shorten it")
 
 
 def prompt_target_ids(tokenizer, prompt: str, target: str) -> tuple[list[int], list[int]]:

@@ -69,13 +69,23 @@ def add_short_forms(parser: pytest.Parser) -> list[str]:
     return left
 
 
+def _ini(config: pytest.Config, option) -> Any:
+    """The option's ini value; a flag's that is not a truth value (`editguard_quality = maybe`) is a
+    usage error naming the ini key (pytest's own error, a ValueError or UsageError by version, does not)."""
+    try:
+        return config.getini(option.ini_key)
+    except (ValueError, pytest.UsageError) as err:
+        raise pytest.UsageError(f"ini key {option.ini_key}: expected a boolean (true/false, yes/no, on/off, 1/0): "
+                                f"{str(err)[:200]}") from None
+
+
 def option_value(config: pytest.Config, name: str) -> Any:
     """Command line, else ini key, else the default; converted to the option's type."""
     option = OPTIONS_BY_NAME[name]
     value = config.getoption(_dest(name))
     source = option.pytest_flag + (f" ({option.short_flag})" if option.short_flag else "")
     if value is None:
-        value, source = config.getini(option.ini_key), f"ini key {option.ini_key}"
+        value, source = _ini(config, option), f"ini key {option.ini_key}"
     if isinstance(value, list):   # a repeatable option given several times
         value = ",".join(value)
     if value in (None, ""):
@@ -91,7 +101,7 @@ def option_value(config: pytest.Config, name: str) -> Any:
 def option_given(config: pytest.Config, name: str) -> bool:
     """Whether the user set option `name` (command line or ini key), rather than its default."""
     option = OPTIONS_BY_NAME[name]
-    return config.getoption(_dest(name)) is not None or config.getini(option.ini_key) not in (None, "")
+    return config.getoption(_dest(name)) is not None or _ini(config, option) not in (None, "")
 
 
 def _check_output_paths(config: pytest.Config, json_path: str | None, plots_dir: str | None,

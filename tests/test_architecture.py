@@ -19,7 +19,7 @@ PACKAGES = ("editguard", "pytest_editguard")
 LAYERS: list[tuple[str, float]] = [
     # 1 leaves
     ("editguard.stats", 1), ("editguard.sharding", 1), ("editguard.progress", 1), ("editguard.cache", 1),
-    ("editguard.options", 1), ("editguard.errors", 1),
+    ("editguard.options", 1), ("editguard.errors", 1), ("editguard.files", 1),
     # 2 models, data, cases, tasks
     ("editguard.models", 2), ("editguard.models.*", 2), ("editguard.data", 2), ("editguard.cases", 2),
     ("editguard.tasks", 2),

@@ -74,7 +74,8 @@ def test_plot_rejects_other_json(tmp_path, capsys):
     other = tmp_path / "x.json"
     other.write_text("[1, 2]")
     assert main(["plot", str(other), "--plots", str(tmp_path)]) == 2
-    assert "neither an editguard JSON report nor a mined suite file" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "not an editguard JSON report (expected keys 'run' and 'cases'), nor a mined suite file" in err
 
 
 def test_report_tells_gate_failures_from_collapse_and_nan_counts_as_collapsed(tmp_path, capsys):

@@ -70,7 +70,7 @@ def test_bos_is_prepended_on_request():
 
 def test_unscorable_input_is_rejected():
     mue = load_model("tiny-llama")
-    with pytest.raises(ValueError, match="sentence 1 \\('x'\\) has fewer than two tokens"):
+    with pytest.raises(ValueError, match="sentence 1 \\('x'\\) is 1 token on tiny-llama; a perplexity needs"):
         perplexity(mue, ["fine sentence", "x"])
     with pytest.raises(ValueError, match="at least one sentence"):
         perplexity(mue, [])

@@ -7,8 +7,10 @@ import argparse
 import functools
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from editguard.cache import safe_name
 from editguard.catalog import registered_names
 from editguard.options import add_cli_options, checked_type
 from editguard.run.recorder import prove_writable
@@ -16,6 +18,13 @@ from editguard.run.recorder import prove_writable
 POSITIVE = checked_type(int, minimum=1)
 NON_NEGATIVE = checked_type(int, minimum=0)
 DEFAULT_OUT = "out"  # where the commands write by default (out/screen-MODEL.json, ...)
+
+
+def default_output(*parts: str, suffix: str = ".json") -> Path:
+    """A command's default output path in DEFAULT_OUT, named from `parts` (a model, an editor: user
+    strings such as `../../x` or a hub id `org/name`) joined by "-", as one safe file name: it
+    stays inside DEFAULT_OUT (editguard.cache.safe_name)."""
+    return Path(DEFAULT_OUT) / safe_name("-".join(str(p) for p in parts if p) + suffix)
 
 
 def number_or(word: str):

@@ -10,6 +10,7 @@ from editguard.cli.common import (
     POSITIVE,
     add_model_options,
     add_options,
+    default_output,
     number_or,
     open_setup,
 )
@@ -39,7 +40,7 @@ def cmd_screen(args) -> int:
     hparams = RomeHparams.for_family(mue.family.name, overrides)
     n_templates = None if args.templates == "all" else int(args.templates)
     doc = run_screen(mue, cases, hparams, n_templates, data_dir=args.data, batch_size=args.batch_size)
-    out = args.json or f"{DEFAULT_OUT}/screen-{mue.name}.json"
+    out = args.json or default_output("screen", mue.name)
     json_path, csv_path = write_screen(doc, out)
     rows = doc["rows"]
     print(f"screened {len(rows)} cases of {args.cases} on {mue.name} layer {doc['layer']} in {doc['seconds']:.0f} s "
@@ -114,7 +115,7 @@ def cmd_mine(args) -> int:
     out = Path(args.json) if args.json else project_mined_suite_path(mue.name)
     refuse_installed_path(out)
     by_id = {c.case_id: c for c in cases}
-    screen_path = Path(args.screen or f"{DEFAULT_OUT}/screen-{mue.name}.json")
+    screen_path = Path(args.screen or default_output("screen", mue.name))
     if screen_path.exists():
         screen = json.loads(screen_path.read_text())
         if screen.get("fingerprint") != mue.fingerprint:
@@ -126,7 +127,7 @@ def cmd_mine(args) -> int:
         screen = run_screen(mue, cases, RomeHparams.for_family(mue.family.name), data_dir=args.data)
         write_screen(screen, screen_path)
     candidates = pick_candidates(screen["rows"], by_id, args.top, args.control, seed=args.seed)
-    progress_path = Path(args.progress or f"{DEFAULT_OUT}/mine-{mue.name}-{editor.name}.jsonl")
+    progress_path = Path(args.progress or default_output("mine", mue.name, editor.name, suffix=".jsonl"))
     risk = {row["case_id"]: row for row in screen["rows"]}
     console = Console()
     print(f"mining {len(candidates)} cases ({args.top} riskiest + {args.control} control) with {editor.name} on "
@@ -161,7 +162,7 @@ def cmd_filter(args) -> int:
     cases = read_cases(args.case_file)
     setup = open_setup(args, editor=True, baseline=True)
     mue, editor, thresholds, baseline = setup.mue, setup.editor, setup.thresholds, setup.baseline
-    progress_path = args.progress or f"{DEFAULT_OUT}/filter-{mue.name}-{editor.name}.jsonl"
+    progress_path = args.progress or default_output("filter", mue.name, editor.name, suffix=".jsonl")
     print(f"filtering {len(cases)} cases of {args.case_file} with {editor.name} on {mue.name} "
           f"(baseline ppl {baseline.ppl.ppl:.2f}); progress in {progress_path} (resumable)")
     run = edit_run_info(mue, editor, baseline, thresholds, suite=str(args.case_file)).to_json()

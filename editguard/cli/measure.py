@@ -13,6 +13,7 @@ from editguard.cli.common import (
     add_options,
     analysis_cases,
     console,
+    default_output,
     number_or,
     open_setup,
 )
@@ -85,7 +86,7 @@ def cmd_eval(args) -> int:
             print("weights restored and verified bit for bit against the unedited model")
     state = f"after {len(header['cases'])} {header['editor']} edits" if args.editor else "unedited"
     console().print(render_table(f"{mue.name} {state}: downstream tasks (n={header['n']}, seed {args.seed})", scores))
-    out = Path(args.json or f"{DEFAULT_OUT}/eval-{mue.name}{'-' + args.editor if args.editor else ''}.json")
+    out = Path(args.json or default_output("eval", mue.name, args.editor or ""))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"run": header, "edits": steps, "tasks": {k: score_row(v) for k, v in scores.items()}},
                               indent=1, default=str))

@@ -67,13 +67,11 @@ def cmd_compare(args) -> int:
         for line in comparison.lines(max_listed=args.max_lines):
             print(line)
         if args.markdown:
-            from pathlib import Path
-
+            from editguard.cache import write_atomic
             from editguard.report.markdown import render_markdown
 
             current = load_report(args.second)
-            Path(args.markdown).write_text(render_markdown(current["run"], current["cases"], comparison),
-                                           encoding="utf-8")
+            write_atomic(args.markdown, render_markdown(current["run"], current["cases"], comparison).encode("utf-8"))
         return EXIT_FAILED if comparison.failed else EXIT_OK
     if args.compare_fail:
         raise UsageError("--compare-fail judges worsenings; --equal checks equality within --rtol: give one")
@@ -89,6 +87,37 @@ def cmd_compare(args) -> int:
     return EXIT_FAILED if problems else EXIT_OK
 
 
+def _plot_input(name: str) -> dict:
+    """A JSON report (checked by load_report) or a mined suite file (its measurements checked);
+    ReportError naming the file and what is wrong otherwise."""
+    from pathlib import Path
+
+    from editguard.report import load_report
+    from editguard.run.records import check_thresholds
+
+    try:
+        doc = json.loads(Path(name).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ReportError(f"{name}: not valid JSON (line {err.lineno}, column {err.colno}): {err.msg}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ReportError(f"{name}: cannot read it ({getattr(err, 'strerror', None) or err})") from None
+    if isinstance(doc, dict) and "measurements" in doc:  # a mined suite file
+        run, rows = doc.get("run"), doc["measurements"]
+        if not isinstance(run, dict) or not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise ReportError(f"{name}: a mined suite file needs 'run' (an object) and 'measurements' (a list of "
+                              f"objects)")
+        check_thresholds(run, name)
+        for index, row in enumerate(rows):
+            ppl = row.get("ppl")
+            if ppl is not None and (isinstance(ppl, bool) or not isinstance(ppl, (int, float))):
+                raise ReportError(f"{name}: measurements[{index}].ppl is {ppl!r:.60}; expected a number or null")
+        return doc
+    if isinstance(doc, dict) and "run" in doc and "cases" in doc:
+        return load_report(name)
+    raise ReportError(f"{name}: not an editguard JSON report (expected keys 'run' and 'cases'), nor a mined suite "
+                      f"file (keys 'run' and 'measurements')")
+
+
 def cmd_plot(args) -> int:
     from pathlib import Path
 
@@ -96,16 +125,14 @@ def cmd_plot(args) -> int:
 
     reports, written = [], []
     for name in args.files:
-        doc = json.loads(Path(name).read_text())
-        if isinstance(doc, dict) and "measurements" in doc:  # a mined suite file
+        doc = _plot_input(name)
+        if "measurements" in doc:  # a mined suite file
             stem = Path(name).stem
             written.append(plot_risk_vs_ppl(doc["measurements"], Path(args.plots) / f"risk-vs-ppl-{stem}.png",
                                             doc["run"]["thresholds"]["ppl_max"]))
             reports.append({"run": {**doc["run"], "suite": f"mined-{stem}"}, "cases": doc["measurements"]})
-        elif isinstance(doc, dict) and "run" in doc and "cases" in doc:
-            reports.append(doc)
         else:
-            raise ReportError(f"{name}: neither an editguard JSON report nor a mined suite file")
+            reports.append(doc)
     written += write_report_plots(reports, args.plots)
     for path in written:
         print(f"wrote {path}")

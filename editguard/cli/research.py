@@ -11,6 +11,7 @@ from editguard.cli.common import (
     add_model_options,
     add_options,
     analysis_cases,
+    default_output,
     open_setup,
     print_table,
 )
@@ -49,7 +50,7 @@ def cmd_analyze(args) -> int:
         summary = summarize_prefix_cure(rows)
         print_table(f"{editor.name} on {mue.name}: scores without and with the test-time prefix", summary,
                     ["group", "test", "n", "efficacy", "generalization", "locality"])
-    out = Path(args.json or f"{DEFAULT_OUT}/analyze-{args.what}-{mue.name}-{editor.name}.json")
+    out = Path(args.json or default_output("analyze", args.what, mue.name, editor.name))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"run": header, "summary": summary, "rows": rows}, indent=1, default=str))
     print(f"wrote {out}")

@@ -169,8 +169,21 @@ def inverse_layer_second_moment(mue: ModelUnderEdit, layer: int, corpus: str, n_
                                 data_dir=None, stats_dir=None) -> torch.Tensor:
     """C⁻¹ (inverted in float64), float32 on the model's device; kept in memory."""
     read, source = _second_moment_of(mue, layer, corpus, n_tokens, data_dir, stats_dir)
-    return _in_memory((mue.fingerprint, layer, *source, str(mue.device), "C^-1"),
-                      lambda: torch.linalg.inv(read().double()).float().to(mue.device))
+    where = f"statistics file {source[1]}" if source[0] == "file" else f"the second moment of corpus {corpus}"
+
+    def invert() -> torch.Tensor:
+        c = read().double()
+        try:
+            inverse = torch.linalg.inv(c)
+        except torch.linalg.LinAlgError:
+            inverse = None
+        if inverse is None or not torch.isfinite(inverse).all():
+            raise StatsFileError(f"{where}: C = E[kkᵀ] of layer {layer} ({tuple(c.shape)}) is singular, so C⁻¹ "
+                                 f"(mom2_adjustment) does not exist; give statistics collected over enough tokens "
+                                 f"(the papers: 100,000), or edit without mom2_adjustment")
+        return inverse.float().to(mue.device)
+
+    return _in_memory((mue.fingerprint, layer, *source, str(mue.device), "C^-1"), invert)
 
 
 @torch.no_grad()

@@ -3,16 +3,14 @@ defaults, overrides checked against the fields' types, and override files (.json
 
 from __future__ import annotations
 
-import functools
-import json
-import re
 import types
 import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-from editguard.errors import EditorError
+from editguard.errors import EditorError, bounded
+from editguard.files import parse_config_text
 from editguard.models.registry import FAMILIES
 from editguard.options import expected_value
 
@@ -51,11 +49,11 @@ class Hparams:
         """`overrides` with values converted to the fields' types; ValueError naming the
         unknown keys (and listing the valid ones) or the mistyped value."""
         if not isinstance(overrides, dict):
-            raise ValueError(f"{cls.EDITOR} hyperparameters must be a mapping of name: value, got {overrides!r}")
+            raise ValueError(f"{cls.EDITOR} hyperparameters must be a mapping of name: value, got {bounded(overrides)}")
         valid = cls.valid_keys()
         unknown = sorted(set(overrides) - set(valid))
         if unknown:
-            raise ValueError(f"unknown {cls.EDITOR} hyperparameters {unknown}; valid: {valid}")
+            raise ValueError(f"unknown {cls.EDITOR} hyperparameters {bounded(unknown)}; valid: {valid}")
         try:
             hints = typing.get_type_hints(cls)
         except Exception:  # annotations naming types that cannot be resolved: check keys only
@@ -68,7 +66,7 @@ class Hparams:
                 kind = type(item) if isinstance(item, (int, float)) and not isinstance(item, bool) else None
                 expected = kind and expected_value(item, kind, **ranges[key])
                 if expected:
-                    raise ValueError(f"{cls.EDITOR} hyperparameter '{key}' must be {expected}, got {value!r}")
+                    raise ValueError(f"{cls.EDITOR} hyperparameter '{key}' must be {expected}, got {bounded(value)}")
         return checked
 
     @classmethod
@@ -85,7 +83,7 @@ class Hparams:
                 outside = [layer for layer in layers if not 0 <= layer < n_layers]
                 if outside:
                     raise ValueError(f"{cls.EDITOR} hyperparameter '{name}' must be within the model's layers "
-                                     f"0..{n_layers - 1}, got {value!r}")
+                                     f"0..{n_layers - 1}, got {bounded(value)}")
         return hp
 
     def with_overrides(self, overrides: dict[str, Any]):
@@ -105,14 +103,14 @@ def _coerce(what: str, value: Any, hint: Any) -> Any:
                 return _coerce(what, value, option)
             except ValueError:
                 continue
-        raise ValueError(f"{what} must be {_type_name(hint)}, got {value!r}")
+        raise ValueError(f"{what} must be {_type_name(hint)}, got {bounded(value)}")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{what} must be {_type_name(hint)} (a list), got {value!r}")
+            raise ValueError(f"{what} must be {_type_name(hint)} (a list), got {bounded(value)}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(what, v, args[0]) for v in value)
         if len(args) != len(value):
-            raise ValueError(f"{what} must be {_type_name(hint)} ({len(args)} items), got {value!r}")
+            raise ValueError(f"{what} must be {_type_name(hint)} ({len(args)} items), got {bounded(value)}")
         return tuple(_coerce(what, v, a) for v, a in zip(value, args))
     ok = {
         bool: lambda v: isinstance(v, bool),
@@ -123,7 +121,7 @@ def _coerce(what: str, value: Any, hint: Any) -> Any:
     if ok is None:
         return value
     if not ok(value):
-        raise ValueError(f"{what} must be {_type_name(hint)}, got {value!r} ({type(value).__name__})")
+        raise ValueError(f"{what} must be {_type_name(hint)}, got {bounded(value)} ({type(value).__name__})")
     return float(value) if hint is float else value
 
 
@@ -135,22 +133,6 @@ class HparamsFileError(EditorError, ValueError):
     """An hyperparameter file that cannot be read: wrong extension, bad syntax, not a mapping."""
 
 
-@functools.lru_cache(maxsize=1)
-def _yaml_loader():
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        """YAML 1.1 reads 5e-4 (no dot) as a string; numbers written so are floats here, as in
-        JSON and YAML 1.2."""
-
-    Loader.add_implicit_resolver(
-        "tag:yaml.org,2002:float",
-        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-        list("-+0123456789"),
-    )
-    return Loader
-
-
 def load_hparams_file(path) -> dict[str, Any]:
     """Editor hyperparameter overrides from a .json, .yaml or .yml file: a mapping of name:
     value (validated later by the editor, which lists its valid keys)."""
@@ -160,23 +142,15 @@ def load_hparams_file(path) -> dict[str, Any]:
         raise HparamsFileError(f"hyperparameter file {path}: unsupported extension {suffix or '(none)'!r}; "
                                f"use .json, .yaml or .yml")
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as err:
         raise HparamsFileError(f"hyperparameter file {path}: cannot read it: {err}") from None
-    if suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise HparamsFileError(f"hyperparameter file {path}: invalid JSON: {err}") from None
-    else:
-        import yaml
-
-        try:
-            data = yaml.load(text, Loader=_yaml_loader())
-        except yaml.YAMLError as err:
-            raise HparamsFileError(f"hyperparameter file {path}: invalid YAML: {err}") from None
-        if data is None:
-            data = {}
+    try:
+        data = parse_config_text(raw, "json" if suffix == ".json" else "yaml")
+    except ValueError as err:
+        raise HparamsFileError(f"hyperparameter file {path}: {err}") from None
+    if data is None:
+        data = {}
     if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
         raise HparamsFileError(f"hyperparameter file {path}: expected a mapping of name: value at the top level, "
                                f"got {type(data).__name__}")

@@ -18,9 +18,14 @@ from dataclasses import dataclass
 
 import torch
 
+from editguard.errors import DataError, bounded
 from editguard.models.forward import inputs_until, starting_at_layer
 from editguard.models.loading import ModelUnderEdit
 from editguard.options import DEFAULT_PPL_BOS, PPL_BOS_CHOICES
+
+
+class PerplexityInputError(DataError, ValueError):
+    """A perplexity sentence that cannot be scored (fewer than two tokens on the model)."""
 
 
 @dataclass(frozen=True)
@@ -43,7 +48,9 @@ def encode_sentences(mue: ModelUnderEdit, sentences: list[str], add_bos: bool, m
         if add_bos:
             ids = [tok.bos_token_id, *ids]
         if len(ids) < 2:
-            raise ValueError(f"sentence {i} ({text[:40]!r}) has fewer than two tokens; it cannot be scored")
+            raise PerplexityInputError(
+                f"sentence {i} ({bounded(text, 60)}) is {len(ids)} token{'s' * (len(ids) != 1)} on {mue.name}; a "
+                f"perplexity needs at least two (the first is context): remove it from the corpus")
         encoded.append(ids)
     return encoded
 

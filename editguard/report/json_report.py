@@ -12,14 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from editguard.cache import write_atomic
-from editguard.errors import ReportError
+from editguard.errors import ReportError, bounded
 from editguard.run.records import (
     READABLE_SCHEMAS,
     SCHEMA_VERSION,
     SUITE_FIELDS,
     RunHeader,
     check_case,
-    check_thresholds,
+    check_run_header,
+    complete_case,
     finite_json,
     restore_non_finite,
     versions,
@@ -129,12 +130,13 @@ def load_report(path: str | Path) -> dict[str, Any]:
     if not isinstance(doc["run"], dict) or not isinstance(doc["cases"], list):
         raise ReportError(f"{path}: not an editguard JSON report ('run' must be an object, 'cases' a list)")
     if doc.get("schema", 1) not in READABLE_SCHEMAS:
-        raise ReportError(f"{path}: report schema {doc.get('schema')!r}; this editguard reads schemas "
+        raise ReportError(f"{path}: report schema {bounded(doc.get('schema'))}; this editguard reads schemas "
                           f"{', '.join(map(str, READABLE_SCHEMAS))} (a newer editguard wrote it?)")
     if "complete" in doc and not isinstance(doc["complete"], bool):
-        raise ReportError(f"{path}: 'complete' is {doc['complete']!r}; expected true or false")
+        raise ReportError(f"{path}: 'complete' is {bounded(doc['complete'])}; expected true or false")
     for index, case in enumerate(doc["cases"]):
         check_case(case, f"{path}: case {index}")
+        complete_case(case, f"{path}: case {index}")
         restore_non_finite(case)
-    check_thresholds(doc["run"], str(path))
+    check_run_header(doc["run"], str(path))
     return doc

@@ -16,7 +16,7 @@ import platform
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
-from editguard.errors import ReportError
+from editguard.errors import ReportError, bounded
 from editguard.options import UPDATE_NORM_REL
 
 # 2: verdict "error" records, `non_finite`, `complete` always written, a journal beside the JSON.
@@ -330,6 +330,9 @@ def _expected_types(annotation: str) -> tuple[tuple[type, ...], bool]:
 CASE_FIELD_TYPES = {f.name: _expected_types(str(f.type)) for f in fields(CaseRecord)}
 # The fields every case record has, in every schema version editguard reads.
 REQUIRED_CASE_FIELDS = ("case_id", "passed")
+# Fields the reports' readers (render, compare, merge, plots) index: a record read from a file
+# without them is refused, naming the field; nullable measurements it lacks read as null.
+READ_CASE_FIELDS = ("subject", "prompt", "failed_gates")
 
 
 def check_case(case: Any, where: str) -> None:
@@ -340,7 +343,7 @@ def check_case(case: Any, where: str) -> None:
     for name in REQUIRED_CASE_FIELDS:
         if name not in case:
             raise ReportError(f"{where} is not a case record (it has no {name!r})")
-    label = f"{where} (case {case.get('case_id')!r})"
+    label = f"{where} (case {bounded(case.get('case_id'))})"
     for name, value in case.items():
         if name not in CASE_FIELD_TYPES or value is None and CASE_FIELD_TYPES[name][1]:
             continue
@@ -348,8 +351,33 @@ def check_case(case: Any, where: str) -> None:
         if name == "case_id" and isinstance(value, int) and not isinstance(value, bool):
             continue   # reports of schema 1 may hold numeric ids
         if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
-            raise ReportError(f"{label}: field {name!r} is {value!r}; expected {_JSON_TYPES[types[-1]]}"
+            raise ReportError(f"{label}: field {name!r} is {bounded(value)}; expected {_JSON_TYPES[types[-1]]}"
                               + ("" if not CASE_FIELD_TYPES[name][1] else " or null"))
+
+
+def complete_case(case: dict[str, Any], where: str) -> None:
+    """A checked record (check_case) made readable by the reports: the fields they index must be
+    there (ReportError naming the case and field); a nullable measurement it lacks is null."""
+    missing = [name for name in READ_CASE_FIELDS if name not in case]
+    if missing:
+        raise ReportError(f"{where} (case {bounded(case.get('case_id'))}) is not a case record editguard wrote: "
+                          f"it has no {', '.join(map(repr, missing))}")
+    for name, (_, nullable) in CASE_FIELD_TYPES.items():
+        if nullable:
+            case.setdefault(name, None)
+
+
+RUN_HEADER_STRINGS = ("model", "editor")
+
+
+def check_run_header(run: Mapping[str, Any], where: str) -> None:
+    """ReportError unless the header names its model and editor (strings) and its gate thresholds
+    are finite numbers (check_thresholds)."""
+    for name in RUN_HEADER_STRINGS:
+        if not isinstance(run.get(name), str):
+            raise ReportError(f"{where}: run.{name} is {bounded(run.get(name))}; expected a string (the report of a "
+                              f"run written by --editguard-json names its {name})")
+    check_thresholds(run, where)
 
 
 def check_thresholds(run: Mapping[str, Any], where: str) -> None:
@@ -360,7 +388,7 @@ def check_thresholds(run: Mapping[str, Any], where: str) -> None:
                           f"written by editguard's --editguard-json has them")
     for name, value in thresholds.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ReportError(f"{where}: run.thresholds.{name} is {value!r}; expected a finite number")
+            raise ReportError(f"{where}: run.thresholds.{name} is {bounded(value)}; expected a finite number")
 
 
 # ---- the JSON Schema, generated from the dataclasses -------------------------------------------

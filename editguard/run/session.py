@@ -16,10 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from editguard.calibration import calibrated_thresholds, calibration_note, find_calibration
+from editguard.calibration import calibrated_thresholds, calibration_note, find_calibration, serves
 from editguard.errors import UsageError
 from editguard.gates import Thresholds
-from editguard.options import OPTIONS_BY_NAME
+from editguard.options import DEFAULT_EDITOR, OPTIONS_BY_NAME
 from editguard.run.config import RunConfig
 
 
@@ -33,11 +33,18 @@ class GateBounds:
 
 
 def resolve_gates(config: RunConfig, model_name: str, fingerprint: str) -> GateBounds:
-    """The model's calibration for the editor (where one is stored, and only for the editor's
-    default hyperparameters), with the explicitly given gate options on top."""
-    calibration = None if config.hparams else find_calibration(model_name, fingerprint, config.editor)
+    """The model's calibration that serves the editor (its own, or ROME's for a ROME variant:
+    editguard.calibration.CALIBRATION_SERVES; where one is stored, and only for the editor's default
+    hyperparameters), with the explicitly given gate options on top. The note says which bounds
+    apply and why; another editor's calibration that does not serve this one is named in the warning."""
+    calibration = unserved = None
+    if not config.hparams:
+        calibration = find_calibration(model_name, fingerprint, config.editor)
+        if calibration is None and not serves(DEFAULT_EDITOR, config.editor):
+            unserved = find_calibration(model_name, fingerprint, DEFAULT_EDITOR)
     thresholds = calibrated_thresholds(config.thresholds, calibration, config.explicit_thresholds)
-    note, warning = calibration_note(model_name, calibration, hparams_given=bool(config.hparams))
+    note, warning = calibration_note(model_name, calibration, hparams_given=bool(config.hparams),
+                                     editor=config.editor, unserved=unserved)
     if config.explicit_thresholds:
         note += "; given explicitly: " + ", ".join(sorted(config.explicit_thresholds))
     return GateBounds(thresholds, note, warning)
