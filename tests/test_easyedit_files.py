@@ -177,9 +177,14 @@ def test_a_file_of_another_family_is_refused_naming_both_unless_asked_for(pytest
     said = str(refused.stdout) + str(refused.stderr)
     assert "the --hparams file is for the gptj family (its module templates), but model tiny-llama is of the " \
            "llama family" in said and "--editguard-hparams-any-family" in said
-    anyway = pytester.runpytest_subprocess(*args, "--editguard-hparams-any-family")
+    anyway = pytester.runpytest_subprocess(*args, "--editguard-hparams-any-family",
+                                           f"--editguard-json={tmp_path / 'report.json'}")
     assert anyway.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED)
     anyway.assert_outcomes(**({"passed": 1} if anyway.ret == 0 else {"failed": 1}))
+    import json
+
+    statistics = json.loads((tmp_path / "report.json").read_text())["run"]["statistics"]
+    assert statistics == "none needed (rome with mom2_adjustment false uses no second moment)"
 
 
 def write_corpus(tmp_path):
@@ -329,19 +334,33 @@ def test_without_a_stats_dir_mom2_n_samples_counts_texts_of_the_local_corpus(tmp
         prepare_editor(too_many, mue)
 
 
-def test_a_missing_statistics_file_is_refused_at_start_up_as_a_usage_error(pytester, tmp_path, data_dir,
-                                                                          monkeypatch):
+def test_a_missing_statistics_file_is_refused_at_start_up_and_the_one_used_is_in_the_run_header(
+        pytester, tmp_path, data_dir, monkeypatch):
+    import json
+
     monkeypatch.setenv("EDITGUARD_DATA", str(data_dir))
-    path = write(tmp_path, "memit", {**FILES["memit-llama-tied-head"], "layers": [1]})
-    (tmp_path / "stats" / "tiny-llama").mkdir(parents=True)
+    path = write(tmp_path, "memit", {**FILES["memit-llama-tied-head"], "layers": [1], "mom2_dataset": "wikipedia",
+                                     "mom2_n_samples": 100000})
+    stats = tmp_path / "stats"
+    (stats / "tiny-llama").mkdir(parents=True)
     pytester.makepyfile(test_suite=SUITE)
-    result = pytester.runpytest_subprocess("--model=tiny-llama", "--editor=memit", f"--hparams={path}",
-                                           f"--editguard-stats-dir={tmp_path / 'stats'}", "-p", "no:cacheprovider")
+    args = ["--model=tiny-llama", "--editor=memit", f"--hparams={path}", f"--editguard-stats-dir={stats}",
+            "-p", "no:cacheprovider", "--ppl-corpus", str(write_corpus(tmp_path)),
+            f"--editguard-json={tmp_path / 'report.json'}"]
+    result = pytester.runpytest_subprocess(*args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     said = str(result.stdout) + str(result.stderr)
     assert "--editguard-stats-dir (--stats-dir on the command line): no second-moment statistics for " \
            "model.layers.1.mlp.down_proj of tiny-llama" in said
     assert "passed" not in said and "failed" not in said
+    # EasyEdit's folder layout: the model folder is the last part of the model's path (here its name).
+    name = "model.layers.1.mlp.down_proj_float32_mom2_100000.npz"
+    used = write_stats(stats / "tiny-llama" / "wikipedia_stats" / name, spd(128))
+    result = pytester.runpytest_subprocess(*args)
+    assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED)
+    run = json.loads((tmp_path / "report.json").read_text())["run"]
+    assert run["statistics"] == f"statistics files layer 1: {used.resolve()}"
+    assert run["hparams"]["mom2_dataset"] == "wikipedia" and run["hparams"]["mom2_n_samples"] == 100000
 
 
 # ---- case files in EasyEdit's formats (--cases) -------------------------------------------------
