@@ -153,6 +153,58 @@ def load_counterfact(data_dir: str | os.PathLike | None = None, splits: Iterable
     return sorted(cases, key=lambda c: int(c.case_id))
 
 
+# EasyEdit's ZsRE record (zsre_mend_eval.json, zsre_mend_train.json): field -> expected type. `cond`
+# and `pred` (MEND's conditioning string, the model's prediction) are not read.
+_ZSRE_FIELDS = {"src": str, "subject": str, "alt": str, "answers": list, "rephrase": str, "loc": str, "loc_ans": str}
+
+
+def _zsre_case(path: Path, index: int, record: Any) -> EditCase:
+    """An EasyEdit ZsRE record as a case: src with the subject as "{}", alt the new answer, the first
+    of `answers` that is not alt the true one (None when alt is every answer, as in 17 of the first
+    1,000 training records), rephrase the paraphrase, loc (a Natural Questions prompt) the
+    neighbourhood. Its id: `case_id` where the record has one, else the record's index."""
+    if not isinstance(record, dict):
+        raise CaseError(f"{_where(path, index)}: expected a JSON object, got {type(record).__name__}")
+    case_id = record.get("case_id", index)
+    where = _where(path, index, case_id if "case_id" in record else None)
+    for field, kind in _ZSRE_FIELDS.items():
+        if field not in record:
+            raise CaseError(f"{where}: field '{field}' is missing (EasyEdit's ZsRE record; expected {kind.__name__})")
+        value = record[field]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise CaseError(f"{where}: field '{field}': expected {kind.__name__}, "
+                            f"got {type(value).__name__} {value!r:.60}")
+    for field in ("src", "subject", "alt"):
+        if not record[field]:
+            raise CaseError(f"{where}: field '{field}': expected a non-empty string, got ''")
+    answers = record["answers"]
+    if not answers or not all(isinstance(a, str) and a for a in answers):
+        raise CaseError(f"{where}: field 'answers': expected a non-empty list of strings, got {answers!r:.60}")
+    prompt, subject = record["src"], record["subject"]
+    at = prompt.find(subject) if subject else -1
+    if at < 0:
+        raise CaseError(f"{where}: field 'src': subject {subject!r} (field 'subject') does not occur in "
+                        f"src {prompt!r}")
+    try:
+        return EditCase(case_id=str(case_id), prompt=prompt[:at] + "{}" + prompt[at + len(subject):],
+                        subject=subject, target_new=record["alt"],
+                        target_true=next((a for a in answers if a != record["alt"]), None),
+                        paraphrases=(record["rephrase"],), neighborhood=(record["loc"],), source="zsre")
+    except CaseError as e:
+        raise CaseError(f"{where}: {e.detail}") from None
+
+
+def _case_format(records: list) -> str:
+    """The format of a list of case records, by the first record's fields: EasyEdit's CounterFact,
+    EasyEdit's ZsRE, or editguard's own."""
+    first = records[0] if records and isinstance(records[0], dict) else {}
+    if "src" in first and "alt" in first:
+        return "zsre"
+    if "ground_truth" in first and "rephrase_prompt" in first:
+        return "counterfact"
+    return "editguard"
+
+
 _CASE_FIELDS = tuple(f.name for f in fields(EditCase))
 _REQUIRED = ("case_id", "prompt", "subject", "target_new")
 
@@ -184,7 +236,10 @@ def _case_from_dict(path: Path, index: int, record: Any) -> EditCase:
 
 
 def read_cases(path: str | os.PathLike) -> list[EditCase]:
-    """Cases from the project's case file: {"cases": [...], ...} or a top-level list."""
+    """Cases from a case file: the project's ({"cases": [...], ...} or a top-level list), or a list
+    of EasyEdit's CounterFact records (case_id, prompt, subject, target_new, ground_truth,
+    rephrase_prompt, locality_prompt, locality_ground_truth) or ZsRE records (src, subject, alt,
+    answers, rephrase, loc, loc_ans), told apart by the first record's fields."""
     path = Path(path)
     if not path.is_file():
         raise CaseError(f"case file {path} not found")
@@ -196,7 +251,8 @@ def read_cases(path: str | os.PathLike) -> list[EditCase]:
     if not isinstance(records, list):
         raise CaseError(f'{path}: expected a JSON object {{"cases": [...]}} or a JSON list of case objects, '
                         f"got {type(data).__name__}" + (" without a 'cases' list" if isinstance(data, dict) else ""))
-    return [_case_from_dict(path, i, record) for i, record in enumerate(records)]
+    read = {"zsre": _zsre_case, "counterfact": _counterfact_case, "editguard": _case_from_dict}[_case_format(records)]
+    return [read(path, i, record) for i, record in enumerate(records)]
 
 
 def write_cases(path: str | os.PathLike, cases: Iterable[EditCase], extra: dict | None = None) -> Path:

@@ -264,9 +264,11 @@ OPTIONS: tuple[Option, ...] = (
            "use an EasyEdit --hparams file on a model of another family than the one its module templates "
            "name (its values were tuned for that family's model)", namespaced=True),
     Option("stats-dir", str, None,
-           "covariance statistics downloaded for ROME/MEMIT: their layer_stats .npz files, laid out as "
-           "DIR/MODEL/wikipedia_stats/MODULE_float32_mom2_100000.npz; used where the editor uses C (ROME with "
-           "mom2_adjustment, MEMIT, AlphaEdit) instead of computing it on mom2_corpus", namespaced=True,
+           "covariance statistics downloaded for ROME/MEMIT or computed by EasyEdit: their layer_stats .npz files, "
+           "laid out as DIR/MODEL/DATASET_stats/MODULE_DTYPE_mom2_N.npz (MODEL: the model's name, its Hugging Face "
+           "path with / as _, or the path's last part); the file the hyperparameters name (mom2_dataset, "
+           "mom2_n_samples, mom2_dtype) is used where the editor uses C (ROME with mom2_adjustment, MEMIT, "
+           "AlphaEdit) instead of computing it on mom2_corpus; found and checked at start-up", namespaced=True,
            metavar="DIR", default_help="none: C is computed on the editor's mom2_corpus"),
     Option("downstream", str, None,
            "probe every edited model on these downstream tasks and gate on them, comma-separated: {tasks}",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from editguard.editors.api import editor_hparams
+from editguard.editors.api import editor_hparams, editor_statistics
 from editguard.report.json_report import process_invocation
 from editguard.run.records import RunHeader
 
@@ -31,6 +31,7 @@ def edit_run_info(mue, editor, baseline, thresholds, **fields: Any) -> RunHeader
     hparams = editor_hparams(editor, mue)
     fields.setdefault("seed", hparams.get("template_seed", 0))
     fields.setdefault("invocation", dict(process_invocation()))
+    fields.setdefault("statistics", editor_statistics(editor, mue))
     return RunHeader(editor=editor.name, hparams=hparams, thresholds=thresholds.to_dict(),
                    baseline_ppl=baseline.ppl.ppl, baseline_corpus_ppl=baseline.ppl.corpus_ppl,
                    ppl_corpus=baseline.corpus, ppl_bos=baseline.ppl_bos, **model_fields(mue), **fields)

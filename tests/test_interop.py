@@ -26,14 +26,15 @@ def test_easyedit_rome_file_maps_onto_editguards_names():
     assert t.overrides == {
         "layer": 5, "v_num_grad_steps": 25, "v_lr": 0.5, "v_weight_decay": 1e-3, "clamp_norm_factor": 4,
         "kl_factor": 0.0625, "mom2_adjustment": False, "context_template_length_params": [[5, 10], [10, 10]],
-        "mom2_n_tokens": 100000}
+        "mom2_n_samples": 100000, "mom2_dataset": "wikipedia", "mom2_dtype": "float32"}
     assert set(t.ignored) == {"alg_name", "model_name", "stats_dir", "device", "fact_token", "v_loss_layer",
-                              "mom2_dtype", "module templates"}
+                              "module templates"}
     assert re.search(r"the [\w/]*\bllama\b[\w/]* family", t.ignored["module templates"])
-    assert any("mom2_n_samples 100000" in n for n in t.notes) and any("mom2_dataset 'wikipedia'" in n for n in t.notes)
+    assert any("mom2_adjustment false: mom2_dataset, mom2_n_samples, mom2_dtype, stats_dir unused" in n
+               for n in t.notes) and any("mom2_dataset 'wikipedia'" in n for n in t.notes)
     hp = RomeHparams.for_family("llama", t.overrides, n_layers=32)
-    assert (hp.layer, hp.v_lr, hp.mom2_n_tokens, hp.context_template_length_params) == (5, 0.5, 100000,
-                                                                                        ((5, 10), (10, 10)))
+    assert (hp.layer, hp.v_lr, hp.mom2_n_samples, hp.mom2_dataset, hp.context_template_length_params) == \
+        (5, 0.5, 100000, "wikipedia", ((5, 10), (10, 10)))
 
 
 def test_easyedit_memit_file_maps_layers_and_lambda():
@@ -48,9 +49,10 @@ def test_easyedit_memit_file_maps_layers_and_lambda():
 @pytest.mark.parametrize("change, message", [
     ({"alg_name": "KN"}, r"alg_name 'KN': editguard reads EasyEdit files of ROME, R-ROME, MEMIT, AlphaEdit, FT"),
     ({"layers": [4, 5]}, r"ROME edits one layer"),
-    ({"mom2_dataset": "wikitext"}, r"mom2_dataset 'wikitext' cannot be honoured"),
+    ({"mom2_dataset": "c4"}, r"mom2_dataset 'c4': EasyEdit's layer_stats knows wikipedia, wikitext, wikitext2"),
     ({"fact_token": "last"}, r"fact_token 'last' cannot be honoured"),
-    ({"mom2_dtype": "float16"}, r"mom2_dtype 'float16' cannot be honoured"),
+    ({"mom2_dtype": "bfloat8"}, r"mom2_dtype 'bfloat8': expected one of float16, float32, float64"),
+    ({"mom2_n_samples": None}, r"mom2_n_samples None: expected a positive number of texts"),
     ({"rewrite_module_tmp": "model.layers.{}.mlp.up_proj"},
      r"rewrite_module_tmp='model.layers.{}.mlp.up_proj' names no module of a family editguard knows"),
     ({"v_lrr": 0.1}, r"EasyEdit ROME keys editguard does not know: \['v_lrr'\]"),

@@ -133,7 +133,7 @@ def test_strict_gate_fails_rome_with_readable_reason(suite):
     (["--dtype", "float8"], "--editguard-dtype (--dtype): expected one of float32, bfloat16, float16, got"),
     (["--ppl-bos", "sometimes"], "--editguard-ppl-bos (--ppl-bos): expected one of never, tokenizer, always, got"),
     (["--editor", "no-such-editor"],
-     "unknown editor 'no-such-editor'; available: alphaedit, c-rome, ft, memit, mend, r-rome, rome"),
+     "unknown editor 'no-such-editor'; available: alphaedit, c-rome, ft, ft-l, ft-m, memit, mend, r-rome, rome"),
     (["--hparams", "missing.json"], "--editguard-hparams missing.json:"),
     (["--editor", "unsafe_editor:ScaleRow"], "takes no hyperparameters"),
     (["--editor", "unsafe_editor:Nope"], "cannot import 'Nope' from 'unsafe_editor'"),

@@ -86,6 +86,7 @@ class Setup:
     sentences: list[str] | None = None
     baseline: Any = None
     thresholds: Any = None
+    config: Any = None   # the run's RunConfig (its hparams: the --hparams file's, translated if EasyEdit's)
 
 
 def run_config(args):
@@ -101,7 +102,8 @@ def run_config(args):
             given = ",".join(given)
         return option.default if given is None else given
 
-    return RunConfig.from_options(value, flag=lambda name: OPTIONS_BY_NAME[name].cli_flag)
+    return RunConfig.from_options(value, flag=lambda name: OPTIONS_BY_NAME[name].cli_flag,
+                                  warn=lambda message: print(f"warning: {message}", file=sys.stderr))
 
 
 def open_setup(args, *, editor: bool = False, corpus: bool = False, baseline: bool = False) -> Setup:
@@ -119,19 +121,20 @@ def open_setup(args, *, editor: bool = False, corpus: bool = False, baseline: bo
         from editguard.data import load_ppl_corpus
 
         sentences = load_ppl_corpus(args.ppl_corpus, args.data, download=getattr(args, "download", False))
+    config = run_config(args)
     chosen = None
     if editor:
         from editguard.editors.registry import get_editor
 
-        chosen = get_editor(args.editor, data_dir=args.data)
-    run = open_run(run_config(args))
+        chosen = get_editor(args.editor, config.hparams, data_dir=args.data)
+    run = open_run(config)
     thresholds = None
     if "ppl_threshold" in vars(args):
         from editguard.gates import Thresholds
 
         thresholds = Thresholds(ppl_max=args.ppl_threshold)
     measured = run.baseline(args.ppl_corpus) if baseline else None
-    return Setup(run.model, chosen, sentences, measured, thresholds)
+    return Setup(run.model, chosen, sentences, measured, thresholds, config)
 
 
 def analysis_cases(spec: str, model: str, data, n: int):

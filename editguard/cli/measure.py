@@ -63,8 +63,9 @@ def cmd_eval(args) -> int:
     mue, editor, baseline = setup.mue, setup.editor, setup.baseline
     header, restore, steps = run_header(mue, tasks, n, args.seed, args.downstream_precision), None, []
     if args.editor:
-        from editguard.editors.api import editor_hparams
+        from editguard.editors.api import editor_hparams, editor_statistics, prepare_editor
 
+        prepare_editor(editor, mue)   # MEND's trained network; ROME/MEMIT's statistics found and checked
         cases = analysis_cases(args.cases, mue.name, args.data, args.max_cases)
         mode = "sequentially" if args.sequential else "in one batch"
         print(f"applying {len(cases)} {editor.name} edits {mode} ({args.cases}); baseline {args.ppl_corpus} "
@@ -74,7 +75,8 @@ def cmd_eval(args) -> int:
             if "ppl" in step:
                 print(f"  step {step['step']:2d} {step['case_id']:>6} {step['subject'][:24]:24} ppl {step['ppl']:.4g}")
         header.update(editor=editor.name, hparams=editor_hparams(editor, mue),
-                      cases=[c.case_id for c in cases], case_source=args.cases, sequential=args.sequential,
+                      statistics=editor_statistics(editor, mue), cases=[c.case_id for c in cases],
+                      case_source=args.cases, sequential=args.sequential,
                       ppl_corpus=args.ppl_corpus, ppl_bos=args.ppl_bos, baseline_ppl=baseline.ppl.ppl)
     try:
         scores = score_tasks(mue, tasks, n, args.data, args.seed, precision=args.downstream_precision,
@@ -117,6 +119,7 @@ def register(sub) -> None:
     add_options(p, "editor", editor=None,
                 shown_defaults={"editor": "none: the unedited model; with one, its edits are applied before "
                                           "scoring and the weights restored after"})
+    add_options(p, "hparams", "hparams-any-family", "stats-dir")
     p.add_argument("--cases", default="hardcf", help="with --editor: hardcf, normal or a case file")
     add_options(p, "max-cases", "ppl-corpus", "ppl-bos", "downstream-precision", max_cases=10,
                 ppl_corpus=SINGLE_EDIT_PPL_CORPUS)

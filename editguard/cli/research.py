@@ -60,7 +60,6 @@ def cmd_analyze(args) -> int:
 def cmd_train_mend(args) -> int:
     import torch
 
-    from editguard.editors.hparams import load_hparams_file
     from editguard.editors.mend.hparams import edited_matrices, resolve_hparams
     from editguard.editors.mend.store import train_and_cache
     from editguard.mend_data import locality_sentences, training_cases
@@ -68,9 +67,10 @@ def cmd_train_mend(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    overrides = load_hparams_file(args.hparams) if args.hparams else {}
-    mue = open_setup(args).mue
-    hp = resolve_hparams(mue, overrides)
+    args.editor = "mend"   # --hparams is MEND's: editguard's keys, or an EasyEdit MEND file (translated)
+    setup = open_setup(args)
+    mue = setup.mue
+    hp = resolve_hparams(mue, setup.config.hparams)
     cases, excluded = training_cases(mue.name, args.cases, args.data, mue.tokenizer)
     loc = [] if args.no_ppl_locality else locality_sentences(args.data)
     matrices = edited_matrices(mue, hp)
@@ -122,7 +122,7 @@ def register(sub) -> None:
     p.add_argument("--steps", type=POSITIVE, default=300, help="training steps (default 300)")
     p.add_argument("--cases", default="counterfact",
                    help="counterfact (its train split, without the cases the suites edit) or a case file")
-    add_options(p, "hparams")
+    add_options(p, "hparams", "hparams-any-family")
     p.add_argument("--threads", type=NON_NEGATIVE, default=1,
                    help="torch CPU threads (default 1: on a shared 2-core machine 2 threads run ~10x slower); "
                         "0 keeps torch's")

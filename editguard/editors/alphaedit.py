@@ -30,7 +30,7 @@ import torch
 
 from editguard.cases import EditCase
 from editguard.editors.api import EditReport
-from editguard.editors.covariance import layer_second_moment
+from editguard.editors.covariance import StatsSource, second_moment_from
 from editguard.editors.memit import MEMIT, LayerRangeHparams
 from editguard.models.loading import ModelUnderEdit
 
@@ -100,11 +100,9 @@ class AlphaEdit(MEMIT):
         return 0 if keys is None else int(keys.shape[1])
 
     def projection(self, mue: ModelUnderEdit, hp: AlphaEditHparams, layer: int) -> tuple[torch.Tensor, int]:
-        key = (mue.fingerprint, layer, hp.mom2_corpus, hp.mom2_n_tokens, hp.mom2_stats_dir, hp.nullspace_threshold,
-               str(mue.device))
+        key = (mue.fingerprint, layer, StatsSource.of(hp), hp.nullspace_threshold, str(mue.device))
         if key not in _PROJECTIONS:
-            mom2 = layer_second_moment(mue, layer, hp.mom2_corpus, hp.mom2_n_tokens, self.data_dir,
-                                       hp.mom2_stats_dir)
+            mom2 = second_moment_from(mue, layer, StatsSource.of(hp), self.data_dir)
             _PROJECTIONS[key] = nullspace_projection(mom2, hp.nullspace_threshold)
         return _PROJECTIONS[key]
 

@@ -17,9 +17,11 @@ group `editguard.editors` (see editguard.editors.registry).
 
 Optional parts are declared as protocols of their own: `hparams(model)` (the values an edit
 runs with, for the report: `HasHparams`), `reset()` (an editor with memory across sequential
-edits, such as AlphaEdit: `Resettable`), `prepare(model)` (`NeedsPreparation`) and the class
+edits, such as AlphaEdit: `Resettable`), `prepare(model)` (`NeedsPreparation`), `statistics(model)`
+(`UsesStatistics`: which second-moment statistics the edits use, for the report) and the class
 attribute `batch_edits = True` (several cases per `apply`: `BatchEditing`). Callers go through
-`editor_hparams`, `reset_editor`, `prepare_editor` and `edits_in_batches`, never through hasattr.
+`editor_hparams`, `reset_editor`, `prepare_editor`, `editor_statistics` and `edits_in_batches`, never
+through hasattr.
 """
 
 from __future__ import annotations
@@ -90,6 +92,15 @@ class NeedsPreparation(Protocol):
 
 
 @runtime_checkable
+class UsesStatistics(Protocol):
+    """Optional: an editor that weighs its update by second-moment statistics C (ROME with
+    mom2_adjustment, MEMIT, AlphaEdit) says where they come from."""
+
+    def statistics(self, model: ModelUnderEdit) -> str:
+        """C found (or computed) and checked, or why none is needed; the run header's sentence."""
+
+
+@runtime_checkable
 class BatchEditing(Protocol):
     """Optional: an editor whose `apply` edits several cases in one call (MEMIT, AlphaEdit, FT-L∞,
     MEND) says so with a class attribute `batch_edits = True`; any other editor is given one case
@@ -127,6 +138,13 @@ def prepare_editor(editor: Editor, model: ModelUnderEdit) -> None:
 def editor_hparams(editor: Editor, model: ModelUnderEdit) -> dict[str, Any]:
     """The editor's hyperparameters on `model`, or {} for an editor that reports none."""
     return editor.hparams(model) if isinstance(editor, HasHparams) else {}
+
+
+def editor_statistics(editor: Editor, model: ModelUnderEdit) -> str:
+    """Which second-moment statistics the editor's edits use on `model`, or that none are needed."""
+    if isinstance(editor, UsesStatistics):
+        return editor.statistics(model)
+    return f"none declared by editor {getattr(editor, 'name', type(editor).__name__)!r}"
 
 
 def reset_editor(editor: Editor) -> None:

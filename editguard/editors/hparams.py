@@ -161,7 +161,7 @@ def load_hparams_file(path) -> dict[str, Any]:
 # dataclasses): recognised by their `alg_name` key and translated to editguard's names. The papers'
 # ROME/MEMIT yamls (the Butterfly Effect / Fall of ROME code, an EasyEdit fork) add a few keys.
 EASYEDIT_EDITORS = {"ROME": ("rome", "c-rome", "r-rome"), "R-ROME": ("r-rome",), "MEMIT": ("memit",),
-                    "AlphaEdit": ("alphaedit",), "FT": ("ft", "ft-l", "ft-m")}
+                    "AlphaEdit": ("alphaedit",), "FT": ("ft", "ft-l", "ft-m"), "MEND": ("mend",)}
 # Keys with the same meaning and name in editguard, per algorithm.
 _LOCATE_KEYS = ("v_num_grad_steps", "v_lr", "v_weight_decay", "clamp_norm_factor", "kl_factor",
                 "context_template_length_params")
@@ -187,7 +187,6 @@ EASYEDIT_IGNORED = {
     "batch_size": "cases per edit: --batch-size (sequences: --sequential)",
     "stats_dir": "give ROME/MEMIT statistics files with --editguard-stats-dir",
     "layer_selection": "MEMIT's layers are given by `layers`",
-    "mom2_dtype": "statistics are float32 here; with --editguard-stats-dir any precision's file is read",
     "fact_token": "editguard reads the key at the subject's last token (subject_last)",
     "v_loss_layer": "editguard takes v*'s loss at the model's output (EasyEdit's files name the last layer)",
     "enable_prompt_keys": "keys: --editor=rome (bare prompt) or c-rome / r-rome (prefix-averaged)",
@@ -205,8 +204,9 @@ PAPERS_VARIANTS = {(False, False): "rome", (True, True): "c-rome", (True, False)
 # so a file's templates must be one family's.
 EASYEDIT_TEMPLATES = {"rewrite_module_tmp": "rewrite", "layer_module_tmp": "layer", "mlp_module_tmp": "mlp",
                       "ln_f_module": "final_norm", "lm_head_module": "lm_head", "attn_module_tmp": None}
-# The corpus of EasyEdit's / ROME's statistics; editguard's local corpus stands in for it.
-EASYEDIT_STATS_DATASET = "wikipedia"
+# The datasets and precisions of EasyEdit's layer_stats (editguard.editors.covariance reads its files).
+EASYEDIT_STATS_DATASETS = ("wikipedia", "wikitext", "wikitext2")
+EASYEDIT_STATS_DTYPES = ("float16", "float32", "float64")
 
 
 @dataclass
@@ -279,6 +279,9 @@ def translate_easyedit(data: dict[str, Any], path) -> EasyEditTranslation:
     if algorithm not in EASYEDIT_EDITORS:
         raise HparamsFileError(f"hyperparameter file {path}: alg_name {algorithm!r}: editguard reads EasyEdit files "
                                f"of {', '.join(EASYEDIT_EDITORS)}")
+    if algorithm == "MEND":   # its keys are MEND's own: editguard.editors.mend.easyedit reads them
+        raise HparamsFileError(f"hyperparameter file {path}: an EasyEdit MEND file: read it with "
+                               f"editguard.editors.mend.easyedit.translate_easyedit_mend")
     overrides: dict[str, Any] = {}
     ignored: dict[str, str] = {}
     notes: list[str] = []
@@ -319,17 +322,25 @@ def translate_easyedit(data: dict[str, Any], path) -> EasyEditTranslation:
             else:
                 overrides["layers"] = value
         elif key == "mom2_n_samples":
-            # ROME's statistics count texts (each up to the context length), editguard's count tokens.
-            overrides["mom2_n_tokens"] = value
-            notes.append(f"mom2_n_samples {value} counts Wikipedia texts in EasyEdit and is used as mom2_n_tokens "
-                         f"(tokens of the local corpus) here")
+            # Texts in EasyEdit: the statistics file's sample count, or texts of the local corpus.
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise HparamsFileError(f"hyperparameter file {path}: mom2_n_samples {value!r}: expected a positive "
+                                       f"number of texts (EasyEdit's null, the whole dataset, is not honoured here)")
+            overrides["mom2_n_samples"] = value
         elif key == "mom2_dataset":
-            if value != EASYEDIT_STATS_DATASET:
-                raise HparamsFileError(f"hyperparameter file {path}: mom2_dataset {value!r} cannot be honoured: "
-                                       f"editguard computes the second moment on its local corpus (mom2_corpus) "
-                                       f"or reads {EASYEDIT_STATS_DATASET}_stats files (--editguard-stats-dir)")
-            notes.append(f"mom2_dataset {value!r}: editguard uses its local corpus (mom2_corpus, default "
-                         f"wikitext-2-raw) unless --editguard-stats-dir holds ROME/MEMIT's {value}_stats files")
+            if value not in EASYEDIT_STATS_DATASETS:
+                raise HparamsFileError(f"hyperparameter file {path}: mom2_dataset {value!r}: EasyEdit's layer_stats "
+                                       f"knows {', '.join(EASYEDIT_STATS_DATASETS)}")
+            overrides["mom2_dataset"] = value
+            if value != "wikitext2":
+                notes.append(f"mom2_dataset {value!r}: read from {value}_stats files with --editguard-stats-dir; "
+                             f"without it C is computed on the local corpus (mom2_corpus, default wikitext-2-raw), "
+                             f"not on {value}")
+        elif key == "mom2_dtype":
+            if value not in EASYEDIT_STATS_DTYPES:
+                raise HparamsFileError(f"hyperparameter file {path}: mom2_dtype {value!r}: expected one of "
+                                       f"{', '.join(EASYEDIT_STATS_DTYPES)} (the precision of the statistics file)")
+            overrides["mom2_dtype"] = value
         elif key in ("if_c_rome", "if_prefix") and rome_like:
             if not isinstance(value, bool):
                 raise HparamsFileError(f"hyperparameter file {path}: {key} {value!r}: expected true or false")
@@ -341,16 +352,17 @@ def translate_easyedit(data: dict[str, Any], path) -> EasyEditTranslation:
             unknown.append(key)
     if unknown:
         known = sorted({*EASYEDIT_SAME[algorithm], *renamed, "layers", *EASYEDIT_TEMPLATES, *EASYEDIT_IGNORED,
-                        *(("mom2_n_samples", "mom2_dataset") if algorithm != "FT" else ()),
+                        *(("mom2_n_samples", "mom2_dataset", "mom2_dtype") if algorithm != "FT" else ()),
                         *(("if_c_rome", "if_prefix") if rome_like else ())})
         raise HparamsFileError(f"hyperparameter file {path}: EasyEdit {algorithm} keys editguard does not know: "
                                f"{sorted(unknown)}; known: {known}")
     if data.get("fact_token", "subject_last") != "subject_last":
         raise HparamsFileError(f"hyperparameter file {path}: fact_token {data['fact_token']!r} cannot be honoured: "
                                f"editguard reads the key at the subject's last token (subject_last)")
-    if data.get("mom2_dtype", "float32") not in ("float32", "float64"):
-        raise HparamsFileError(f"hyperparameter file {path}: mom2_dtype {data['mom2_dtype']!r} cannot be honoured: "
-                               f"editguard keeps the second moment in float32 (accumulated in float64)")
+    if rome_like and data.get("mom2_adjustment") is False:
+        stats_keys = [k for k in ("mom2_dataset", "mom2_n_samples", "mom2_dtype", "stats_dir") if k in data]
+        if stats_keys:
+            notes.append(f"mom2_adjustment false: {', '.join(stats_keys)} unused (ROME then uses no second moment)")
     variant = None
     if rome_like and ("if_c_rome" in data or "if_prefix" in data):
         switches = (bool(data.get("if_c_rome", False)), bool(data.get("if_prefix", False)))
@@ -377,3 +389,4 @@ def translate_easyedit(data: dict[str, Any], path) -> EasyEditTranslation:
         ignored["module templates"] = (f"{', '.join(sorted(templates))} are the {'/'.join(families)} family's; "
                                        f"editguard takes them from the model")
     return EasyEditTranslation(algorithm, overrides, ignored, notes, families, variant)
+

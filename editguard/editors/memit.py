@@ -29,7 +29,7 @@ import torch
 
 from editguard.cases import EditCase
 from editguard.editors.api import EditReport
-from editguard.editors.covariance import layer_second_moment
+from editguard.editors.covariance import StatsSource, plan_statistics, second_moment_from
 from editguard.editors.hparams import Hparams, ranged
 from editguard.editors.keys import (
     capture_io,
@@ -91,6 +91,12 @@ class LayerRangeHparams(Hparams):
     mom2_n_tokens: int = ranged(100_000, minimum=1)
     # ROME/MEMIT's downloaded statistics instead of the corpus (--editguard-stats-dir; covariance.find_stats_file)
     mom2_stats_dir: str | None = None
+    # EasyEdit's choice of statistics: the file's dataset folder (wikipedia, wikitext, wikitext2), its
+    # sample count and precision (None: any, when one file fits). Without a statistics directory,
+    # mom2_n_samples counts texts of mom2_corpus, as in EasyEdit (and replaces mom2_n_tokens).
+    mom2_dataset: str | None = None
+    mom2_n_samples: int | None = ranged(None, minimum=1)
+    mom2_dtype: str | None = None
     # MEMIT's context templates: "{}" plus 5 generated prefixes of 10 tokens (memit_main.py).
     context_template_length_params: tuple[tuple[int, int], ...] = ((10, 5),)
     template_seed: int = 0
@@ -155,6 +161,7 @@ class MEMIT:
 
     overrides: dict[str, Any] = field(default_factory=dict)
     data_dir: Any = None
+    _statistics: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     name: ClassVar[str] = "memit"
     batch_edits: ClassVar[bool] = True   # several cases per apply() (--batch-size)
@@ -181,14 +188,27 @@ class MEMIT:
 
     def _layer_update(self, mue: ModelUnderEdit, hp, layer: int, keys: torch.Tensor,
                       residual: torch.Tensor, diagnostics: dict[str, Any]) -> torch.Tensor:
-        mom2 = layer_second_moment(mue, layer, hp.mom2_corpus, hp.mom2_n_tokens, self.data_dir, hp.mom2_stats_dir)
+        mom2 = second_moment_from(mue, layer, StatsSource.of(hp), self.data_dir)
         return memit_solve(residual, keys, mom2, hp.mom2_update_weight)
 
     def _second_moments(self, mue: ModelUnderEdit, hp) -> None:
         """Every layer's C, before any layer is written: C is the UNEDITED model's key statistics
         (cached under its fingerprint), and the keys of a layer above an updated one would not be."""
         for layer in hp.layers:
-            layer_second_moment(mue, layer, hp.mom2_corpus, hp.mom2_n_tokens, self.data_dir, hp.mom2_stats_dir)
+            second_moment_from(mue, layer, StatsSource.of(hp), self.data_dir)
+
+    def statistics(self, mue: ModelUnderEdit) -> str:
+        """Every layer's C found (or computed) and checked now: the run header's sentence (worked
+        out once per model)."""
+        if mue.fingerprint not in self._statistics:
+            hp = self._resolve(mue)
+            sentence = plan_statistics(mue, hp, hp.layers, self.data_dir)
+            self._second_moments(mue, hp)
+            self._statistics[mue.fingerprint] = sentence
+        return self._statistics[mue.fingerprint]
+
+    def prepare(self, mue: ModelUnderEdit) -> None:
+        self.statistics(mue)
 
     def _after_layer(self, mue: ModelUnderEdit, hp, layer: int, keys: torch.Tensor) -> None:
         """Called once the update of `layer` is written (AlphaEdit remembers the keys)."""

@@ -28,7 +28,7 @@ import torch
 
 from editguard.cases import EditCase
 from editguard.editors.api import EditReport
-from editguard.editors.covariance import inverse_layer_second_moment
+from editguard.editors.covariance import StatsSource, inverse_second_moment_from, plan_statistics
 from editguard.editors.hparams import Hparams, ranged
 from editguard.editors.keys import context_templates, fill, keys_and_values, subject_last_index
 from editguard.models.forward import cache_kwargs, input_and_output_of, inputs_until, starting_at_layer
@@ -60,6 +60,12 @@ class RomeHparams(Hparams):
     mom2_n_tokens: int = ranged(100_000, minimum=1)
     # ROME/MEMIT's downloaded statistics instead of the corpus (--editguard-stats-dir; covariance.find_stats_file)
     mom2_stats_dir: str | None = None
+    # EasyEdit's choice of statistics: the file's dataset folder (wikipedia, wikitext, wikitext2), its
+    # sample count and precision (None: any, when one file fits). Without a statistics directory,
+    # mom2_n_samples counts texts of mom2_corpus, as in EasyEdit (and replaces mom2_n_tokens).
+    mom2_dataset: str | None = None
+    mom2_n_samples: int | None = ranged(None, minimum=1)
+    mom2_dtype: str | None = None
     context_template_length_params: tuple[tuple[int, int], ...] = ((5, 10), (10, 10))
     template_seed: int = 0
 
@@ -349,6 +355,7 @@ class ROME:
     overrides: dict[str, Any] = field(default_factory=dict)
     data_dir: Any = None
     prefix_at_test: bool = True   # consistent editors only: C-ROME (True) or r-ROME (False)
+    _statistics: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         RomeHparams.check_overrides(self.overrides)  # fail at construction, not at the first edit
@@ -371,6 +378,19 @@ class ROME:
     def touched_parameters(self, mue: ModelUnderEdit, cases: Sequence[EditCase]) -> list[str]:
         return [mue.family.rewrite_weight(self._resolve(mue).layer)]
 
+    def statistics(self, mue: ModelUnderEdit) -> str:
+        """C⁻¹ found (or computed) and checked now, or why none is needed: the run header's sentence
+        (worked out once per model)."""
+        if mue.fingerprint not in self._statistics:
+            hp = self._resolve(mue)
+            self._statistics[mue.fingerprint] = plan_statistics(
+                mue, hp, [hp.layer], self.data_dir, used=hp.mom2_adjustment, inverse=True,
+                why_unused=f"{self.name} with mom2_adjustment false uses no second moment")
+        return self._statistics[mue.fingerprint]
+
+    def prepare(self, mue: ModelUnderEdit) -> None:
+        self.statistics(mue)
+
     def apply(self, mue: ModelUnderEdit, cases: Sequence[EditCase]) -> EditReport:
         if len(cases) != 1:
             raise ValueError(f"{self.name} applies one edit at a time; got {len(cases)} cases "
@@ -385,8 +405,7 @@ class ROME:
         seconds_value, clock = time.perf_counter() - clock, time.perf_counter()
         left = keys.k_bar
         if hp.mom2_adjustment:
-            left = inverse_layer_second_moment(mue, hp.layer, hp.mom2_corpus, hp.mom2_n_tokens, self.data_dir,
-                                               hp.mom2_stats_dir) @ left
+            left = inverse_second_moment_from(mue, hp.layer, StatsSource.of(hp), self.data_dir) @ left
         k_used, value_used = (keys.k_bar, keys.v_bar) if self.consistent else (keys.k_unprefixed, keys.v_unprefixed)
         delta_w = rank_one_update(value.v_star, value_used, k_used, left)
         weight = mue.rewrite_matrix(hp.layer)

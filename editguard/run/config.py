@@ -159,7 +159,12 @@ def read_hparams(path: str, editor: str, flag: str,
         data = load_hparams_file(path)
         if not is_easyedit(data):
             return data, ()
-        translation = translate_easyedit(data, path)
+        if data.get("alg_name") == "MEND":
+            from editguard.editors.mend.easyedit import translate_easyedit_mend
+
+            translation = translate_easyedit_mend(data, path)
+        else:
+            translation = translate_easyedit(data, path)
     except HparamsFileError as err:
         raise UsageError(f"{flag} {path}: {err}") from None
     if editor not in translation.editors:

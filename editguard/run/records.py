@@ -221,6 +221,9 @@ class RunHeader:
     seed: int = 0
     ppl_bos: str = "never"     # BOS rule of every perplexity in the run (--ppl-bos; never: the papers')
     calibration: str = ""      # where the gate bounds come from (editguard calibrate, or the defaults)
+    # Which second-moment statistics the edits used (the files, or the corpus C was computed on), or
+    # why none were needed (editguard.editors.api.editor_statistics).
+    statistics: str = ""
     suite: str = ""
     suite_source: str = ""     # where the suite's cases came from (mined list, screen, ...)
     cases_total: int | None = None      # cases the suite module's source holds

@@ -102,10 +102,31 @@ class Run:
 
 
 def open_run(config: RunConfig) -> Run:
-    """Load the model and resolve its gate bounds; errors are editguard's (model load, usage)."""
+    """Load the model and resolve its gate bounds; errors are editguard's (model load, usage). With
+    --editguard-stats-dir the editor is set up now, so that its statistics files are found and
+    checked (or refused, as a usage error) before any test."""
     model = config.load_model()
     check_hparams_family(config, model.name, model.family.name)
-    return Run(config, model, resolve_gates(config, model.name, model.fingerprint))
+    run = Run(config, model, resolve_gates(config, model.name, model.fingerprint))
+    if config.hparams.get("mom2_stats_dir"):
+        check_statistics(run)
+    return run
+
+
+def check_statistics(run: Run) -> None:
+    """The editor set up (its statistics found and checked, editguard.editors.covariance.plan_statistics);
+    a statistics file missing, ambiguous or malformed is a UsageError naming the option. Any other
+    set-up error is left for the editor's first use, which says it as it does without statistics."""
+    from editguard.editors.covariance import StatsFileError
+    from editguard.errors import EditguardError
+
+    try:
+        run.editor
+    except StatsFileError as err:
+        option = OPTIONS_BY_NAME["stats-dir"]
+        raise UsageError(f"{option.pytest_flag} ({option.cli_flag} on the command line): {err}") from None
+    except (EditguardError, ValueError):
+        return
 
 
 def check_hparams_family(config: RunConfig, model_name: str, family: str) -> None:

@@ -16,6 +16,7 @@ Modules (import from them; this package imports nothing):
   training  the gradient pairs (u, δ), the training losses and loop (train_mend, TrainedMend)
   store     the disk cache of trained networks (safetensors + JSON, checksummed; train_and_cache)
   editor    the `mend` editor (MEND), which edits with the longest-trained cached network
+  easyedit  EasyEdit's MEND hyperparameter files as MendHparams (translate_easyedit_mend)
 The training data (CounterFact's train split without the suites' cases, locality sentences) is
 chosen by `editguard.mend_data`, above the editors: the editor knows nothing of suites.
 """
