@@ -70,10 +70,10 @@ def import_easyedit():
         if not (root / "easyeditor" / "__init__.py").is_file():
             raise EasyEditUnavailable(f"{PATH_ENV}={checkout}: no easyeditor/__init__.py in it; point it at an "
                                       f"EasyEdit checkout (the folder that holds easyeditor/)")
-        loaded = sys.modules.get("easyeditor")
-        if loaded is not None and Path(loaded.__file__).resolve().parent.parent != root:
+        loaded = getattr(sys.modules.get("easyeditor"), "__file__", None)
+        if loaded is not None and Path(loaded).resolve().parent.parent != root:
             raise EasyEditUnavailable(f"{PATH_ENV}={checkout}, but EasyEdit was already imported from "
-                                      f"{Path(loaded.__file__).parent} in this process; use one EasyEdit")
+                                      f"{Path(loaded).parent} in this process; use one EasyEdit")
         if str(root) not in sys.path:
             sys.path.insert(0, str(root))
     where = f" (from {PATH_ENV}={checkout})" if checkout else ""
