@@ -58,7 +58,7 @@ class EasyEditError(EditorError, ValueError):
     """An EasyEdit hparams file or method that the adapter cannot run, or an edit it cannot check."""
 
 
-def import_easyedit():
+def import_easyedit(editor: str = f"{PREFIX}..."):
     """EasyEdit's `easyeditor.util.alg_dict` module (its ALG_DICT), from the checkout named by
     EDITGUARD_EASYEDIT_PATH or else from wherever Python finds it; EasyEditUnavailable saying
     what failed and how to install it."""
@@ -82,12 +82,12 @@ def import_easyedit():
     except ModuleNotFoundError as err:
         if err.name and err.name.split(".")[0] == "easyeditor" and err.name in ("easyeditor", "easyeditor.util",
                                                                                    "easyeditor.util.alg_dict"):
-            raise EasyEditUnavailable(f"--editor={PREFIX}...: EasyEdit is not importable{where} ({err}); "
+            raise EasyEditUnavailable(f"--editor={editor}: EasyEdit is not importable{where} ({err}); "
                                       f"{INSTALL_HINT}") from None
-        raise EasyEditUnavailable(f"--editor={PREFIX}...: EasyEdit was found{where} but importing it failed: {err}; "
+        raise EasyEditUnavailable(f"--editor={editor}: EasyEdit was found{where} but importing it failed: {err}; "
                                   f"install EasyEdit's requirements (its requirements.txt)") from None
     except Exception as err:   # EasyEdit's own import-time code failed (a version conflict, ...)
-        raise EasyEditUnavailable(f"--editor={PREFIX}...: importing EasyEdit{where} failed: "
+        raise EasyEditUnavailable(f"--editor={editor}: importing EasyEdit{where} failed: "
                                   f"{type(err).__name__}: {err}") from None
 
 
@@ -154,7 +154,7 @@ class EasyEditEditor:
                                 f"EasyEdit's hparams/{alg}/llama-7b.yaml with the model's layers and module names)")
         self.hparams_file = str(overrides["hparams_file"])
         data = read_hparams_file(self.hparams_file, alg)
-        registry = import_easyedit()
+        registry = import_easyedit(self.name)
         algorithms = getattr(registry, "ALG_DICT", None)
         if not isinstance(algorithms, dict):
             raise EasyEditUnavailable(f"--editor={self.name}: {registry.__name__} has no ALG_DICT; is this EasyEdit?")
