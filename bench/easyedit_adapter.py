@@ -4,6 +4,7 @@
     python bench/easyedit_adapter.py --easyedit PATH --suite hardcf [--cases 3]
         [--hparams bench/easyedit-rome-smollm2-135m.yaml] [--model smollm2-135m]
         [--out bench/results/easyedit-adapter-smollm2-135m.json]
+    python bench/easyedit_adapter.py --table [--out ...]     # the Markdown table of --out
 
 PATH is an EasyEdit checkout (the folder that holds easyeditor/), run in a Python environment that
 has EasyEdit's requirements and editguard. Each suite's rows replace that suite's rows in --out.
@@ -108,15 +109,37 @@ def outcome(result, ppl_max: float) -> dict:
             "efficacy": result.efficacy, "seconds": round(result.seconds, 2)}
 
 
+def table(doc: dict) -> str:
+    """One Markdown row per case: the three verdicts, ‖ΔW‖/‖W‖, and EasyEdit's ΔW against editguard's."""
+    lines = ["| suite | case | editguard ROME | EasyEdit ROME, its templates | EasyEdit ROME, editguard's templates |",
+             "|---|---|---|---|---|"]
+
+    def cell(o: dict, diff: bool) -> str:
+        text = f"{o['verdict']}, ppl {o['ppl']:.4g}, ‖ΔW‖/‖W‖ {o['update_norm_rel']:.3g}, {o['seconds']:.0f} s"
+        return text + (f"; ΔW rel. diff {o['dw_rel_diff']:.2g}, cos {o['dw_cosine']:.3f}" if diff else "")
+
+    for r in doc["rows"]:
+        lines.append(f"| {r['suite']} | {r['case_id']} ({r['prompt']!r} → {r['target_new']!r}) | "
+                     f"{cell(r['editguard_rome'], False)} | {cell(r['easyedit_rome_own_templates'], True)} | "
+                     f"{cell(r['easyedit_rome_editguard_templates'], True)} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--easyedit", type=Path, required=True, help="EasyEdit checkout (holds easyeditor/)")
-    parser.add_argument("--suite", choices=["hardcf", "counterfact"], required=True)
+    parser.add_argument("--easyedit", type=Path, help="EasyEdit checkout (holds easyeditor/)")
+    parser.add_argument("--suite", choices=["hardcf", "counterfact"])
+    parser.add_argument("--table", action="store_true", help="print --out's rows as a Markdown table and stop")
     parser.add_argument("--cases", type=int, default=3)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--hparams", type=Path, default=HERE / "easyedit-rome-smollm2-135m.yaml")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "easyedit-adapter-smollm2-135m.json")
     args = parser.parse_args()
+    if args.table:
+        print(table(json.loads(args.out.read_text())))
+        return
+    if not (args.easyedit and args.suite):
+        parser.error("--easyedit and --suite are needed to measure")
 
     how = load_easyedit(args.easyedit.resolve())
     progress(f"EasyEdit imported: {how['import']}")
