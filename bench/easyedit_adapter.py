@@ -109,6 +109,17 @@ def outcome(result, ppl_max: float) -> dict:
             "efficacy": result.efficacy, "seconds": round(result.seconds, 2)}
 
 
+def cpu_name() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it (the machine type elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def table(doc: dict) -> str:
     """One Markdown row per case: the three verdicts, ‖ΔW‖/‖W‖, and EasyEdit's ΔW against editguard's."""
     lines = ["| suite | case | editguard ROME | EasyEdit ROME, its templates | EasyEdit ROME, editguard's templates |",
@@ -198,7 +209,7 @@ def main() -> None:
 
     doc = json.loads(args.out.read_text()) if args.out.exists() else {"rows": []}
     doc.update({
-        "model": args.model, "cpu": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "model": args.model, "cpu": f"{cpu_name()}, {os.cpu_count()} cores",
         "torch": torch.__version__, "hparams_file": str(args.hparams.relative_to(HERE.parent)
                                                          if args.hparams.is_relative_to(HERE.parent) else args.hparams),
         "easyedit": {**how, "checkout": str(args.easyedit)}, "ppl_corpus": SINGLE_EDIT_PPL_CORPUS,
