@@ -1,7 +1,8 @@
 """Editor names -> "module:factory" strings, imported only when an editor is asked for (like
 lm-eval's registry: the registry imports no implementation, and no editor imports the registry).
 
-A user's editor is `package.module:Attr` (a class, or a factory called with no arguments, or
+`easyedit:ALG` is EasyEdit's method ALG through the adapter (editguard.editors.easyedit, imported
+only then). A user's editor is `package.module:Attr` (a class, or a factory called with no arguments, or
 with `overrides=` when --hparams is given) or an entry point of the group `editguard.editors`.
 """
 
@@ -28,6 +29,9 @@ BUILTIN_EDITORS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 ENTRY_POINT_GROUP = "editguard.editors"
+# `easyedit:ALG`: any alg_name EasyEdit registers, run by the adapter (EasyEdit is the user's install).
+EASYEDIT_PREFIX = "easyedit:"
+EASYEDIT_ADAPTER = "editguard.editors.easyedit:EasyEditEditor"
 
 
 def _import(target: str):
@@ -45,6 +49,11 @@ def get_editor(spec: str, overrides: dict[str, Any] | None = None, data_dir=None
     """An editor by built-in name, entry-point name (group `editguard.editors`), or
     `module.path:attr` (a class or a factory called with no arguments)."""
     overrides = overrides or {}
+    if spec.startswith(EASYEDIT_PREFIX):
+        alg = spec[len(EASYEDIT_PREFIX):]
+        if not alg:
+            raise EditorNotFound(f"--editor={spec}: name EasyEdit's method after the colon, e.g. easyedit:ROME")
+        return _import(EASYEDIT_ADAPTER)(alg, overrides=overrides, data_dir=data_dir)
     if spec in BUILTIN_EDITORS:
         target, kwargs = BUILTIN_EDITORS[spec]
         return _import(target)(overrides=overrides, data_dir=data_dir, **kwargs)
@@ -63,7 +72,7 @@ def get_editor(spec: str, overrides: dict[str, Any] | None = None, data_dir=None
     if factory is None:
         raise EditorNotFound(
             f"unknown editor '{spec}'; available: {', '.join(available_editors())}, "
-            f"or give a user editor as package.module:ClassName"
+            f"EasyEdit's method ALG as easyedit:ALG, or a user editor as package.module:ClassName"
         )
     if not callable(factory):
         raise EditorNotFound(f"--editor={spec} names {factory!r} ({type(factory).__name__}), not an editor class "

@@ -152,9 +152,19 @@ def read_hparams(path: str, editor: str, flag: str,
                  warn: Callable[[str], None]) -> tuple[dict[str, Any], tuple[str, ...]]:
     """The --hparams file's overrides and the model families it is for (() : any); an EasyEdit file
     (it has `alg_name`) is translated to editguard's names, what it ignores is said through `warn`,
-    and its algorithm must be --editor's."""
+    and its algorithm must be --editor's. With --editor=easyedit:ALG the file is EasyEdit's own, for
+    the adapter (its alg_name must be ALG)."""
     from editguard.editors.hparams import HparamsFileError, is_easyedit, load_hparams_file, translate_easyedit
+    from editguard.editors.registry import EASYEDIT_PREFIX
 
+    if editor.startswith(EASYEDIT_PREFIX):   # EasyEdit's own file, read by EasyEdit's class in the adapter
+        from editguard.editors.easyedit import EasyEditError, read_hparams_file
+
+        try:
+            read_hparams_file(path, editor[len(EASYEDIT_PREFIX):])
+        except EasyEditError as err:
+            raise UsageError(f"{flag} {path}: {err}") from None
+        return {"hparams_file": str(Path(path).resolve())}, ()
     try:
         data = load_hparams_file(path)
         if not is_easyedit(data):
