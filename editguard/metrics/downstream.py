@@ -9,7 +9,9 @@ Generation tasks decode greedily with a KV cache (transformers' generate, left p
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import math
 import random
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -21,10 +23,27 @@ from editguard.metrics.perplexity import add_bos_for
 from editguard.models.loading import ModelUnderEdit
 from editguard.options import DOWNSTREAM_PRECISIONS
 from editguard.stats import Z_ONE_SIDED_95, proportion_stderr, wilson_interval
-from editguard.tasks import GENERATION, LAST_WORD, GenItem, MCItem, Task, exact_match, f1_score, get_task
+from editguard.tasks import (
+    GENERATION,
+    LAST_WORD,
+    LM_EVAL_NAMES,
+    MMLU_CATEGORIES,
+    GenItem,
+    MCItem,
+    Task,
+    exact_match,
+    get_task,
+    lm_eval_exact_match,
+    squad2_metrics,
+)
 
 # Bump when scoring changes what it computes: cached unedited scores of older code are then ignored.
-SCORER_VERSION = 3
+SCORER_VERSION = 4
+
+# TaskScore.extra's per-item lists: kept for the lm-eval JSON and the parity bench, left out of
+# the per-case report (which keeps MMLU's per-subject counts, "groups", for the pooled stderr).
+PER_ITEM_KEYS = ("examples", "per_item", "loglikelihoods", "groups")
+_RECORD_SKIPS = ("examples", "per_item", "loglikelihoods")
 
 
 @dataclass(frozen=True)
@@ -47,6 +66,11 @@ class TaskScore:
     def to_dict(self) -> dict:
         low, high = self.interval()
         return {**asdict(self), "accuracy": self.accuracy, "wilson_low": low, "wilson_high": high}
+
+    @classmethod
+    def from_record(cls, name: str, d: dict) -> "TaskScore":
+        """The score back from a case record's downstream entry (`score_record`)."""
+        return cls(name, d["metric"], d["n"], d["correct"], d["random"], dict(d.get("extra") or {}))
 
     @classmethod
     def from_dict(cls, d: dict) -> "TaskScore":
@@ -76,13 +100,36 @@ def cpu_multiplies_bfloat16_natively() -> bool:
     return any(check() for check in checks if check is not None)
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_bfloat16_autocast_is_faster() -> bool:
+    """Measured, not assumed: a CPU flag alone chose bfloat16 autocast where oneDNN then emulated it
+    (issue 30). A product of a model's shape (256 × 576 by 576 × 1536, SmolLM2's MLP), best of 5,
+    under bfloat16 autocast against float32: bfloat16 only when it is at least 20 % faster."""
+    if not cpu_multiplies_bfloat16_natively():
+        return False
+    a, b = torch.randn(256, 576), torch.randn(576, 1536)
+
+    def best(autocast: bool) -> float:
+        times = []
+        for _ in range(6):
+            start = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                for _ in range(4):
+                    a @ b
+            times.append(time.perf_counter() - start)
+        return min(times[1:])   # the first run warms oneDNN up
+
+    return best(True) < 0.8 * best(False)
+
+
 def resolve_precision(mue: ModelUnderEdit, precision: str = "auto") -> str:
     """The precision probes run in. "auto" is bfloat16 where the hardware multiplies it natively
     (a CUDA GPU with bf16, a CPU with AVX-512 BF16 or AMX: 2.5× faster than float32 on a 2-core
     machine with AVX-512 BF16) and float32 elsewhere: oneDNN also runs bf16 on a plain AVX-512
     CPU, emulated, and there autocast ME-PPL_50 on SmolLM2-135M took 23.2 s against 7.2 s in
     float32 (2026-11-29, Xeon without AVX-512 BF16). SmolLM2's own config is bfloat16, the dtype
-    lm-eval loads it in by default. A model already held in 16 bits keeps its dtype."""
+    lm-eval loads it in by default. A model already held in 16 bits keeps its dtype. On a CPU the
+    flag is confirmed by timing one product (`cpu_bfloat16_autocast_is_faster`)."""
     if precision not in DOWNSTREAM_PRECISIONS:
         raise ValueError(f"downstream precision must be one of {', '.join(DOWNSTREAM_PRECISIONS)}; got {precision!r}")
     if mue.dtype in (torch.bfloat16, torch.float16):
@@ -92,7 +139,7 @@ def resolve_precision(mue: ModelUnderEdit, precision: str = "auto") -> str:
     if mue.device.type == "cuda":
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
     if mue.device.type == "cpu":
-        return "bfloat16" if cpu_multiplies_bfloat16_natively() else "float32"
+        return "bfloat16" if cpu_bfloat16_autocast_is_faster() else "float32"
     return "float32"
 
 
@@ -253,9 +300,10 @@ class _StopOnStrings:
 
 
 @torch.no_grad()
-def greedy_generate(mue: ModelUnderEdit, prompts: list[str], *, max_new_tokens: int = 32,
+def greedy_generate(mue: ModelUnderEdit, prompts: list[str], *, max_new_tokens: int = 256,
                     stop: tuple[str, ...] = ("\n",), batch_size: int = 32, progress=None) -> list[str]:
-    """Greedy continuations, each cut at its first stop string (lm-eval's `until`)."""
+    """Greedy continuations, each cut at its first stop string (lm-eval's `until`, to which lm-eval's
+    HF backend adds the end-of-text token: generation stops there too)."""
     from transformers import GenerationConfig, StoppingCriteriaList
 
     tok, add_bos = mue.tokenizer, add_bos_for("tokenizer", mue)
@@ -297,6 +345,29 @@ def subset(items: list, n: int | None, seed: int = 0, task: str = "") -> list[in
     return sorted(random.Random(f"{task}:{seed}").sample(range(len(items)), n))
 
 
+def first_n(items: list, limit: int | None) -> list[int]:
+    """Indices of the first `limit` items, as lm-eval's --limit takes them: per subtask, so MMLU's
+    first `limit` questions of each subject (all items when limit is None)."""
+    if limit is None:
+        return list(range(len(items)))
+    taken: dict[str, int] = {}
+    out = []
+    for i, item in enumerate(items):
+        group = getattr(item, "group", "")
+        if taken.get(group, 0) < limit:
+            taken[group] = taken.get(group, 0) + 1
+            out.append(i)
+    return out
+
+
+def pick_items(items: list, task: str, n: int | None = None, seed: int = 0, limit: int | None = None) -> list[int]:
+    """The items a run scores: the first `limit` (lm-eval's --limit) when limit is given, else a
+    seeded subset of n."""
+    if limit is not None and n is not None:
+        raise ValueError("give either a first-N limit or a seeded subset size, not both")
+    return first_n(items, limit) if limit is not None else subset(items, n, seed, task)
+
+
 def evaluate(mue: ModelUnderEdit, task: Task | str, items: list, progress=None,
              tokens_per_batch: int = 1024, precision: str = "auto") -> TaskScore:
     """Score `items` of `task` on the model as it is now (edited or not), in `precision`
@@ -315,24 +386,44 @@ def _evaluate(mue: ModelUnderEdit, task: Task, items: list, progress, tokens_per
         assert all(isinstance(i, GenItem) for i in items)
         predictions = greedy_generate(mue, [i.prompt for i in items], max_new_tokens=task.max_new_tokens,
                                       stop=task.stop, progress=progress)
-        right = [exact_match(p, i.answers) for p, i in zip(predictions, items)]
+        squad = [exact_match(p, i.answers) for p, i in zip(predictions, items)]
         if task.name == "squad2":
-            extra["f1"] = sum(f1_score(p, i.answers) for p, i in zip(predictions, items)) / max(1, len(items))
+            # The official script's best_* need P(" unanswerable" | prompt), as lm-eval's squadv2 asks for it.
+            lls = loglikelihoods(mue, [(i.prompt, " unanswerable") for i in items], tokens_per_batch=tokens_per_batch)
+            extra["squad2"] = squad2_metrics(predictions, [i.answers for i in items], [math.exp(lp) for lp, _ in lls])
+            extra["f1"] = extra["squad2"].get("f1", 0.0) / 100.0
             extra["unanswerable"] = sum(not i.answers for i in items)
+            right = squad
+        else:   # NQ-open: lm-eval's exact match; editguard's SQuAD-normalised one beside it, under its own name
+            right = [lm_eval_exact_match(p, i.answers) for p, i in zip(predictions, items)]
+            extra["exact_match_squad"] = sum(squad) / max(1, len(items))
         extra["examples"] = [{"prediction": p, "answers": list(i.answers)}
                              for p, i in list(zip(predictions, items))[:3]]
+        extra["per_item"] = predictions
     else:
         pairs = [(i.context, c) for i in items for c in i.choices]
         step = (lambda n, k=len(items) / max(1, len(pairs)): progress(n * k)) if progress else None
         lls = loglikelihoods(mue, pairs, progress=step, tokens_per_batch=tokens_per_batch)
         if task.kind == LAST_WORD:
             right = [greedy for _, greedy in lls]
+            extra["loglikelihoods"] = [lp for lp, _ in lls]
+            # lm-eval's `perplexity,none` of lambada_openai: exp(−mean log P(last word | text)).
+            extra["perplexity"] = math.exp(-sum(extra["loglikelihoods"]) / len(lls)) if lls else float("nan")
+            extra["per_item"] = [int(g) for g in right]
         else:
             acc, norm = score_choices(items, lls)
             right_acc = [p == i.gold for p, i in zip(acc, items)]
             right_norm = [p == i.gold for p, i in zip(norm, items)]
             extra["acc"], extra["acc_norm"] = sum(right_acc) / len(items), sum(right_norm) / len(items)
+            extra["per_item"] = [[a, b] for a, b in zip(acc, norm)]
             right = right_norm if task.metric == "acc_norm" else right_acc
+            if any(i.group for i in items):   # MMLU: per subject [items, right by acc]
+                groups: dict[str, list[int]] = {}
+                for item, ok in zip(items, right_acc):
+                    groups.setdefault(item.group, [0, 0])
+                    groups[item.group][0] += 1
+                    groups[item.group][1] += int(ok)
+                extra["groups"] = groups
     return TaskScore(task.name, task.metric, len(items), int(sum(right)), task.random_baseline(items), extra,
                      time.perf_counter() - start)
 
@@ -350,43 +441,207 @@ class DownstreamProbe:
     min_retention: float | None = None
     seed: int = 0
     precision: str = "auto"
+    originals: dict[str, dict[str, int]] = field(default_factory=dict)   # full sizes, for lm-eval's n-samples
 
     def run(self, mue: ModelUnderEdit) -> dict[str, TaskScore]:
         return {name: evaluate(mue, name, items, precision=self.precision) for name, items in self.items.items()}
 
     def to_json(self, edited: dict[str, TaskScore]) -> dict:
-        return {name: {"accuracy": s.accuracy, "n": s.n, "correct": s.correct, "metric": s.metric,
-                       "random": s.random, "unedited": self.unedited[name].accuracy,
-                       **{k: v for k, v in s.extra.items() if k != "examples"}, **lm_eval_metrics(s)}
+        """Per task: the edited score (editguard's fields, its extras, lm-eval's keys) and the unedited
+        model's under "unedited_score", both rebuildable with `TaskScore.from_record`."""
+        return {name: {**score_record(s), "unedited": self.unedited[name].accuracy,
+                       "unedited_score": score_record(self.unedited[name])}
                 for name, s in edited.items()}
 
 
-# lm-evaluation-harness's result keys ("metric,filter") for editguard's scores: its nq_open takes the
-# first line without surrounding whitespace (filter remove_whitespace); its squadv2 reports the
-# official SQuAD 2.0 script's exact and f1, in percent.
-_LM_EVAL_GENERATION_KEYS = {"nq-open": "exact_match,remove_whitespace", "squad2": "exact,none"}
+# --- lm-evaluation-harness's keys and results layout ------------------------------------------------
+
+def lm_eval_mean_stderr(successes: float, n: int) -> float | str:
+    """lm-eval's `mean_stderr` of n 0/1 scores (sample standard deviation over √n); "N/A" below 2 items."""
+    return proportion_stderr(round(successes), n) if n >= 2 else "N/A"
 
 
-def lm_eval_metrics(score: TaskScore) -> dict[str, float]:
-    """The score under lm-evaluation-harness's keys, beside editguard's own: `acc,none` and
-    `acc_stderr,none` (and `acc_norm,...` for multiple choice), `exact_match,...` for generation."""
-    n = score.n
-    if score.task in _LM_EVAL_GENERATION_KEYS:
-        key = _LM_EVAL_GENERATION_KEYS[score.task]
-        metric, filter_name = key.split(",")
-        scale = 100.0 if score.task == "squad2" else 1.0
-        out = {key: scale * score.accuracy,
-               f"{metric}_stderr,{filter_name}": scale * proportion_stderr(score.correct, n)}
-        if "f1" in score.extra:
-            out["f1,none"] = scale * score.extra["f1"]
+def lm_eval_pooled_stderr(stderrs: list, sizes: list[int]) -> float | str:
+    """lm-eval's `pooled_sample_stderr` of a group (weight_by_size): Σ (nᵢ − 1) nᵢ seᵢ² / (Σ nᵢ − k), over Σ nᵢ,
+    square-rooted; applied level by level (MMLU: subjects → categories → mmlu). "N/A" if a part has none."""
+    if not sizes or any(isinstance(e, str) for e in stderrs) or sum(sizes) <= len(sizes):
+        return "N/A"
+    var = sum((n - 1) * e ** 2 * n for e, n in zip(stderrs, sizes)) / (sum(sizes) - len(sizes))
+    return math.sqrt(var / sum(sizes))
+
+
+def lm_eval_bootstrap_stderr(statistic, xs: list[float], iters: int = 100_000) -> float:
+    """lm-eval's `bootstrap_stderr`: iters // 1000 chunks of 1000 resamples, chunk i drawn with
+    random.Random(i); the sample standard deviation of the statistic over all resamples."""
+    values = []
+    for chunk in range(iters // 1000):
+        rnd = random.Random(chunk)
+        values.extend(statistic(rnd.choices(xs, k=len(xs))) for _ in range(1000))
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def _perplexity(lls: list[float]) -> float:
+    return math.exp(-sum(lls) / len(lls))
+
+
+def _mmlu_levels(groups: dict[str, list[int]]) -> tuple[dict, dict]:
+    """(per subject, per category) {name: (n, acc, stderr)} from {subject: [n, right]}."""
+    subjects = {s: (n, right / n, lm_eval_mean_stderr(right, n)) for s, (n, right) in sorted(groups.items())}
+    categories = {}
+    for category, members in MMLU_CATEGORIES.items():
+        parts = [subjects[s] for s in members if s in subjects]
+        if parts:
+            size = sum(n for n, _, _ in parts)
+            categories[category] = (size, sum(n * a for n, a, _ in parts) / size,
+                                    lm_eval_pooled_stderr([e for _, _, e in parts], [n for n, _, _ in parts]))
+    return subjects, categories
+
+
+def lm_eval_metrics(score: TaskScore, bootstrap_iters: int = 0) -> dict[str, float | str]:
+    """The score under lm-evaluation-harness's keys ("metric,filter"), lm-eval's metric exactly:
+    PIQA/HellaSwag acc and acc_norm; LAMBADA acc and perplexity (its bootstrap stderr only with
+    bootstrap_iters, lm-eval's default being 100,000); MMLU acc with the stderr pooled subject →
+    category → group as lm-eval pools it (no acc_norm); NQ-open exact_match,remove_whitespace;
+    SQuAD2 the official script's eight numbers, in percent, with stderr "N/A" as lm-eval has it."""
+    n, extra = score.n, score.extra
+    if score.task == "nq-open":
+        return {"exact_match,remove_whitespace": score.accuracy,
+                "exact_match_stderr,remove_whitespace": lm_eval_mean_stderr(score.correct, n)}
+    if score.task == "squad2":
+        out: dict[str, float | str] = {}
+        for key, value in extra.get("squad2", {}).items():
+            out[f"{key},none"], out[f"{key}_stderr,none"] = value, "N/A"
         return out
-    out = {}
-    for metric in ("acc", "acc_norm"):
-        rate = score.extra.get(metric, score.accuracy if metric == score.metric else None)
-        if rate is not None:
-            out[f"{metric},none"] = rate
-            out[f"{metric}_stderr,none"] = proportion_stderr(round(rate * n), n)
+    acc = extra.get("acc", score.accuracy)
+    out = {"acc,none": acc, "acc_stderr,none": lm_eval_mean_stderr(acc * n, n)}
+    if "groups" in extra:   # MMLU: a group of subjects
+        _, categories = _mmlu_levels(extra["groups"])
+        out["acc_stderr,none"] = lm_eval_pooled_stderr([e for _, _, e in categories.values()],
+                                                       [size for size, _, _ in categories.values()])
+        return out
+    if "perplexity" in extra:   # LAMBADA
+        out["perplexity,none"] = extra["perplexity"]
+        if bootstrap_iters and extra.get("loglikelihoods"):
+            out["perplexity_stderr,none"] = lm_eval_bootstrap_stderr(_perplexity, extra["loglikelihoods"],
+                                                                     bootstrap_iters)
+        return out
+    if "acc_norm" in extra:
+        out["acc_norm,none"] = extra["acc_norm"]
+        out["acc_norm_stderr,none"] = lm_eval_mean_stderr(extra["acc_norm"] * n, n)
     return out
+
+
+_LM_EVAL_TASK_CONFIG = {
+    "multiple_choice": {"output_type": "multiple_choice"},
+    "last_word": {"output_type": "loglikelihood"},
+    "generation": {"output_type": "generate_until"},
+}
+
+
+def lm_eval_results(scores: dict[str, TaskScore], originals: dict[str, dict[str, int]] | None = None,
+                    bootstrap_iters: int = 100_000, config: dict | None = None) -> dict:
+    """Scores in lm-evaluation-harness's results layout ({"results", "groups", "group_subtasks",
+    "configs", "versions", "n-shot", "higher_is_better", "n-samples", "config"}), keyed by lm-eval's
+    task names (MMLU with its categories and subjects, as lm-eval writes a group). `originals`: the
+    full data set's size per task, per subject for MMLU ({"": n} otherwise)."""
+    originals = originals or {}
+    out: dict = {"results": {}, "groups": {}, "group_subtasks": {}, "configs": {}, "versions": {}, "n-shot": {},
+                 "higher_is_better": {}, "n-samples": {}, "config": dict(config or {})}
+    for name, score in scores.items():
+        task = get_task(name)
+        lm_name, shots, version = LM_EVAL_NAMES.get(name, (name, 0, 1.0))
+        if lm_name in out["results"]:   # mmlu and mmlu-5shot in one run: lm-eval has one name for both
+            lm_name = f"{lm_name}_{shots}shot"
+        metrics = lm_eval_metrics(score, bootstrap_iters)
+        better = {k.split(",")[0]: not k.startswith("perplexity") for k in metrics if "_stderr" not in k}
+        out["results"][lm_name] = {"alias": lm_name, **metrics}
+        out["versions"][lm_name], out["n-shot"][lm_name] = version, shots
+        out["higher_is_better"][lm_name] = better
+        config_entry = {"task": lm_name, **_LM_EVAL_TASK_CONFIG[task.kind], "num_fewshot": shots,
+                        "metric_list": [{"metric": m, "higher_is_better": b} for m, b in better.items()],
+                        "metadata": {"version": version, "editguard_task": name}}
+        if task.kind == GENERATION:
+            config_entry["generation_kwargs"] = {"until": list(task.stop), "do_sample": False,
+                                                 "max_gen_toks": task.max_new_tokens}
+        if "groups" not in score.extra:
+            out["configs"][lm_name] = config_entry
+            out["n-samples"][lm_name] = {"original": originals.get(name, {}).get("", score.n), "effective": score.n}
+            continue
+        subjects, categories = _mmlu_levels(score.extra["groups"])
+        out["groups"][lm_name] = dict(out["results"][lm_name])
+        out["group_subtasks"][lm_name] = []
+        for category, (size, acc, stderr) in categories.items():
+            group = f"{lm_name}_{category}"
+            out["group_subtasks"][lm_name].append(group)
+            out["results"][group] = out["groups"][group] = {"alias": f" - {category}", "acc,none": acc,
+                                                              "acc_stderr,none": stderr}
+            out["versions"][group], out["n-shot"][group] = version, shots
+            members = [s for s in MMLU_CATEGORIES[category] if s in subjects]
+            out["group_subtasks"][group] = [f"{lm_name}_{s}" for s in members]
+            for subject in members:
+                sub = f"{lm_name}_{subject}"
+                n, acc, stderr = subjects[subject]
+                out["results"][sub] = {"alias": f"  - {subject.replace('_', ' ')}", "acc,none": acc,
+                                       "acc_stderr,none": stderr}
+                out["versions"][sub], out["n-shot"][sub] = 1.0, shots
+                out["higher_is_better"][sub] = {"acc": True}
+                out["configs"][sub] = {**config_entry, "task": sub,
+                                       "metadata": {"version": 1.0, "editguard_task": name}}
+                out["n-samples"][sub] = {"original": originals.get(name, {}).get(subject, n), "effective": n}
+    return out
+
+
+def original_sizes(items: list) -> dict[str, int]:
+    """A data set's size per subject ({"": n} for a task without subjects), for lm-eval's n-samples."""
+    sizes: dict[str, int] = {}
+    for item in items:
+        group = getattr(item, "group", "")
+        sizes[group] = sizes.get(group, 0) + 1
+    return sizes
+
+
+def score_record(score: TaskScore) -> dict:
+    """A score as a case record holds it: accuracy, n, correct, metric, random, the extras flat (but
+    per-item lists) and under "extra", and lm-eval's keys."""
+    extra = {k: v for k, v in score.extra.items() if k not in _RECORD_SKIPS}
+    return {"accuracy": score.accuracy, "n": score.n, "correct": score.correct, "metric": score.metric,
+            "random": score.random, **{k: v for k, v in extra.items() if k != "groups"}, "extra": extra,
+            **lm_eval_metrics(score)}
+
+
+def write_lm_eval_json(path, scores: dict[str, TaskScore], originals: dict | None, config: dict,
+                       post_edit: dict[str, dict[str, TaskScore]] | None = None) -> None:
+    """lm-evaluation-harness's results layout at `path` (written atomically): the top level holds
+    `scores` (the unedited model, or the only state a run scored); with `post_edit`, the key
+    "post_edit" holds one such layout per edit (case id or step) for the edited model's scores."""
+    import json
+    from pathlib import Path
+
+    from editguard.cache import write_atomic
+
+    doc = lm_eval_results(scores, originals, config=config)
+    if post_edit is not None:
+        doc["post_edit"] = {key: lm_eval_results(s, originals, config={**config, "editguard_state": f"after {key}"})
+                            for key, s in post_edit.items()}
+    write_atomic(Path(path), json.dumps(doc, indent=1, default=str).encode("utf-8"))
+
+
+def lm_eval_json_from_records(path, cases: list[dict], config: dict) -> bool:
+    """--editguard-lm-eval-json from a run's case records: the unedited scores (every record holds
+    them) at the top level, each case's post-edit scores under "post_edit" by case id (and step
+    in a sequence). False, and nothing written, when no case has downstream scores."""
+    scored = [c for c in cases if c.get("downstream")]
+    if not scored:
+        return False
+    unedited = {name: TaskScore.from_record(name, d["unedited_score"])
+                for name, d in scored[0]["downstream"].items()}
+    post = {}
+    for c in scored:
+        key = c.get("case_id", "?") + (f"@step{c['step']}" if c.get("step") else "")
+        post[key] = {name: TaskScore.from_record(name, d) for name, d in c["downstream"].items()}
+    write_lm_eval_json(path, unedited, None, {**config, "editguard_state": "unedited"}, post)
+    return True
 
 
 def _items_digest(items: list) -> str:
@@ -414,12 +669,16 @@ def unedited_score(mue: ModelUnderEdit, task: str, items: list, indices: list[in
 
 
 def prepare_probe(mue: ModelUnderEdit, tasks: list[str], n: int | None, data_dir=None, seed: int = 0,
-                  min_retention: float | None = None, precision: str = "auto") -> DownstreamProbe:
-    """Load each task, draw its seeded subset, and score the unedited model on it (cached)."""
-    items, indices, unedited = {}, {}, {}
+                  min_retention: float | None = None, precision: str = "auto",
+                  limit: int | None = None) -> DownstreamProbe:
+    """Load each task, take its items (the first `limit`, lm-eval's --limit, when given; else a
+    seeded subset of n), and score the unedited model on them (cached)."""
+    items, indices, unedited, originals = {}, {}, {}, {}
     for name in tasks:
         everything = get_task(name).load(data_dir)
-        indices[name] = subset(everything, n, seed, name)
+        originals[name] = original_sizes(everything)
+        indices[name] = pick_items(everything, name, None if limit is not None else n, seed, limit)
         items[name] = [everything[i] for i in indices[name]]
         unedited[name] = unedited_score(mue, name, items[name], indices[name], seed, precision)
-    return DownstreamProbe(items, indices, unedited, min_retention, seed, resolve_precision(mue, precision))
+    return DownstreamProbe(items, indices, unedited, min_retention, seed, resolve_precision(mue, precision),
+                           originals)
