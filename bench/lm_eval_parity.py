@@ -66,10 +66,10 @@ def run_lm_eval(lm, name: str, limit: int, bootstrap_iters: int, category: str |
 
     task, shots = lm_eval_task(name, category)
     manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     out = simple_evaluate(model=lm, tasks=[task], num_fewshot=shots, limit=limit, task_manager=manager,
                           log_samples=True, bootstrap_iters=bootstrap_iters)
-    return out, time.perf_counter() - start
+    return out, time.perf_counter() - start, time.process_time() - cpu
 
 
 def _metrics(entry: dict, prefix: str = "") -> dict:
@@ -91,7 +91,7 @@ def lm_eval_numbers(name: str, out: dict, category: str | None) -> dict[str, flo
 
 
 def editguard_numbers(name: str, score, category: str | None) -> dict[str, float | str]:
-    from editguard.metrics.downstream import lm_eval_results
+    from editguard.metrics.lm_eval import lm_eval_results
 
     layout = lm_eval_results({name: score})
     lm_name = next(iter(layout["results"]))
@@ -158,19 +158,27 @@ def main() -> None:
     parser.add_argument("--tasks", default="piqa,hellaswag,lambada,mmlu,mmlu-5shot,nq-open")
     parser.add_argument("--mmlu-category", choices=CATEGORIES, default=None,
                         help="MMLU tasks: only this category's subjects (a long 5-shot run split in four)")
-    parser.add_argument("--batch-size", type=int, default=16, help="lm-eval's HF backend batch size")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="lm-eval's HF backend batch size (its logits are batch × length × vocabulary)")
     parser.add_argument("--bootstrap-iters", type=int, default=100_000, help="lm-eval's default")
     parser.add_argument("--out", default=None, help="JSON to merge the results into")
     parser.add_argument("--model-dir", default=None, help="where the model is saved for lm-eval "
                                                          "(default $EDITGUARD_CACHE/lm-eval-parity)")
+    parser.add_argument("--report", action="store_true", help="only print the table of --out (loads no model)")
     args = parser.parse_args()
+    if args.report:
+        if not args.out:
+            raise SystemExit("--report prints the table of --out: give --out")
+        report(json.loads(Path(args.out).read_text()))
+        return
     if not os.environ.get("EDITGUARD_DATA"):
         raise SystemExit("set EDITGUARD_DATA to the data directory (laid out as shared/data)")
 
     from lm_eval.models.huggingface import HFLM
 
     from editguard.cache import cache_dir
-    from editguard.metrics.downstream import evaluate, first_n, lm_eval_metrics
+    from editguard.metrics.downstream import evaluate, first_n
+    from editguard.metrics.lm_eval import lm_eval_metrics
     from editguard.models import load_model
     from editguard.tasks import MMLU_CATEGORIES, get_task, parse_task_list
 
@@ -185,33 +193,33 @@ def main() -> None:
 
     out_path = Path(args.out) if args.out else None
     doc = json.loads(out_path.read_text()) if out_path and out_path.is_file() else {}
-    if doc and (doc.get("model"), doc.get("limit")) != (args.model, args.limit):
-        raise SystemExit(f"{out_path} holds model {doc.get('model')} --limit {doc.get('limit')}; "
-                         f"this run is {args.model} --limit {args.limit}: use another --out")
-    doc.update(model=args.model, limit=args.limit, cpu=cpu_name(), precision="float32",
-               lm_eval_batch_size=args.batch_size, bootstrap_iters=args.bootstrap_iters)
+    if doc and doc.get("model") != args.model:
+        raise SystemExit(f"{out_path} holds model {doc.get('model')}; this run is {args.model}: use another --out")
+    doc.update(model=args.model, cpu=cpu_name(), precision="float32", bootstrap_iters=args.bootstrap_iters)
     doc.setdefault("tasks", {})
     doc.setdefault("load_seconds", {})[time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())] = {
         "editguard": editguard_load, "lm_eval": lm_eval_load}
     for name in tasks:
         category = args.mmlu_category if name.startswith("mmlu") else None
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         everything = get_task(name).load()
         items = [everything[i] for i in first_n(everything, args.limit)]
         if category:
             items = [i for i in items if i.group in MMLU_CATEGORIES[category]]
         score = evaluate(mue, name, items, precision="float32")
-        mine_seconds = time.perf_counter() - start
-        theirs, lm_seconds = run_lm_eval(lm, name, args.limit, args.bootstrap_iters, category)
+        mine_seconds, mine_cpu = time.perf_counter() - start, time.process_time() - cpu
+        theirs, lm_seconds, lm_cpu = run_lm_eval(lm, name, args.limit, args.bootstrap_iters, category)
         mine = editguard_numbers(name, score, category)
         if name == "lambada":   # the bootstrap stderr of the perplexity, as lm-eval computes it
             mine.update({k: v for k, v in lm_eval_metrics(score, args.bootstrap_iters).items() if "perplexity" in k})
         key = f"{name}:{category}" if category else name
         doc["tasks"][key] = {
             "lm_eval_task": lm_eval_task(name, category)[0].removeprefix("editguard_"), "n": score.n,
+            "limit": args.limit, "lm_eval_batch_size": args.batch_size,
             "metrics": compare(mine, lm_eval_numbers(name, theirs, category)),
             "items": item_agreement(name, items, score, theirs["samples"]),
             "seconds": {"editguard": mine_seconds, "lm_eval": lm_seconds},
+            "cpu_seconds": {"editguard": mine_cpu, "lm_eval": lm_cpu},
         }
         print(f"{key}: editguard {mine_seconds:.1f} s, lm-eval {lm_seconds:.1f} s", flush=True)
         if out_path:
@@ -227,7 +235,8 @@ def fmt(v) -> str:
 
 
 def report(doc: dict) -> None:
-    print(f"\n{doc['model']}, --limit {doc['limit']}, float32, {doc['cpu']}")
+    limits = ", ".join(f"{name} {task['limit']} ({task['n']} items)" for name, task in doc["tasks"].items())
+    print(f"\n{doc['model']}, float32, {doc['cpu']}; --limit per task: {limits}")
     print(f"{'task':12} {'metric':40} {'editguard':>12} {'lm-eval':>12} {'difference':>12}")
     worst, count = (0.0, "", ""), 0
     for name, task in doc["tasks"].items():
@@ -239,9 +248,10 @@ def report(doc: dict) -> None:
             if row["difference"] >= worst[0] and (row["difference"] > worst[0] or not worst[1]):
                 worst = (row["difference"], name, metric)
         items = ", ".join(f"{m} {e['differ']} of {e['n']}" for m, e in task["items"].items())
-        s = task["seconds"]
+        s, c = task["seconds"], task.get("cpu_seconds")
+        cpu = f"; CPU time editguard {c['editguard']:.1f} s, lm-eval {c['lm_eval']:.1f} s" if c else ""
         print(f"{name:12} items that differ: {items}; wall time editguard {s['editguard']:.1f} s, "
-              f"lm-eval {s['lm_eval']:.1f} s ({s['lm_eval'] / max(s['editguard'], 1e-9):.1f}×)")
+              f"lm-eval {s['lm_eval']:.1f} s ({s['lm_eval'] / max(s['editguard'], 1e-9):.1f}×){cpu}")
     total_mine = sum(t["seconds"]["editguard"] for t in doc["tasks"].values())
     total_theirs = sum(t["seconds"]["lm_eval"] for t in doc["tasks"].values())
     print(f"total wall time: editguard {total_mine:.1f} s, lm-eval {total_theirs:.1f} s "

@@ -10,16 +10,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from editguard.metrics.downstream import (
-    PER_ITEM_KEYS,
-    SCORER_VERSION,
-    TaskScore,
-    evaluate,
-    lm_eval_metrics,
-    original_sizes,
-    pick_items,
-    resolve_precision,
-)
+from editguard.metrics.downstream import SCORER_VERSION, evaluate, pick_items, resolve_precision
+from editguard.metrics.lm_eval import PER_ITEM_KEYS, TaskScore, lm_eval_metrics, original_sizes
 from editguard.runinfo import model_fields
 from editguard.stats import Z_TWO_SIDED_95
 from editguard.tasks import get_task

@@ -277,8 +277,9 @@ OPTIONS: tuple[Option, ...] = (
            "takes them (per subject for MMLU), so the numbers compare with an lm-eval run", metavar="N", minimum=1,
            default_help="off: the seeded subset of --downstream-n"),
     Option("lm-eval-json", str, None,
-           "write the downstream scores in lm-evaluation-harness's results layout to this path: the unedited "
-           "model's at the top level, each edit's under \"post_edit\"", namespaced=True, metavar="PATH",
+           "write the downstream scores in lm-evaluation-harness's results layout ({{\"results\", \"n-shot\", "
+           "\"n-samples\", \"versions\", \"configs\", ...}}) to this path; in a pytest run the unedited model's at "
+           "the top level and each edit's under \"post_edit\"", namespaced=True, metavar="PATH",
            default_help="none"),
     Option("downstream-min-retention", float, None,
            "also require edited accuracy ≥ this × the unedited model's on each downstream task, e.g. 0.9",

@@ -50,7 +50,7 @@ def cmd_eval(args) -> int:
     from pathlib import Path
 
     from editguard.evaluation import apply_edits, render_table, run_header, score_row, score_tasks
-    from editguard.metrics.downstream import write_lm_eval_json
+    from editguard.metrics.lm_eval import write_lm_eval_json
     from editguard.tasks import parse_task_list
 
     if args.threads:
@@ -134,7 +134,5 @@ def register(sub) -> None:
     p.add_argument("--sequential", action="store_true", help="apply the edits one after another (else one batch)")
     p.add_argument("--threads", type=NON_NEGATIVE, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--json", default=None, help="JSON path (default out/eval-MODEL[-EDITOR].json)")
-    p.add_argument("--lm-eval-json", default=None, metavar="PATH",
-                   help="also write the scores in lm-evaluation-harness's results layout ({\"results\", "
-                        "\"n-shot\", \"n-samples\", \"versions\", \"configs\", ...}) to PATH")
+    add_options(p, "lm-eval-json")
     p.set_defaults(run=cmd_eval, outputs={"json": False, "lm_eval_json": False}, default_outputs={"json": DEFAULT_OUT})

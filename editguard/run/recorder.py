@@ -188,7 +188,7 @@ class Recorder:
 
             write_report_plots([{"run": self.header, "cases": self.cases}], self.outputs.plots)
         if self.outputs.lm_eval_json:
-            from editguard.metrics.downstream import lm_eval_json_from_records
+            from editguard.metrics.lm_eval import lm_eval_json_from_records
 
             lm_eval_json_from_records(self.outputs.lm_eval_json, self.cases,
                                       {k: self.header.get(k) for k in ("model", "editor", "suite") if k in self.header})
