@@ -59,7 +59,7 @@ def lm_eval_mean_stderr(successes: float, n: int) -> float | str:
 
 def lm_eval_pooled_stderr(stderrs: list, sizes: list[int]) -> float | str:
     """lm-eval's `pooled_sample_stderr` of a group (weight_by_size): Σ (nᵢ − 1) nᵢ seᵢ² / (Σ nᵢ − k), over Σ nᵢ,
-    square-rooted; applied level by level (MMLU: subjects → categories → mmlu). "N/A" if a part has none."""
+    square-rooted; over a group's leaf tasks (MMLU and each category: its subjects). "N/A" if a part has none."""
     if not sizes or any(isinstance(e, str) for e in stderrs) or sum(sizes) <= len(sizes):
         return "N/A"
     var = sum((n - 1) * e ** 2 * n for e, n in zip(stderrs, sizes)) / (sum(sizes) - len(sizes))
@@ -82,7 +82,8 @@ def _perplexity(lls: list[float]) -> float:
 
 
 def _mmlu_levels(groups: dict[str, list[int]]) -> tuple[dict, dict]:
-    """(per subject, per category) {name: (n, acc, stderr)} from {subject: [n, right]}."""
+    """(per subject, per category) {name: (n, acc, stderr)} from {subject: [n, right]}; a category's
+    stderr is pooled over its subjects."""
     subjects = {s: (n, right / n, lm_eval_mean_stderr(right, n)) for s, (n, right) in sorted(groups.items())}
     categories = {}
     for category, members in MMLU_CATEGORIES.items():
@@ -97,8 +98,8 @@ def _mmlu_levels(groups: dict[str, list[int]]) -> tuple[dict, dict]:
 def lm_eval_metrics(score: TaskScore, bootstrap_iters: int = 0) -> dict[str, float | str]:
     """The score under lm-evaluation-harness's keys ("metric,filter"), lm-eval's metric exactly:
     PIQA/HellaSwag acc and acc_norm; LAMBADA acc and perplexity (its bootstrap stderr only with
-    bootstrap_iters, lm-eval's default being 100,000); MMLU acc with the stderr pooled subject →
-    category → group as lm-eval pools it (no acc_norm); NQ-open exact_match,remove_whitespace;
+    bootstrap_iters, lm-eval's default being 100,000); MMLU acc with the stderr pooled over the
+    subjects as lm-eval pools a group (no acc_norm); NQ-open exact_match,remove_whitespace;
     SQuAD2 the official script's eight numbers, in percent, with stderr "N/A" as lm-eval has it."""
     n, extra = score.n, score.extra
     if score.task == "nq-open":
@@ -111,10 +112,10 @@ def lm_eval_metrics(score: TaskScore, bootstrap_iters: int = 0) -> dict[str, flo
         return out
     acc = extra.get("acc", score.accuracy)
     out = {"acc,none": acc, "acc_stderr,none": lm_eval_mean_stderr(acc * n, n)}
-    if "groups" in extra:   # MMLU: a group of subjects
-        _, categories = _mmlu_levels(extra["groups"])
-        out["acc_stderr,none"] = lm_eval_pooled_stderr([e for _, _, e in categories.values()],
-                                                       [size for size, _, _ in categories.values()])
+    if "groups" in extra:   # MMLU: lm-eval 0.4.13 pools a group's stderr over its leaf tasks, the subjects
+        subjects, _ = _mmlu_levels(extra["groups"])
+        out["acc_stderr,none"] = lm_eval_pooled_stderr([e for _, _, e in subjects.values()],
+                                                       [n for n, _, _ in subjects.values()])
         return out
     if "perplexity" in extra:   # LAMBADA
         out["perplexity,none"] = extra["perplexity"]
