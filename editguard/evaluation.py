@@ -10,28 +10,27 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from editguard.metrics.downstream import (
-    SCORER_VERSION,
-    TaskScore,
-    evaluate,
-    lm_eval_metrics,
-    resolve_precision,
-    subset,
-)
+from editguard.metrics.downstream import SCORER_VERSION, evaluate, pick_items, resolve_precision
+from editguard.metrics.lm_eval import PER_ITEM_KEYS, TaskScore, lm_eval_metrics, original_sizes
 from editguard.runinfo import model_fields
 from editguard.stats import Z_TWO_SIDED_95
 from editguard.tasks import get_task
 
 
 def score_tasks(mue, tasks: list[str], n: int | None, data_dir=None, seed: int = 0,
-                progress: bool = True, on_task=None, precision: str = "auto") -> dict[str, TaskScore]:
-    """Each task's seeded subset of n items (all with n=None), scored on the model as it is now."""
+                progress: bool = True, on_task=None, precision: str = "auto", limit: int | None = None,
+                originals: dict | None = None) -> dict[str, TaskScore]:
+    """Each task's items, scored on the model as it is now: the first `limit` (lm-eval's --limit,
+    per MMLU subject) when given, else a seeded subset of n items (all with n=None). `originals`,
+    when given, receives each task's full size (per subject) for lm-eval's n-samples."""
     from editguard.progress import progress_bar
 
     scores = {}
     for name in tasks:
         everything = get_task(name).load(data_dir)
-        items = [everything[i] for i in subset(everything, n, seed, name)]
+        if originals is not None:
+            originals[name] = original_sizes(everything)
+        items = [everything[i] for i in pick_items(everything, name, None if limit is not None else n, seed, limit)]
         with progress_bar(f"{name} ({len(items)} items)", len(items), enabled=progress) as bar:
             scores[name] = evaluate(mue, name, items, progress=bar.advance, precision=precision)
         if on_task is not None:
@@ -74,7 +73,9 @@ def apply_edits(mue, editor, cases, baseline, sequential: bool, thresholds=None)
 
 def score_row(score: TaskScore) -> dict[str, Any]:
     low, high = score.interval(Z_TWO_SIDED_95)
-    return {**score.to_dict(), "ci95_low": low, "ci95_high": high, **lm_eval_metrics(score)}
+    row = {**score.to_dict(), "ci95_low": low, "ci95_high": high, **lm_eval_metrics(score)}
+    row["extra"] = {k: v for k, v in score.extra.items() if k not in PER_ITEM_KEYS or k == "examples"}
+    return row
 
 
 def render_table(title: str, scores: dict[str, TaskScore]):

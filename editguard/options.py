@@ -273,7 +273,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("downstream", str, None,
            "probe every edited model on these downstream tasks and gate on them, comma-separated: {tasks}",
            metavar="TASKS", default_help="off"),
-    Option("downstream-n", int, 200, "items per downstream task (a seeded, fixed subset)", metavar="N", minimum=1),
+    Option("downstream-n", int, 200, "items per downstream task: a seeded, fixed random subset of N (see "
+           "--editguard-downstream-limit for lm-eval's first N)", metavar="N", minimum=1),
+    Option("downstream-limit", int, None,
+           "score the first N items of each downstream task instead of a seeded subset, as lm-eval's --limit N "
+           "takes them (per subject for MMLU), so the numbers compare with an lm-eval run", metavar="N", minimum=1,
+           default_help="off: the seeded subset of --downstream-n"),
+    Option("lm-eval-json", str, None,
+           "write the downstream scores in lm-evaluation-harness's results layout ({{\"results\", \"n-shot\", "
+           "\"n-samples\", \"versions\", \"configs\", ...}}) to this path; in a pytest run the unedited model's at "
+           "the top level and each edit's under \"post_edit\"", namespaced=True, metavar="PATH",
+           default_help="none"),
     Option("downstream-min-retention", float, None,
            "also require edited accuracy ≥ this × the unedited model's on each downstream task, e.g. 0.9",
            metavar="R", default_help="off", above=0, maximum=1),

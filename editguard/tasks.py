@@ -5,8 +5,10 @@ per task kind, as in EleutherAI's lm-evaluation-harness:
 - multiple_choice: log P(continuation | context) per choice; accuracy is the argmax (acc), or
   the argmax of log P / len(choice in characters) (acc_norm, HellaSwag).
 - last_word: LAMBADA; right when every token of " " + last word is the greedy (argmax) token.
-- generation: greedy decoding until a stop string, exact match (and SQuAD's F1) after SQuAD's
-  answer normalisation.
+- generation: greedy decoding (at most 256 new tokens, lm-eval's HF default) until a stop string or
+  end-of-text. NQ-open's exact match is lm-eval's (`lm_eval_exact_match`: strip, its article regex,
+  ignore case and punctuation, no whitespace collapsing); SQuAD2's are the official SQuAD 2.0 script's
+  (`squad2_metrics`). editguard's SQuAD-normalised exact match on NQ-open is kept as `exact_match_squad`.
 
 Prompts follow lm-evaluation-harness (v0.4 task configs):
   PIQA       "Question: {goal}\\nAnswer:" + " {sol}"
@@ -37,7 +39,8 @@ from editguard.data import DataError, data_file, read_json, resolve_data_dir
 
 __all__ = [
     "GenItem", "MCItem", "TASKS", "Task", "exact_match", "f1_score", "get_task", "load_task",
-    "normalize_answer", "parse_task_list", "task_name", "LM_EVAL_TASKS",
+    "normalize_answer", "parse_task_list", "task_name", "LM_EVAL_TASKS", "LM_EVAL_NAMES", "MMLU_CATEGORIES",
+    "lm_eval_exact_match", "squad2_metrics",
 ]
 
 MULTIPLE_CHOICE, LAST_WORD, GENERATION = "multiple_choice", "last_word", "generation"
@@ -53,6 +56,7 @@ class MCItem:
     gold: int = 0
     # acc_norm divides by these (the choice's characters without the delimiter space)
     norm_lengths: tuple[int, ...] = ()
+    group: str = ""              # MMLU: the subject (lm-eval's subtask), for its group stderr and --limit
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,7 @@ class Task:
     random: float | Callable[[list], float] = 0.0        # what guessing scores (may depend on the items)
     description: str = ""
     stop: tuple[str, ...] = ("\n",)
-    max_new_tokens: int = 32
+    max_new_tokens: int = 256    # lm-eval's HF backend: max_gen_toks 256
 
     def load(self, data_dir: str | os.PathLike | None = None) -> list:
         root = resolve_data_dir(data_dir)
@@ -227,7 +231,7 @@ def read_mmlu(root: Path, shots: int = 0) -> list[MCItem]:
                 raise DataError(f"{dev_path}: {len(dev)} rows, {shots}-shot MMLU needs {shots}")
         for question, choices, answer in _read_mmlu_csv(path):
             items.append(MCItem(mmlu_prompt(subject, question, choices, dev), tuple(" " + x for x in MMLU_LETTERS),
-                                answer, (1, 1, 1, 1)))
+                                answer, (1, 1, 1, 1), subject))
     return items
 
 
@@ -317,6 +321,36 @@ LM_EVAL_TASKS: dict[str, dict[int, str]] = {
 }
 
 
+# editguard's task -> (lm-eval's task name, its few-shot count, its task version): the keys of the
+# --lm-eval-json layout. lm-eval's MMLU is a group (version 2) of 4 categories of 57 subject tasks.
+LM_EVAL_NAMES: dict[str, tuple[str, int, float]] = {
+    "piqa": ("piqa", 0, 1.0), "hellaswag": ("hellaswag", 0, 1.0), "lambada": ("lambada_openai", 0, 1.0),
+    "mmlu": ("mmlu", 0, 2.0), "mmlu-5shot": ("mmlu", 5, 2.0), "nq-open": ("nq_open", 0, 4.0),
+    "squad2": ("squadv2", 0, 3.0),
+}
+
+# MMLU's subjects by lm-eval's category groups (mmlu_stem, mmlu_other, mmlu_social_sciences,
+# mmlu_humanities): the group stderr is pooled subject -> category -> mmlu.
+MMLU_CATEGORIES: dict[str, tuple[str, ...]] = {
+    "stem": ("abstract_algebra", "anatomy", "astronomy", "college_biology", "college_chemistry",
+             "college_computer_science", "college_mathematics", "college_physics", "computer_security",
+             "conceptual_physics", "electrical_engineering", "elementary_mathematics", "high_school_biology",
+             "high_school_chemistry", "high_school_computer_science", "high_school_mathematics",
+             "high_school_physics", "high_school_statistics", "machine_learning"),
+    "other": ("business_ethics", "clinical_knowledge", "college_medicine", "global_facts", "human_aging",
+              "management", "marketing", "medical_genetics", "miscellaneous", "nutrition",
+              "professional_accounting", "professional_medicine", "virology"),
+    "social_sciences": ("econometrics", "high_school_geography", "high_school_government_and_politics",
+                        "high_school_macroeconomics", "high_school_microeconomics", "high_school_psychology",
+                        "human_sexuality", "professional_psychology", "public_relations", "security_studies",
+                        "sociology", "us_foreign_policy"),
+    "humanities": ("formal_logic", "high_school_european_history", "high_school_us_history",
+                   "high_school_world_history", "international_law", "jurisprudence", "logical_fallacies",
+                   "moral_disputes", "moral_scenarios", "philosophy", "prehistory", "professional_law",
+                   "world_religions"),
+}
+
+
 def task_name(name: str) -> str:
     """editguard's name of a task given by its own name or lm-evaluation-harness's, optionally with a
     few-shot count (`mmlu:5` -> mmlu-5shot); ValueError listing the valid names otherwise."""
@@ -399,3 +433,51 @@ def _f1(prediction: str, gold: str) -> float:
 def f1_score(prediction: str, answers: tuple[str, ...] | list[str]) -> float:
     golds = [a for a in answers if normalize_answer(a)] or [""]
     return max(_f1(prediction, g) for g in golds)
+
+
+# --- lm-evaluation-harness's nq_open exact match ----------------------------------------------------
+
+# nq_open.yaml: filter remove_whitespace (strip) then take_first; exact_match with regexes_to_ignore
+# (applied first, case-sensitive), then ignore_case, then ignore_punctuation; nothing else: inner
+# whitespace is compared as it is. Right when any gold answer matches.
+_LM_EVAL_NQ_ARTICLES = re.compile(r"\b(?:The |the |An |A |The |a |an )")
+_DROP_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def _lm_eval_nq_normalize(text: str) -> str:
+    return _LM_EVAL_NQ_ARTICLES.sub("", text).lower().translate(_DROP_PUNCTUATION)
+
+
+def lm_eval_exact_match(prediction: str, answers: tuple[str, ...] | list[str]) -> bool:
+    """lm-eval's nq_open `exact_match,remove_whitespace` of one item: gold `A+` and prediction `A+`
+    match (both `a`), where SQuAD's normalisation reduces `A+` to nothing."""
+    pred = _lm_eval_nq_normalize(prediction.strip())
+    return any(pred == _lm_eval_nq_normalize(a) for a in answers)
+
+
+# --- the official SQuAD 2.0 evaluation (what lm-eval's squadv2 reports, in percent) -----------------
+
+def squad2_metrics(predictions: list[str], answers: list[tuple[str, ...]], no_answer_probs: list[float]) -> dict:
+    """exact, f1, HasAns_/NoAns_ (only where such questions are present) and best_exact/best_f1: the
+    no-answer threshold on `no_answer_probs` (lm-eval: P(" unanswerable" | prompt)) that scores best,
+    a prediction above it counting as "no answer"."""
+    exact = [float(exact_match(p, a)) for p, a in zip(predictions, answers)]
+    f1 = [f1_score(p, a) for p, a in zip(predictions, answers)]
+    n = len(predictions)
+    if not n:
+        return {}
+    has = [bool(a) for a in answers]
+    out = {"exact": 100.0 * sum(exact) / n, "f1": 100.0 * sum(f1) / n}
+    for name, want in (("HasAns", True), ("NoAns", False)):
+        picked = [i for i in range(n) if has[i] == want]
+        if picked:
+            out[f"{name}_exact"] = 100.0 * sum(exact[i] for i in picked) / len(picked)
+            out[f"{name}_f1"] = 100.0 * sum(f1[i] for i in picked) / len(picked)
+    order = sorted(range(n), key=lambda i: no_answer_probs[i])   # stable, as the script's sorted()
+    for name, raw in (("exact", exact), ("f1", f1)):
+        score = best = float(sum(not h for h in has))
+        for i in order:
+            score += raw[i] if has[i] else (-1.0 if predictions[i] else 0.0)
+            best = max(best, score)
+        out[f"best_{name}"] = 100.0 * best / n
+    return out

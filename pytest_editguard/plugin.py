@@ -257,7 +257,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     mode = " sequential" if s.sequential else ""
     extra = (f" devices={','.join(s.devices)}" if s.devices else "") + (f" shard={s.shard_label}" if s.shard else "")
     if s.downstream:
-        extra += f" downstream={','.join(s.downstream)} (n={s.downstream_n})"
+        picked = f"first {s.downstream_limit}" if s.downstream_limit else f"n={s.downstream_n}"
+        extra += f" downstream={','.join(s.downstream)} ({picked})"
     lines = [
         f"editguard: editor={s.editor} model={s.model} device={s.device} dtype={s.dtype}{mode} "
         f"ppl-corpus={corpus} ppl-bos={s.ppl_bos} data={s.data_dir or '(unset)'}{extra}"

@@ -22,7 +22,7 @@ MODEL_COMMANDS = {
 }
 # Each command's output option (a file it writes), where it has one.
 OUTPUT_OPTIONS = {"screen": ["--json"], "mine": ["--json", "--progress"], "calibrate": ["--json"],
-                  "analyze": ["--json"], "eval": ["--json"]}
+                  "analyze": ["--json"], "eval": ["--json", "--lm-eval-json"]}
 
 
 @pytest.fixture

@@ -241,8 +241,10 @@ def test_precision_resolution_and_its_errors(tiny_llama):
 
     assert resolve_precision(tiny_llama, "float32") == "float32"
     assert resolve_precision(tiny_llama, "bfloat16") == "bfloat16"
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    assert resolve_precision(tiny_llama, "auto") == ("bfloat16" if native else "float32")
+    from editguard.metrics.downstream import cpu_bfloat16_autocast_is_faster
+
+    # auto: bfloat16 only where the CPU says it has bf16 products AND a timed product confirms it
+    assert resolve_precision(tiny_llama, "auto") == ("bfloat16" if cpu_bfloat16_autocast_is_faster() else "float32")
     with pytest.raises(ValueError, match=r"downstream precision must be one of auto, float32, bfloat16; got 'fp8'"):
         resolve_precision(tiny_llama, "fp8")
     half = load_model("tiny-llama", dtype="float16")
@@ -289,6 +291,11 @@ def test_generation_scores_exact_match_and_squad_f1(tiny_llama, tasks_dir):
     score = evaluate(tiny_llama, replace(TASKS["squad2"], max_new_tokens=3), items)   # a random model never stops
     assert score.n == 5 and score.metric == "exact_match" and score.random == pytest.approx(0.4)
     assert 0 <= score.extra["f1"] <= 1 and score.extra["unanswerable"] == 2
+    # the official script's numbers, as lm-eval's squadv2 reports them (P(" unanswerable") for best_*)
+    assert set(score.extra["squad2"]) == {"exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1",
+                                          "best_exact", "best_f1"}
+    assert score.extra["squad2"]["exact"] == pytest.approx(100 * score.accuracy)
+    assert score.extra["squad2"]["best_exact"] >= score.extra["squad2"]["NoAns_exact"] * 2 / 5
     assert all(set(e) == {"prediction", "answers"} for e in score.extra["examples"])
 
 
@@ -432,12 +439,18 @@ def test_plugin_probes_each_edit_and_reports_per_task_accuracy(pytester, tasks_d
     pytester.makefile(".json", hparams=json.dumps({"v_num_grad_steps": 2, "context_template_length_params": [[5, 5]]}))
     result = pytester.runpytest_subprocess(
         "--model=tiny-llama", "--hparams=hparams.json", f"--editguard-data={tasks_dir}", "--downstream=piqa,lambada",
-        "--downstream-n=2", "--editguard-json=r.json", "--junitxml=j.xml", "-p", "no:cacheprovider")
+        "--downstream-n=2", "--editguard-json=r.json", "--junitxml=j.xml", "--editguard-lm-eval-json=lm.json",
+        "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*downstream=piqa,lambada (n=2)*"])
     case = json.loads((pytester.path / "r.json").read_text())["cases"][0]
     assert set(case["downstream"]) == {"piqa", "lambada"} and case["downstream"]["piqa"]["n"] == 2
     assert 'name="editguard.downstream.piqa"' in (pytester.path / "j.xml").read_text()
+    # lm-eval's layout: the unedited scores at the top, the edited model's under post_edit by case id
+    lm = json.loads((pytester.path / "lm.json").read_text())
+    assert set(lm["results"]) == {"piqa", "lambada_openai"} and lm["n-samples"]["piqa"]["effective"] == 2
+    assert lm["results"]["piqa"]["acc,none"] == case["downstream"]["piqa"]["unedited"]
+    assert lm["post_edit"]["t1"]["results"]["piqa"]["acc,none"] == case["downstream"]["piqa"]["accuracy"]
 
 
 # --- editguard eval ----------------------------------------------------------------------------------
@@ -492,7 +505,7 @@ def test_lm_eval_aliases_in_task_lists_and_their_errors():
 
 
 def test_scores_carry_lm_eval_keys_beside_editguards():
-    from editguard.metrics.downstream import TaskScore, lm_eval_metrics
+    from editguard.metrics.lm_eval import TaskScore, lm_eval_metrics
     from editguard.stats import proportion_stderr
 
     mc = TaskScore("hellaswag", "acc_norm", 200, 80, 0.25, {"acc": 0.35, "acc_norm": 0.4})
@@ -510,8 +523,9 @@ def test_scores_carry_lm_eval_keys_beside_editguards():
     nq = lm_eval_metrics(TaskScore("nq-open", "exact_match", 50, 5, 0.0))
     assert nq == {"exact_match,remove_whitespace": 0.1,
                   "exact_match_stderr,remove_whitespace": proportion_stderr(5, 50)}
-    squad = lm_eval_metrics(TaskScore("squad2", "exact_match", 20, 10, 0.5, {"f1": 0.55}))
-    assert squad["exact,none"] == 50.0 and squad["f1,none"] == pytest.approx(55.0)
+    squad = lm_eval_metrics(TaskScore("squad2", "exact_match", 20, 10, 0.5,
+                                      {"f1": 0.55, "squad2": {"exact": 50.0, "f1": 55.0}}))
+    assert squad == {"exact,none": 50.0, "exact_stderr,none": "N/A", "f1,none": 55.0, "f1_stderr,none": "N/A"}
 
 
 def test_probe_json_has_lm_eval_keys_beside_editguards():

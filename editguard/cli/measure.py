@@ -51,6 +51,7 @@ def cmd_eval(args) -> int:
     from pathlib import Path
 
     from editguard.evaluation import apply_edits, render_table, run_header, score_row, score_tasks
+    from editguard.metrics.lm_eval import write_lm_eval_json
     from editguard.tasks import parse_task_list
 
     if args.threads:
@@ -58,7 +59,7 @@ def cmd_eval(args) -> int:
 
         torch.set_num_threads(args.threads)
     tasks = parse_task_list(args.tasks)
-    n = None if args.n == "full" else int(args.n)
+    n = None if args.n == "full" or args.limit is not None else int(args.n)
     setup = open_setup(args, editor=bool(args.editor), baseline=bool(args.editor))
     mue, editor, baseline = setup.mue, setup.editor, setup.baseline
     header, restore, steps = run_header(mue, tasks, n, args.seed, args.downstream_precision), None, []
@@ -78,10 +79,14 @@ def cmd_eval(args) -> int:
                       statistics=editor_statistics(editor, mue), cases=[c.case_id for c in cases],
                       case_source=args.cases, sequential=args.sequential,
                       ppl_corpus=args.ppl_corpus, ppl_bos=args.ppl_bos, baseline_ppl=baseline.ppl.ppl)
+    if args.limit is not None:
+        header.update(n=f"first {args.limit}", limit=args.limit)
+    originals: dict = {}
     try:
         scores = score_tasks(mue, tasks, n, args.data, args.seed, precision=args.downstream_precision,
                              on_task=lambda s: print(f"  {s.task}: {s.metric} {s.accuracy:.4f} "
-                                                     f"(n={s.n}, {s.seconds:.0f} s)"))
+                                                     f"(n={s.n}, {s.seconds:.0f} s)"),
+                             limit=args.limit, originals=originals)
     finally:
         if restore is not None:
             restore()
@@ -93,6 +98,10 @@ def cmd_eval(args) -> int:
     out.write_text(json.dumps({"run": header, "edits": steps, "tasks": {k: score_row(v) for k, v in scores.items()}},
                               indent=1, default=str))
     print(f"wrote {out}")
+    if args.lm_eval_json:
+        write_lm_eval_json(args.lm_eval_json, scores, originals,
+                           {"model": mue.name, "limit": args.limit, "editguard_state": state, **header})
+        print(f"wrote {args.lm_eval_json} (lm-evaluation-harness's results layout)")
     return 0
 
 
@@ -114,7 +123,10 @@ def register(sub) -> None:
     p.add_argument("--tasks", default="piqa,hellaswag,lambada,mmlu,nq-open",
                    help="comma-separated: piqa, hellaswag, lambada, mmlu, mmlu-5shot, nq-open, squad2")
     p.add_argument("--n", type=number_or("full"), default="full",
-                   help="items per task: a number (seeded subset) or 'full' (default)")
+                   help="items per task: a number (a seeded random subset) or 'full' (default)")
+    p.add_argument("--limit", type=POSITIVE, default=None,
+                   help="the first N items of each task (per subject for MMLU), as lm-eval's --limit; "
+                        "replaces --n")
     p.add_argument("--seed", type=int, default=0)
     add_options(p, "editor", editor=None,
                 shown_defaults={"editor": "none: the unedited model; with one, its edits are applied before "
@@ -126,4 +138,5 @@ def register(sub) -> None:
     p.add_argument("--sequential", action="store_true", help="apply the edits one after another (else one batch)")
     p.add_argument("--threads", type=NON_NEGATIVE, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--json", default=None, help="JSON path (default out/eval-MODEL[-EDITOR].json)")
-    p.set_defaults(run=cmd_eval, outputs={"json": False}, default_outputs={"json": DEFAULT_OUT})
+    add_options(p, "lm-eval-json")
+    p.set_defaults(run=cmd_eval, outputs={"json": False, "lm_eval_json": False}, default_outputs={"json": DEFAULT_OUT})

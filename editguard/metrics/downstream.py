@@ -9,49 +9,34 @@ Generation tasks decode greedily with a KV cache (transformers' generate, left p
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import math
 import random
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from editguard.cache import cache_dir, cache_key, cached_json, safe_name
+from editguard.metrics.lm_eval import TaskScore, original_sizes, score_record
 from editguard.metrics.perplexity import add_bos_for
 from editguard.models.loading import ModelUnderEdit
 from editguard.options import DOWNSTREAM_PRECISIONS
-from editguard.stats import Z_ONE_SIDED_95, proportion_stderr, wilson_interval
-from editguard.tasks import GENERATION, LAST_WORD, GenItem, MCItem, Task, exact_match, f1_score, get_task
+from editguard.tasks import (
+    GENERATION,
+    LAST_WORD,
+    GenItem,
+    MCItem,
+    Task,
+    exact_match,
+    get_task,
+    lm_eval_exact_match,
+    squad2_metrics,
+)
 
 # Bump when scoring changes what it computes: cached unedited scores of older code are then ignored.
-SCORER_VERSION = 3
-
-
-@dataclass(frozen=True)
-class TaskScore:
-    task: str
-    metric: str                 # the gated metric: acc, acc_norm or exact_match
-    n: int
-    correct: int                # items right under `metric`
-    random: float               # what guessing scores on these items
-    extra: dict = field(default_factory=dict)   # acc beside acc_norm, SQuAD2's F1, ...
-    seconds: float = 0.0
-
-    @property
-    def accuracy(self) -> float:
-        return self.correct / self.n if self.n else 0.0
-
-    def interval(self, z: float = Z_ONE_SIDED_95) -> tuple[float, float]:
-        return wilson_interval(self.correct, self.n, z)
-
-    def to_dict(self) -> dict:
-        low, high = self.interval()
-        return {**asdict(self), "accuracy": self.accuracy, "wilson_low": low, "wilson_high": high}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TaskScore":
-        return cls(d["task"], d["metric"], d["n"], d["correct"], d["random"], d.get("extra", {}), d.get("seconds", 0.0))
-
+SCORER_VERSION = 4
 
 # --- tokenization and the shared log-likelihood path ------------------------------------------
 
@@ -76,13 +61,36 @@ def cpu_multiplies_bfloat16_natively() -> bool:
     return any(check() for check in checks if check is not None)
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_bfloat16_autocast_is_faster() -> bool:
+    """Measured, not assumed: a CPU flag alone chose bfloat16 autocast where oneDNN then emulated it
+    (issue 30). A product of a model's shape (256 × 576 by 576 × 1536, SmolLM2's MLP), best of 5,
+    under bfloat16 autocast against float32: bfloat16 only when it is at least 20 % faster."""
+    if not cpu_multiplies_bfloat16_natively():
+        return False
+    a, b = torch.randn(256, 576), torch.randn(576, 1536)
+
+    def best(autocast: bool) -> float:
+        times = []
+        for _ in range(6):
+            start = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                for _ in range(4):
+                    a @ b
+            times.append(time.perf_counter() - start)
+        return min(times[1:])   # the first run warms oneDNN up
+
+    return best(True) < 0.8 * best(False)
+
+
 def resolve_precision(mue: ModelUnderEdit, precision: str = "auto") -> str:
     """The precision probes run in. "auto" is bfloat16 where the hardware multiplies it natively
     (a CUDA GPU with bf16, a CPU with AVX-512 BF16 or AMX: 2.5× faster than float32 on a 2-core
     machine with AVX-512 BF16) and float32 elsewhere: oneDNN also runs bf16 on a plain AVX-512
     CPU, emulated, and there autocast ME-PPL_50 on SmolLM2-135M took 23.2 s against 7.2 s in
     float32 (2026-11-29, Xeon without AVX-512 BF16). SmolLM2's own config is bfloat16, the dtype
-    lm-eval loads it in by default. A model already held in 16 bits keeps its dtype."""
+    lm-eval loads it in by default. A model already held in 16 bits keeps its dtype. On a CPU the
+    flag is confirmed by timing one product (`cpu_bfloat16_autocast_is_faster`)."""
     if precision not in DOWNSTREAM_PRECISIONS:
         raise ValueError(f"downstream precision must be one of {', '.join(DOWNSTREAM_PRECISIONS)}; got {precision!r}")
     if mue.dtype in (torch.bfloat16, torch.float16):
@@ -92,7 +100,7 @@ def resolve_precision(mue: ModelUnderEdit, precision: str = "auto") -> str:
     if mue.device.type == "cuda":
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
     if mue.device.type == "cpu":
-        return "bfloat16" if cpu_multiplies_bfloat16_natively() else "float32"
+        return "bfloat16" if cpu_bfloat16_autocast_is_faster() else "float32"
     return "float32"
 
 
@@ -253,9 +261,10 @@ class _StopOnStrings:
 
 
 @torch.no_grad()
-def greedy_generate(mue: ModelUnderEdit, prompts: list[str], *, max_new_tokens: int = 32,
+def greedy_generate(mue: ModelUnderEdit, prompts: list[str], *, max_new_tokens: int = 256,
                     stop: tuple[str, ...] = ("\n",), batch_size: int = 32, progress=None) -> list[str]:
-    """Greedy continuations, each cut at its first stop string (lm-eval's `until`)."""
+    """Greedy continuations, each cut at its first stop string (lm-eval's `until`, to which lm-eval's
+    HF backend adds the end-of-text token: generation stops there too)."""
     from transformers import GenerationConfig, StoppingCriteriaList
 
     tok, add_bos = mue.tokenizer, add_bos_for("tokenizer", mue)
@@ -297,6 +306,29 @@ def subset(items: list, n: int | None, seed: int = 0, task: str = "") -> list[in
     return sorted(random.Random(f"{task}:{seed}").sample(range(len(items)), n))
 
 
+def first_n(items: list, limit: int | None) -> list[int]:
+    """Indices of the first `limit` items, as lm-eval's --limit takes them: per subtask, so MMLU's
+    first `limit` questions of each subject (all items when limit is None)."""
+    if limit is None:
+        return list(range(len(items)))
+    taken: dict[str, int] = {}
+    out = []
+    for i, item in enumerate(items):
+        group = getattr(item, "group", "")
+        if taken.get(group, 0) < limit:
+            taken[group] = taken.get(group, 0) + 1
+            out.append(i)
+    return out
+
+
+def pick_items(items: list, task: str, n: int | None = None, seed: int = 0, limit: int | None = None) -> list[int]:
+    """The items a run scores: the first `limit` (lm-eval's --limit) when limit is given, else a
+    seeded subset of n."""
+    if limit is not None and n is not None:
+        raise ValueError("give either a first-N limit or a seeded subset size, not both")
+    return first_n(items, limit) if limit is not None else subset(items, n, seed, task)
+
+
 def evaluate(mue: ModelUnderEdit, task: Task | str, items: list, progress=None,
              tokens_per_batch: int = 1024, precision: str = "auto") -> TaskScore:
     """Score `items` of `task` on the model as it is now (edited or not), in `precision`
@@ -315,24 +347,44 @@ def _evaluate(mue: ModelUnderEdit, task: Task, items: list, progress, tokens_per
         assert all(isinstance(i, GenItem) for i in items)
         predictions = greedy_generate(mue, [i.prompt for i in items], max_new_tokens=task.max_new_tokens,
                                       stop=task.stop, progress=progress)
-        right = [exact_match(p, i.answers) for p, i in zip(predictions, items)]
+        squad = [exact_match(p, i.answers) for p, i in zip(predictions, items)]
         if task.name == "squad2":
-            extra["f1"] = sum(f1_score(p, i.answers) for p, i in zip(predictions, items)) / max(1, len(items))
+            # The official script's best_* need P(" unanswerable" | prompt), as lm-eval's squadv2 asks for it.
+            lls = loglikelihoods(mue, [(i.prompt, " unanswerable") for i in items], tokens_per_batch=tokens_per_batch)
+            extra["squad2"] = squad2_metrics(predictions, [i.answers for i in items], [math.exp(lp) for lp, _ in lls])
+            extra["f1"] = extra["squad2"].get("f1", 0.0) / 100.0
             extra["unanswerable"] = sum(not i.answers for i in items)
+            right = squad
+        else:   # NQ-open: lm-eval's exact match; editguard's SQuAD-normalised one beside it, under its own name
+            right = [lm_eval_exact_match(p, i.answers) for p, i in zip(predictions, items)]
+            extra["exact_match_squad"] = sum(squad) / max(1, len(items))
         extra["examples"] = [{"prediction": p, "answers": list(i.answers)}
                              for p, i in list(zip(predictions, items))[:3]]
+        extra["per_item"] = predictions
     else:
         pairs = [(i.context, c) for i in items for c in i.choices]
         step = (lambda n, k=len(items) / max(1, len(pairs)): progress(n * k)) if progress else None
         lls = loglikelihoods(mue, pairs, progress=step, tokens_per_batch=tokens_per_batch)
         if task.kind == LAST_WORD:
             right = [greedy for _, greedy in lls]
+            extra["loglikelihoods"] = [lp for lp, _ in lls]
+            # lm-eval's `perplexity,none` of lambada_openai: exp(−mean log P(last word | text)).
+            extra["perplexity"] = math.exp(-sum(extra["loglikelihoods"]) / len(lls)) if lls else float("nan")
+            extra["per_item"] = [int(g) for g in right]
         else:
             acc, norm = score_choices(items, lls)
             right_acc = [p == i.gold for p, i in zip(acc, items)]
             right_norm = [p == i.gold for p, i in zip(norm, items)]
             extra["acc"], extra["acc_norm"] = sum(right_acc) / len(items), sum(right_norm) / len(items)
+            extra["per_item"] = [[a, b] for a, b in zip(acc, norm)]
             right = right_norm if task.metric == "acc_norm" else right_acc
+            if any(i.group for i in items):   # MMLU: per subject [items, right by acc]
+                groups: dict[str, list[int]] = {}
+                for item, ok in zip(items, right_acc):
+                    groups.setdefault(item.group, [0, 0])
+                    groups[item.group][0] += 1
+                    groups[item.group][1] += int(ok)
+                extra["groups"] = groups
     return TaskScore(task.name, task.metric, len(items), int(sum(right)), task.random_baseline(items), extra,
                      time.perf_counter() - start)
 
@@ -350,43 +402,17 @@ class DownstreamProbe:
     min_retention: float | None = None
     seed: int = 0
     precision: str = "auto"
+    originals: dict[str, dict[str, int]] = field(default_factory=dict)   # full sizes, for lm-eval's n-samples
 
     def run(self, mue: ModelUnderEdit) -> dict[str, TaskScore]:
         return {name: evaluate(mue, name, items, precision=self.precision) for name, items in self.items.items()}
 
     def to_json(self, edited: dict[str, TaskScore]) -> dict:
-        return {name: {"accuracy": s.accuracy, "n": s.n, "correct": s.correct, "metric": s.metric,
-                       "random": s.random, "unedited": self.unedited[name].accuracy,
-                       **{k: v for k, v in s.extra.items() if k != "examples"}, **lm_eval_metrics(s)}
+        """Per task: the edited score (editguard's fields, its extras, lm-eval's keys) and the unedited
+        model's under "unedited_score", both rebuildable with `TaskScore.from_record`."""
+        return {name: {**score_record(s), "unedited": self.unedited[name].accuracy,
+                       "unedited_score": score_record(self.unedited[name])}
                 for name, s in edited.items()}
-
-
-# lm-evaluation-harness's result keys ("metric,filter") for editguard's scores: its nq_open takes the
-# first line without surrounding whitespace (filter remove_whitespace); its squadv2 reports the
-# official SQuAD 2.0 script's exact and f1, in percent.
-_LM_EVAL_GENERATION_KEYS = {"nq-open": "exact_match,remove_whitespace", "squad2": "exact,none"}
-
-
-def lm_eval_metrics(score: TaskScore) -> dict[str, float]:
-    """The score under lm-evaluation-harness's keys, beside editguard's own: `acc,none` and
-    `acc_stderr,none` (and `acc_norm,...` for multiple choice), `exact_match,...` for generation."""
-    n = score.n
-    if score.task in _LM_EVAL_GENERATION_KEYS:
-        key = _LM_EVAL_GENERATION_KEYS[score.task]
-        metric, filter_name = key.split(",")
-        scale = 100.0 if score.task == "squad2" else 1.0
-        out = {key: scale * score.accuracy,
-               f"{metric}_stderr,{filter_name}": scale * proportion_stderr(score.correct, n)}
-        if "f1" in score.extra:
-            out["f1,none"] = scale * score.extra["f1"]
-        return out
-    out = {}
-    for metric in ("acc", "acc_norm"):
-        rate = score.extra.get(metric, score.accuracy if metric == score.metric else None)
-        if rate is not None:
-            out[f"{metric},none"] = rate
-            out[f"{metric}_stderr,none"] = proportion_stderr(round(rate * n), n)
-    return out
 
 
 def _items_digest(items: list) -> str:
@@ -414,12 +440,16 @@ def unedited_score(mue: ModelUnderEdit, task: str, items: list, indices: list[in
 
 
 def prepare_probe(mue: ModelUnderEdit, tasks: list[str], n: int | None, data_dir=None, seed: int = 0,
-                  min_retention: float | None = None, precision: str = "auto") -> DownstreamProbe:
-    """Load each task, draw its seeded subset, and score the unedited model on it (cached)."""
-    items, indices, unedited = {}, {}, {}
+                  min_retention: float | None = None, precision: str = "auto",
+                  limit: int | None = None) -> DownstreamProbe:
+    """Load each task, take its items (the first `limit`, lm-eval's --limit, when given; else a
+    seeded subset of n), and score the unedited model on them (cached)."""
+    items, indices, unedited, originals = {}, {}, {}, {}
     for name in tasks:
         everything = get_task(name).load(data_dir)
-        indices[name] = subset(everything, n, seed, name)
+        originals[name] = original_sizes(everything)
+        indices[name] = pick_items(everything, name, None if limit is not None else n, seed, limit)
         items[name] = [everything[i] for i in indices[name]]
         unedited[name] = unedited_score(mue, name, items[name], indices[name], seed, precision)
-    return DownstreamProbe(items, indices, unedited, min_retention, seed, resolve_precision(mue, precision))
+    return DownstreamProbe(items, indices, unedited, min_retention, seed, resolve_precision(mue, precision),
+                           originals)

@@ -49,6 +49,8 @@ class RunConfig:
     shard: tuple[int, int] | None = None
     downstream: tuple[str, ...] | None = None     # task names (--downstream); None: no probes
     downstream_n: int = 200
+    downstream_limit: int | None = None     # first N items (lm-eval's --limit) instead of the seeded subset
+    lm_eval_json: str | None = None         # --editguard-lm-eval-json
     downstream_min_retention: float | None = None
     downstream_precision: str = "auto"
     ppl_bos: str = "never"                  # BOS rule of every perplexity (--ppl-bos)
@@ -138,7 +140,8 @@ class RunConfig:
             download=value("download"), ppl_corpus=value("ppl-corpus"), thresholds=thresholds,
             max_cases=value("max-cases"), json_path=value("json"), sequential=value("sequential"),
             plots_dir=value("plots"), downstream=downstream or None, downstream_n=value("downstream-n"),
-            downstream_min_retention=value("downstream-min-retention"),
+            downstream_min_retention=value("downstream-min-retention"), downstream_limit=value("downstream-limit"),
+            lm_eval_json=value("lm-eval-json"),
             downstream_precision=value("downstream-precision"), ppl_bos=ppl_bos_for(model, value("ppl-bos")),
             sequence_on_error=value("sequence-on-error"), markdown_path=value("markdown"),
             compare_path=compare_path, compare_saved=compare_saved, compare_margins=tuple(margins), quality=quality,

@@ -51,6 +51,7 @@ class Outputs:
     markdown: str | None = None
     plots: str | None = None
     junit: str | None = None
+    lm_eval_json: str | None = None     # downstream scores in lm-evaluation-harness's layout
     flags: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -61,7 +62,7 @@ class Outputs:
         """Prove every output writable (by creating it, then removing it) before the first edit."""
         for name, path, directory in (("json", self.json, False), ("journal", self.journal, False),
                                       ("markdown", self.markdown, False), ("plots", self.plots, True),
-                                      ("junit", self.junit, False)):
+                                      ("junit", self.junit, False), ("lm_eval_json", self.lm_eval_json, False)):
             if path:
                 prove_writable(self.flags.get(name, name), path, directory=directory)
 
@@ -186,6 +187,11 @@ class Recorder:
             from editguard.report.plots import write_report_plots
 
             write_report_plots([{"run": self.header, "cases": self.cases}], self.outputs.plots)
+        if self.outputs.lm_eval_json:
+            from editguard.metrics.lm_eval import lm_eval_json_from_records
+
+            lm_eval_json_from_records(self.outputs.lm_eval_json, self.cases,
+                                      {k: self.header.get(k) for k in ("model", "editor", "suite") if k in self.header})
         if self.outputs.markdown:
             from editguard.cache import write_atomic
             from editguard.report.markdown import render_markdown

@@ -84,7 +84,8 @@ class Run:
             from editguard.metrics.downstream import prepare_probe
 
             self._probe = prepare_probe(self.model, list(c.downstream), c.downstream_n, c.data_dir,
-                                        min_retention=c.downstream_min_retention, precision=c.downstream_precision)
+                                        min_retention=c.downstream_min_retention, precision=c.downstream_precision,
+                                        limit=c.downstream_limit)
         return self._probe
 
     def baseline(self, corpus: str):
