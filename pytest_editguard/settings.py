@@ -95,7 +95,7 @@ def option_given(config: pytest.Config, name: str) -> bool:
 
 
 def _check_output_paths(config: pytest.Config, json_path: str | None, plots_dir: str | None,
-                        markdown_path: str | None) -> None:
+                        markdown_path: str | None, html_path: str | None = None) -> None:
     """Before the first edit, not after the last: every output (and the journal beside the JSON, and
     pytest's own --junitxml) is created now, so that an unwritable path cannot lose the run.
     --collect-only writes nothing."""
@@ -104,10 +104,10 @@ def _check_output_paths(config: pytest.Config, json_path: str | None, plots_dir:
     from editguard.errors import UsageError
     from editguard.run.recorder import Outputs
 
-    flags = {name: OPTIONS_BY_NAME[name].pytest_flag for name in ("json", "plots", "markdown")}
+    flags = {name: OPTIONS_BY_NAME[name].pytest_flag for name in ("json", "plots", "markdown", "html")}
     flags.update(journal=f"{flags['json']} (its journal)", junit="--junitxml")
     try:
-        Outputs(json=json_path, markdown=markdown_path, plots=plots_dir,
+        Outputs(json=json_path, markdown=markdown_path, html=html_path, plots=plots_dir,
                 junit=getattr(config.option, "xmlpath", None), flags=flags).prepare()
     except UsageError as err:
         raise pytest.UsageError(str(err)) from None
@@ -129,7 +129,7 @@ def read_settings(config: pytest.Config) -> EditguardSettings:
                                           worker_index=int(worker.removeprefix("gw")) if worker else None, warn=warn)
     except UsageError as err:
         raise pytest.UsageError(str(err)) from None
-    _check_output_paths(config, settings.json_path, settings.plots_dir, settings.markdown_path)
+    _check_output_paths(config, settings.json_path, settings.plots_dir, settings.markdown_path, settings.html_path)
     return settings
 
 
