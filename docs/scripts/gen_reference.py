@@ -219,12 +219,14 @@ def _doc(cls) -> str:
 
 def exit_codes_page() -> str:
     from editguard import errors
+    from editguard.cli import EXIT_CODES
 
     kinds = [getattr(errors, name) for name in errors.__all__ if inspect.isclass(getattr(errors, name))]
     codes = {getattr(errors, n): n for n in ("EXIT_OK", "EXIT_FAILED", "EXIT_USAGE")}
     lines = ["# Exit codes", "", GENERATED, "", "## The `editguard` command", "",
-             "```", cell(inspect.getdoc(errors).split("The `editguard` command")[1].split("This module")[0])
-             .replace(" 0 ", "\n0 ").replace(" 1 ", "\n1 ").replace(" 2 ", "\n2 ").strip(), "```", "",
+             "As `editguard --help` lists them:", "", "```", EXIT_CODES, "```", "",
+             "`editguard report` also exits 1 on the report of an incomplete run (one that was cancelled or "
+             "killed, or recovered from its journal).", "",
              "| constant | code |", "|---|---:|"]
     lines += [f"| `editguard.errors.{name}` | {value} |" for value, name in codes.items()]
     lines += ["", "A code-2 error is one line on stderr, `editguard COMMAND: what and where` (the option, the file or "
