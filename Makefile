@@ -9,7 +9,7 @@ export EDITGUARD_DATA
 
 DEMO_CASES ?= 4
 
-.PHONY: install demo test test-fast lint bench
+.PHONY: install demo test test-fast lint bench docs
 
 install:
 	@# torch first, pinned to the local CPU build, unless a torch is already there (a GPU user's
@@ -40,6 +40,12 @@ test-fast: install
 lint:
 	$(PIP) install --quiet "ruff>=0.6"
 	$(PYTHON) -m ruff check .
+
+# The documentation site (docs/, mkdocs.yml) into site/; --strict: a broken link or anchor fails.
+# The reference pages are generated from the code, so editguard must be importable.
+docs: install
+	$(PIP) install --quiet -e ".[docs]"
+	$(PYTHON) -m mkdocs build --strict --site-dir site
 
 bench: install
 	$(PYTHON) bench/case_timing.py

@@ -1,10 +1,10 @@
-"""Long sequential editing (issue 19): one (editor, sequence) row per invocation, merged into
+"""Long sequential editing: one (editor, sequence) row per invocation, merged into
 bench/results/long-sequences-<model>.json, and the plot of perplexity against the number of edits.
 
     flock /tmp/editguard-model.lock python bench/long_sequences.py run --editor rome --sequence hard
     flock /tmp/editguard-model.lock python bench/long_sequences.py run --editor memit --sequence normal \
         --batch-size 100          # 100 cases in one edit (a one-step sequence)
-    python bench/long_sequences.py table     # the README table from the rows
+    python bench/long_sequences.py table     # the table of the rows (docs/scripts/gen_measurements.py: the docs')
     python bench/long_sequences.py plot      # bench/results/plots/long-sequences-<model>.png
 
 `run` calls `pytest suites/sequential/test_<sequence>_sequence.py --sequence-length N --ppl-every K

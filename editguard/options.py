@@ -31,7 +31,7 @@ DATA_ENV = "EDITGUARD_DATA"
 DOWNSTREAM_PRECISIONS = ("auto", "float32", "bfloat16")
 DTYPES = ("float32", "bfloat16", "float16")
 # The gates' defaults, in this one place (editguard.gates.Thresholds and the options take them from
-# here; a model's calibration replaces them, README "Gates"). Relative perplexity: a doubling is far
+# here; a model's calibration replaces them, docs: concepts/gates.md). Relative perplexity: a doubling is far
 # beyond what a working edit costs (normal cases move ME-PPL_50 by < 1% on the embedded model).
 PPL_MAX_RATIO = 2.0
 # ROME's denominator with the key actually used, over the one with k̄: 1 when keys are consistent;
@@ -54,7 +54,7 @@ PPL_BOS_CHOICES = ("never", "tokenizer", "always")
 DEFAULT_PPL_BOS = "never"
 SEQUENCE_ON_ERROR = ("stop", "continue")  # what a sequence does after a step raises
 # Quality mode's efficacy minimum, compared with the one-sided 95% Wilson lower bound of the run's
-# efficacy (README "Edit quality"): 10 of 10 edits give a bound of 0.787, so a 10-case run can pass
+# efficacy (docs: concepts/gates.md, quality mode): 10 of 10 edits give a bound of 0.787, so a 10-case run can pass
 # 0.7; 0.8 needs at least 11 cases, all successful.
 QUALITY_MIN_EFFICACY = 0.7
 DEFAULT_SEQUENCE_LENGTH = 10  # steps of each sequential suite unless --sequence-length says otherwise
@@ -230,7 +230,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("update-norm-max", float, UPDATE_NORM_MAX,
            "largest allowed ‖ΔW‖_F/‖W‖_F of a touched matrix",
            default_help=f"the model's calibration (editguard calibrate), else {UPDATE_NORM_MAX:g}, calibrated on "
-           f"{CALIBRATION_MODEL} (3 × the largest of 20 normal ROME edits, README \"Gates\")", metavar="RATIO",
+           f"{CALIBRATION_MODEL} (3 × the largest of 20 normal ROME edits, docs: concepts/gates.md)", metavar="RATIO",
            above=0),
     Option("max-cases", int, None, "use only the first N cases (in pytest: of each suite module, after "
            "--sequence-length drew a sequence; deterministic)",
@@ -244,6 +244,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("markdown", str, None,
            "write a Markdown summary (counts, worst cases, regressions) to this path, e.g. \"$GITHUB_STEP_SUMMARY\"",
            namespaced=True, metavar="PATH", default_help="none: no Markdown summary"),
+    Option("html", str, None,
+           "write a self-contained HTML report to this path (counts, a sortable table of the cases filterable by "
+           "verdict, reasons and next steps, plots inline, the comparison): one file, no network",
+           namespaced=True, metavar="PATH", default_help="none: no HTML report"),
     Option("compare", str, None,
            "compare every case with this saved JSON report of the same model and suite (any editor): a case that "
            "passed there and fails now is a regression and fails the run", namespaced=True, metavar="PATH",

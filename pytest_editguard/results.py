@@ -63,7 +63,8 @@ class ResultCollector:
         if settings.compare_saved is not None:
             compare = (settings.compare_saved, settings.compare_path, settings.compare_margins)
         self.recorder = Recorder(Outputs(json=settings.json_path, markdown=settings.markdown_path,
-                                         plots=settings.plots_dir, lm_eval_json=settings.lm_eval_json),
+                                         html=settings.html_path, plots=settings.plots_dir,
+                                         lm_eval_json=settings.lm_eval_json),
                                  self._fallback_header, self.invocation, compare)
 
     @property

@@ -105,7 +105,8 @@ def option_given(config: pytest.Config, name: str) -> bool:
 
 
 def _check_output_paths(config: pytest.Config, json_path: str | None, plots_dir: str | None,
-                        markdown_path: str | None, lm_eval_json: str | None = None) -> None:
+                        markdown_path: str | None, html_path: str | None = None,
+                        lm_eval_json: str | None = None) -> None:
     """Before the first edit, not after the last: every output (and the journal beside the JSON, and
     pytest's own --junitxml) is created now, so that an unwritable path cannot lose the run.
     --collect-only writes nothing."""
@@ -114,11 +115,11 @@ def _check_output_paths(config: pytest.Config, json_path: str | None, plots_dir:
     from editguard.errors import UsageError
     from editguard.run.recorder import Outputs
 
-    flags = {name: OPTIONS_BY_NAME[name].pytest_flag for name in ("json", "plots", "markdown")}
+    flags = {name: OPTIONS_BY_NAME[name].pytest_flag for name in ("json", "plots", "markdown", "html")}
     flags["lm_eval_json"] = OPTIONS_BY_NAME["lm-eval-json"].pytest_flag
     flags.update(journal=f"{flags['json']} (its journal)", junit="--junitxml")
     try:
-        Outputs(json=json_path, markdown=markdown_path, plots=plots_dir, lm_eval_json=lm_eval_json,
+        Outputs(json=json_path, markdown=markdown_path, html=html_path, plots=plots_dir, lm_eval_json=lm_eval_json,
                 junit=getattr(config.option, "xmlpath", None), flags=flags).prepare()
     except UsageError as err:
         raise pytest.UsageError(str(err)) from None
@@ -141,7 +142,7 @@ def read_settings(config: pytest.Config) -> EditguardSettings:
     except UsageError as err:
         raise pytest.UsageError(str(err)) from None
     _check_output_paths(config, settings.json_path, settings.plots_dir, settings.markdown_path,
-                        settings.lm_eval_json)
+                        settings.html_path, settings.lm_eval_json)
     return settings
 
 

@@ -84,6 +84,7 @@ def test_an_unwritable_output_is_refused_before_the_model_loads(command, option,
 @pytest.mark.parametrize("argv", [
     ["merge", "a.json", "--json", UNWRITABLE], ["compare", "a.json", "b.json", "--markdown", UNWRITABLE],
     ["plot", "a.json", "--plots", "/proc/no-such-dir/plots"], ["report", "a.json", "--plots", "/proc/no-such-dir/p"],
+    ["report", "a.json", "--html", UNWRITABLE],
 ])
 def test_report_commands_refuse_an_unwritable_output_before_reading(argv, workdir, capsys):
     line = _one_line_error(capsys, argv[0], main(argv))

@@ -35,7 +35,7 @@ def test_no_leak(i, model_under_edit, baseline):
 
 
 def test_a_long_run_with_faulty_editors_leaks_no_change(pytester, data_dir, monkeypatch, toy_importable):
-    n_tests = int(os.environ.get("EDITGUARD_LEAK_TESTS", "44"))  # each faulty editor once; 1000 by hand (README, Gates)
+    n_tests = int(os.environ.get("EDITGUARD_LEAK_TESTS", "44"))  # each faulty editor once; 1000 by hand (docs)
     monkeypatch.setenv("EDITGUARD_DATA", str(data_dir))
     pytester.makepyfile(test_leak_suite=LEAK_SUITE.replace("N_TESTS", str(n_tests)))
     pytester.makefile(".txt", corpus="The cat sat on the mat.\nRivers flow into the sea.\n")  # cheap probes

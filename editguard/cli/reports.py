@@ -29,6 +29,10 @@ def cmd_report(args) -> int:
 
         for written in write_report_plots([doc], args.plots):
             print(f"wrote {written}")
+    if args.html:
+        from editguard.report.html import saved_comparison, write_html
+
+        print(f"wrote {write_html(args.html, doc['run'], doc['cases'], saved_comparison(doc), doc)}")
     if doc.get("complete") is False:
         not_run = len(doc.get("cases_not_run") or [])
         print(f"editguard: INCOMPLETE run: {len(doc['cases'])} cases reported"
@@ -155,8 +159,8 @@ def register(sub) -> None:
     p.add_argument("--out", default=None, help="with --recover: where to write the recovered report (default: "
                                                "the journal's report path)")
     p.add_argument("--max-rows", type=POSITIVE, default=50)
-    add_options(p, "plots")
-    p.set_defaults(run=cmd_report, outputs={"plots": True, "out": False})
+    add_options(p, "plots", "html")
+    p.set_defaults(run=cmd_report, outputs={"plots": True, "out": False, "html": False})
 
     p = sub.add_parser("merge", help="merge the JSON reports of shards (--editguard-shard i/n) into one")
     p.add_argument("files", nargs="+", help="shard reports written with --editguard-json")

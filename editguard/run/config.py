@@ -58,6 +58,7 @@ class RunConfig:
     explicit_thresholds: dict[str, float] = field(default_factory=dict)
     sequence_on_error: str = "stop"
     markdown_path: str | None = None
+    html_path: str | None = None
     compare_path: str | None = None         # the saved report to compare with (--editguard-compare)
     compare_saved: dict | None = None       # its content, read and checked at start-up
     compare_margins: tuple = ()             # --editguard-compare-fail, as editguard.report.compare.FailMargin
@@ -143,7 +144,7 @@ class RunConfig:
             downstream_min_retention=value("downstream-min-retention"), downstream_limit=value("downstream-limit"),
             lm_eval_json=value("lm-eval-json"),
             downstream_precision=value("downstream-precision"), ppl_bos=ppl_bos_for(model, value("ppl-bos")),
-            sequence_on_error=value("sequence-on-error"), markdown_path=value("markdown"),
+            sequence_on_error=value("sequence-on-error"), markdown_path=value("markdown"), html_path=value("html"),
             compare_path=compare_path, compare_saved=compare_saved, compare_margins=tuple(margins), quality=quality,
             sequence_length=value("sequence-length"), ppl_every=value("ppl-every"),
             sequence_stop_on_collapse=value("sequence-stop-on-collapse") == "on", batch_size=value("batch-size"),

@@ -6,7 +6,7 @@ until `finish`: a run that is cancelled (SIGTERM), interrupted or killed keeps e
 finished, and a report is never left half-written or looking like the previous run's.
 `recover_report(journal)` (`editguard report --recover`) turns a journal into a report.
 
-    outputs = Outputs(json="r.json", markdown="r.md")
+    outputs = Outputs(json="r.json", markdown="r.md", html="r.html")
     outputs.prepare()                    # creates them now: an unwritable path fails before any edit
     recorder = Recorder(outputs, fallback_header)
     recorder.start()
@@ -49,6 +49,7 @@ class Outputs:
     """The files a run writes; `flags` names the option of each for error messages."""
     json: str | None = None
     markdown: str | None = None
+    html: str | None = None
     plots: str | None = None
     junit: str | None = None
     lm_eval_json: str | None = None     # downstream scores in lm-evaluation-harness's layout
@@ -61,7 +62,8 @@ class Outputs:
     def prepare(self) -> None:
         """Prove every output writable (by creating it, then removing it) before the first edit."""
         for name, path, directory in (("json", self.json, False), ("journal", self.journal, False),
-                                      ("markdown", self.markdown, False), ("plots", self.plots, True),
+                                      ("markdown", self.markdown, False), ("html", self.html, False),
+                                      ("plots", self.plots, True),
                                       ("junit", self.junit, False), ("lm_eval_json", self.lm_eval_json, False)):
             if path:
                 prove_writable(self.flags.get(name, name), path, directory=directory)
@@ -198,6 +200,10 @@ class Recorder:
 
             write_atomic(Path(self.outputs.markdown),
                          render_markdown(self.header, self.cases, comparison, completion).encode("utf-8"))
+        if self.outputs.html:
+            from editguard.report.html import write_html
+
+            write_html(self.outputs.html, self.header, self.cases, comparison, completion)
         return Outcome(quality_failed=quality is not None and not quality["passed"],
                        comparison_failed=comparison is not None and comparison.failed,
                        comparison_error=self.comparison_error)

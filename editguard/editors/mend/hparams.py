@@ -43,7 +43,7 @@ class MendHparams(Hparams):
     c_loc: float = 1.0                         # weight of the locality KL (MEND: 1.0)
     # Weight of a second KL, only where the neighbourhood prompts predict their (true) answer: the
     # token-averaged KL above gives those few positions little weight, and an editor trained on it
-    # alone learns to rewrite the relation for every subject (locality 0.1 on SmolLM2, see README).
+    # alone learns to rewrite the relation for every subject (locality 0.1 on SmolLM2, see docs/concepts/editors.md).
     c_neighbour: float = 1.0
     batch_size: int = 4                        # edits applied together per training step
     grad_clip: float = 100.0                   # max gradient norm of g and α (MEND: 100)
