@@ -16,14 +16,14 @@ import json
 import re
 from typing import Any
 
-from editguard.errors import bounded
+from editguard.errors import DataError, bounded
 
 # A YAML or JSON file editguard reads is refused past this size: a hyperparameter file is a few
 # kilobytes; the cap bounds what a parser is asked to do even without aliases.
 MAX_CONFIG_BYTES = 1 << 20
 
 
-class ConfigFileError(ValueError):
+class ConfigFileError(DataError, ValueError):
     """A YAML or JSON file editguard reads that is not plain data: an alias or anchor, a duplicate
     key, a file too large, not UTF-8 (the caller wraps it into its error kind, naming the file)."""
 

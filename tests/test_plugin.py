@@ -657,7 +657,8 @@ def test_compare_fails_the_run_on_a_regression_even_when_every_test_passed(suite
     (["--editguard-markdown=hparams.json/x.md"], "--editguard-markdown hparams.json/x.md:"),
 ])
 def test_compare_and_markdown_options_are_checked_before_any_edit(suite, args, message):
-    (suite.path / "gpt2.json").write_text(json.dumps({"run": {"model": "tiny-gpt2", "thresholds": {"ppl_max": 1000}},
+    (suite.path / "gpt2.json").write_text(json.dumps({"run": {"model": "tiny-gpt2", "editor": "rome",
+                                                                  "thresholds": {"ppl_max": 1000}},
                                                       "cases": []}))
     result = suite.runpytest_subprocess(*base_args(*args))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
