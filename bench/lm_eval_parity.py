@@ -11,7 +11,9 @@ each task (lm-eval's --limit; per subject for MMLU) and score them in float32 on
 
 Prints, per task and metric, editguard's number, lm-eval's and their difference (absolute for
 accuracies, exact match and stderrs; relative for perplexities), the items whose right/wrong differs,
-and both wall times. With --out, the tasks run are merged into that JSON (a long measurement can be
+for NQ-open the items whose generated text differs (lm-eval's logged response, cut at `until`,
+against editguard's; the JSON keeps the first ten with both texts), and both wall and CPU times.
+With --out, the tasks run are merged into that JSON (a long measurement can be
 run task by task); the table and the last line cover every task in it. The last line is
 `lm-eval parity on MODEL: max |difference| X over N metrics (worst: TASK METRIC)`.
 """
