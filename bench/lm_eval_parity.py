@@ -11,7 +11,9 @@ each task (lm-eval's --limit; per subject for MMLU) and score them in float32 on
 
 Prints, per task and metric, editguard's number, lm-eval's and their difference (absolute for
 accuracies, exact match and stderrs; relative for perplexities), the items whose right/wrong differs,
-and both wall times. With --out, the tasks run are merged into that JSON (a long measurement can be
+for NQ-open the items whose generated text differs (lm-eval's logged response, cut at `until`,
+against editguard's; the JSON keeps the first ten with both texts), and both wall and CPU times.
+With --out, the tasks run are merged into that JSON (a long measurement can be
 run task by task); the table and the last line cover every task in it. The last line is
 `lm-eval parity on MODEL: max |difference| X over N metrics (worst: TASK METRIC)`.
 """
@@ -124,6 +126,7 @@ def item_agreement(name: str, items: list, score, samples: dict) -> dict[str, di
                 rows.append(("acc", pred, t["acc"]))
             elif name == "nq-open":
                 rows.append(("exact_match", int(lm_eval_exact_match(pred, item.answers)), t["exact_match"]))
+                rows.append(("generation", pred, generated_text(t)))
             else:
                 rows.append(("acc", int(pred[0] == item.gold), t["acc"]))
                 rows.append(("acc_norm", int(pred[1] == item.gold), t["acc_norm"]))
@@ -131,8 +134,28 @@ def item_agreement(name: str, items: list, score, samples: dict) -> dict[str, di
     for metric, mine, lm in rows:
         entry = out.setdefault(metric, {"n": 0, "differ": 0})
         entry["n"] += 1
-        entry["differ"] += int(float(mine) != float(lm))
+        entry["differ"] += int(mine != lm if isinstance(mine, str) else float(mine) != float(lm))
     return out
+
+
+def generated_text(sample: dict) -> str:
+    """lm-eval's generation of one logged sample: its response cut at `until`, before any filter."""
+    resps = sample.get("resps")
+    if not (isinstance(resps, list) and resps and isinstance(resps[0], list) and resps[0]
+            and isinstance(resps[0][0], str)):
+        raise ValueError(f"lm-eval sample doc_id {sample.get('doc_id')}: expected resps [[text]], got {resps!r:.80}")
+    return resps[0][0]
+
+
+def generation_differences(mine: list[str], samples: list[dict], keep: int = 10) -> list[dict]:
+    """The first `keep` items whose generated text differs between editguard and lm-eval, with both
+    texts (lm-eval's samples in any order; matched by doc_id, the item's index)."""
+    theirs = sorted(samples, key=lambda s: s["doc_id"])
+    if len(theirs) != len(mine):
+        raise ValueError(f"{len(mine)} editguard generations against {len(theirs)} lm-eval samples")
+    differ = [{"doc_id": t["doc_id"], "editguard": m, "lm_eval": generated_text(t)}
+              for m, t in zip(mine, theirs) if m != generated_text(t)]
+    return differ[:keep]
 
 
 def compare(mine: dict, theirs: dict) -> dict[str, dict]:
@@ -218,6 +241,8 @@ def main() -> None:
             "limit": args.limit, "lm_eval_batch_size": args.batch_size,
             "metrics": compare(mine, lm_eval_numbers(name, theirs, category)),
             "items": item_agreement(name, items, score, theirs["samples"]),
+            **({"generations_that_differ": generation_differences(
+                score.extra["per_item"], theirs["samples"][lm_eval_task(name)[0]])} if name == "nq-open" else {}),
             "seconds": {"editguard": mine_seconds, "lm_eval": lm_seconds},
             "cpu_seconds": {"editguard": mine_cpu, "lm_eval": lm_cpu},
         }
@@ -252,6 +277,8 @@ def report(doc: dict) -> None:
         cpu = f"; CPU time editguard {c['editguard']:.1f} s, lm-eval {c['lm_eval']:.1f} s" if c else ""
         print(f"{name:12} items that differ: {items}; wall time editguard {s['editguard']:.1f} s, "
               f"lm-eval {s['lm_eval']:.1f} s ({s['lm_eval'] / max(s['editguard'], 1e-9):.1f}×){cpu}")
+        for d in task.get("generations_that_differ", [])[:3]:
+            print(f"{name:12} doc {d['doc_id']}: editguard {d['editguard']!r:.60}, lm-eval {d['lm_eval']!r:.60}")
     total_mine = sum(t["seconds"]["editguard"] for t in doc["tasks"].values())
     total_theirs = sum(t["seconds"]["lm_eval"] for t in doc["tasks"].values())
     print(f"total wall time: editguard {total_mine:.1f} s, lm-eval {total_theirs:.1f} s "

@@ -21,6 +21,7 @@ from editguard.metrics.downstream import (
     loglikelihoods,
     prepare_probe,
     score_choices,
+    sharing_pays,
     subset,
 )
 from editguard.models import load_model
@@ -209,6 +210,28 @@ def test_batched_loglikelihood_equals_one_pair_at_a_time(model_name, share):
     mue = load_model(model_name)
     batched = loglikelihoods(mue, PAIRS, share_context=share, tokens_per_batch=64)  # several batches
     for (context, continuation), (lp, greedy) in zip(PAIRS, batched):
+        ref_lp, ref_greedy = _naive_loglikelihood(mue, context, continuation)
+        assert lp == pytest.approx(ref_lp, abs=1e-4, rel=1e-5) and greedy == ref_greedy
+
+
+def test_sharing_pays_only_where_it_saves_almost_a_third_of_the_tokens():
+    assert sharing_pays(30, [20, 22, 25, 18])     # HellaSwag-like: 130 tokens shared against 205
+    assert not sharing_pays(14, [20, 60])          # PIQA-like, answers of unequal length: 134 against 108
+    assert not sharing_pays(10, [10, 10])          # 30 against 40: a quarter saved is not enough
+    assert sharing_pays(100, [5, 5])               # a long context, short answers: 110 against 210
+
+
+SHARED = "A man mixes flour and water in a bowl, covers it with a cloth and waits for an hour. Then he"
+SHARED_PAIRS = [(SHARED, " kneads the dough."), (SHARED, " bakes bread."), (SHARED, " sings."), PAIRS[0], PAIRS[1]]
+
+
+@pytest.mark.parametrize("model_name", ["tiny-llama", "tiny-gpt2", "tiny-gptj"])
+def test_shared_context_path_equals_one_pair_at_a_time(model_name):
+    mue = load_model(model_name)
+    encoded = [encode_pair(mue.tokenizer, c, x) for c, x in SHARED_PAIRS[:3]]
+    assert sharing_pays(len(encoded[0][0]), [len(cont) for _, cont in encoded])   # the key/value-cache path runs
+    batched = loglikelihoods(mue, SHARED_PAIRS, share_context=True, tokens_per_batch=64)
+    for (context, continuation), (lp, greedy) in zip(SHARED_PAIRS, batched):
         ref_lp, ref_greedy = _naive_loglikelihood(mue, context, continuation)
         assert lp == pytest.approx(ref_lp, abs=1e-4, rel=1e-5) and greedy == ref_greedy
 

@@ -219,3 +219,64 @@ def test_precision_auto_refuses_bfloat16_without_native_products(tiny_llama, mon
         assert downstream.resolve_precision(tiny_llama, "auto") == "float32"
     finally:
         downstream.cpu_bfloat16_autocast_is_faster.cache_clear()
+
+
+# --- bench/lm_eval_parity.py's comparison of NQ-open's generated texts (pure python, no lm-eval) ------
+
+
+def _parity_bench():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "lm_eval_parity.py"
+    spec = importlib.util.spec_from_file_location("lm_eval_parity", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _sample(doc_id, text, em=0):
+    return {"doc_id": doc_id, "resps": [[text]], "filtered_resps": [text.strip()], "exact_match": em}
+
+
+def test_parity_bench_counts_generations_that_differ_even_when_exact_match_agrees():
+    from editguard.tasks import GenItem
+
+    bench = _parity_bench()
+    items = [GenItem("Q: a?\nA:", ("Paris",)), GenItem("Q: b?\nA:", ("Rome",)), GenItem("Q: c?\nA:", ("Oslo",))]
+    mine = [" Paris", " the city of", " Bergen"]
+    # lm-eval logs its samples in any order; doc_id is the item's index. Item 1 differs in text only
+    # (both wrong), item 2 is the same text.
+    samples = [_sample(2, " Bergen"), _sample(0, " Paris", 1), _sample(1, " the city", 0)]
+    score = TaskScore("nq-open", "exact_match", 3, 1, 0.0, {"per_item": mine})
+    agreement = bench.item_agreement("nq-open", items, score, {"editguard_nq_open": samples})
+    assert agreement["exact_match"] == {"n": 3, "differ": 0}
+    assert agreement["generation"] == {"n": 3, "differ": 1}
+    assert bench.generation_differences(mine, samples) == [
+        {"doc_id": 1, "editguard": " the city of", "lm_eval": " the city"}]
+    assert bench.generation_differences(mine, samples, keep=0) == []
+    # Whitespace counts: lm-eval's filter strips it for the score, the generation itself is compared.
+    assert bench.generation_differences([" Paris "], [_sample(0, " Paris")])[0]["doc_id"] == 0
+
+
+def test_parity_bench_refuses_samples_it_cannot_read():
+    bench = _parity_bench()
+    with pytest.raises(ValueError, match="1 editguard generations against 2 lm-eval samples"):
+        bench.generation_differences(["x"], [_sample(0, "x"), _sample(1, "y")])
+    with pytest.raises(ValueError, match=r"doc_id 0: expected resps \[\[text\]\]"):
+        bench.generation_differences(["x"], [{"doc_id": 0, "resps": []}])
+
+
+def test_parity_report_names_the_differing_generations_and_keeps_its_last_line(capsys):
+    bench = _parity_bench()
+    doc = {"model": "m", "cpu": "c", "tasks": {"nq-open": {
+        "n": 2, "limit": 2, "seconds": {"editguard": 1.0, "lm_eval": 3.0},
+        "metrics": bench.compare({"exact_match,remove_whitespace": 0.5}, {"exact_match,remove_whitespace": 0.5}),
+        "items": {"exact_match": {"n": 2, "differ": 0}, "generation": {"n": 2, "differ": 1}},
+        "generations_that_differ": [{"doc_id": 1, "editguard": " a", "lm_eval": " b"}]}}}
+    bench.report(doc)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "items that differ: exact_match 0 of 2, generation 1 of 2" in lines[-4]
+    assert lines[-3] == "nq-open      doc 1: editguard ' a', lm-eval ' b'"
+    assert lines[-1] == ("lm-eval parity on m: max |difference| 0 over 1 metrics "
+                         "(worst: nq-open exact_match,remove_whitespace)")
