@@ -12,12 +12,17 @@ their early stop (loss < 5e-2) and norm clamp; ME-PPL as their ppl.py batches it
 sentences padded together, logits at every position). Both paths' ΔW and edited perplexity are
 compared, and the last line reads `editguard X s/case; reference path Y s/case; speedup Z×`.
 The reference supports ROME (unprefixed key in the update, EasyEdit's default mom2 setting: off).
+
+The header names the CPU (/proc/cpuinfo's model name, family/model, cores) and whether it
+multiplies bfloat16 natively (AVX-512 BF16 or AMX flags, as `precision: auto` decides); the
+output is also written to bench/results/case_timing-<cpu>.txt (`--out` to change).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import time
@@ -27,6 +32,7 @@ import torch
 from editguard import check, get_editor, load_model, measure_baseline
 from editguard.data import load_ppl_corpus
 from editguard.editors.keys import context_templates
+from editguard.metrics.downstream import cpu_multiplies_bfloat16_natively
 from editguard.suites import counterfact_hard
 
 COLUMNS = ["seconds_keys", "seconds_v_star", "seconds_update", "perplexity", "efficacy", "anatomy", "restore"]
@@ -186,6 +192,44 @@ def load() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
+def cpu_info() -> dict[str, str]:
+    """The CPU's model name, family/model, logical CPUs and bfloat16 flags, from /proc/cpuinfo."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break   # the first processor is enough
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    flags = set(fields.get("flags", "").split())
+    return {
+        "model": fields.get("model name", "unknown CPU"),
+        "family": f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')}",
+        "cpus": str(os.cpu_count()),
+        "bf16_flags": ", ".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags) or "none",
+    }
+
+
+def cpu_slug(model: str) -> str:
+    """'AMD EPYC 7B13 64-Core Processor' -> 'amd-epyc-7b13-64-core-processor'."""
+    return re.sub(r"[^a-z0-9]+", "-", re.sub(r"\(r\)|\(tm\)", "", model.lower())).strip("-") or "cpu"
+
+
+class Tee:
+    """print() to stdout and to the results file."""
+
+    def __init__(self, path: str | None):
+        self.file = open(path, "w") if path else None
+
+    def __call__(self, *parts) -> None:
+        print(*parts, flush=True)
+        if self.file:
+            print(*parts, file=self.file, flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--editor", default="rome")
@@ -195,27 +239,41 @@ def main() -> None:
     parser.add_argument("--data", default=os.environ.get("EDITGUARD_DATA"))
     parser.add_argument("--reference", action="store_true",
                         help="also run the papers' path on the same cases and compare (ROME only)")
+    parser.add_argument("--out", default=None,
+                        help="results file (default bench/results/case_timing-<cpu>.txt; '-' for none)")
     args = parser.parse_args()
     if args.reference and args.editor != "rome":
         parser.error(f"--reference runs the papers' ROME; --editor {args.editor} has no reference path here")
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    print(f"load before: {load()}")
+    cpu = cpu_info()
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                   f"case_timing-{cpu_slug(cpu['model'])}.txt")
+    emit = Tee(None if out == "-" else out)   # every line goes to stdout and the results file
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    emit(f"# python bench/case_timing.py --editor {args.editor} --model {args.model} --cases {args.cases}"
+          f"{' --reference' if args.reference else ''}   (commit {commit or '?'}, "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
+    emit(f"cpu: {cpu['model']} ({cpu['family']}, {cpu['cpus']} logical CPUs); bfloat16 native: "
+          f"{'yes' if cpu_multiplies_bfloat16_natively() else 'no'} (flags: {cpu['bf16_flags']}); "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {torch.get_num_interop_threads()} interop")
+    emit(f"load before: {load()}")
     t = time.perf_counter()
     mue = load_model(args.model)
-    print(f"load {args.model}: {time.perf_counter() - t:.1f}s; torch threads {torch.get_num_threads()}")
+    emit(f"load {args.model}: {time.perf_counter() - t:.1f}s; torch threads {torch.get_num_threads()}")
     t = time.perf_counter()
     sentences = load_ppl_corpus("me-ppl-50", args.data)
     baseline = measure_baseline(mue, sentences, "me-ppl-50")
-    print(f"baseline ME-PPL_50 {baseline.ppl.ppl:.2f}: {time.perf_counter() - t:.1f}s")
+    emit(f"baseline ME-PPL_50 {baseline.ppl.ppl:.2f}: {time.perf_counter() - t:.1f}s")
     editor = RecordingEditor(get_editor(args.editor, data_dir=args.data))
     cases = counterfact_hard(args.data, mue.tokenizer)[: args.cases]
     # The first edit also generates and caches the context templates: time it apart.
     check(mue, editor, cases[0], baseline)
 
     header = f"{'case':<32}" + "".join(f"{c.replace('seconds_', ''):>11}" for c in COLUMNS) + f"{'total':>11}"
-    print(header + f"{'v steps':>9}")
+    emit(header + f"{'v steps':>9}")
     totals, results, delta_ws = [], [], []
     for case in cases:
         result = check(mue, editor, case, baseline)
@@ -223,11 +281,11 @@ def main() -> None:
         delta_ws.append(editor.last_report.vectors["delta_w"].detach().clone())
         row = [result.timings.get(c, 0.0) for c in COLUMNS]
         totals.append(result.seconds)
-        print(f"{(case.case_id + ' ' + case.subject)[:31]:<32}" + "".join(f"{v:>11.2f}" for v in row)
+        emit(f"{(case.case_id + ' ' + case.subject)[:31]:<32}" + "".join(f"{v:>11.2f}" for v in row)
               + f"{result.seconds:>11.2f}{result.diagnostics['v_steps']:>9}")
     mean_editguard = statistics.mean(totals)
-    print(f"mean per case: {mean_editguard:.2f}s over {len(totals)} cases")
-    print(f"load after editguard: {load()}")
+    emit(f"mean per case: {mean_editguard:.2f}s over {len(totals)} cases")
+    emit(f"load after editguard: {load()}")
     if not args.reference:
         return
 
@@ -235,8 +293,8 @@ def main() -> None:
     layer = hp["layer"]
     templates = context_templates(mue, tuple(tuple(p) for p in hp["context_template_length_params"]),
                                   hp["template_seed"])
-    print("\nreference path (papers' algorithm: full forward/backward per v* step, float32, ppl.py batching)")
-    print(f"{'case':<32}" + "".join(f"{c:>11}" for c in REFERENCE_COLUMNS) + f"{'total':>11}{'v steps':>9}"
+    emit("\nreference path (papers' algorithm: full forward/backward per v* step, float32, ppl.py batching)")
+    emit(f"{'case':<32}" + "".join(f"{c:>11}" for c in REFERENCE_COLUMNS) + f"{'total':>11}{'v steps':>9}"
           + f"{'ΔW rel diff':>13}{'ppl ref':>10}{'ppl eg':>10}{'ppl rel diff':>14}")
     reference_totals, worst_dw, worst_ppl = [], 0.0, 0.0
     for case, result, delta_w in zip(cases, results, delta_ws):
@@ -248,12 +306,12 @@ def main() -> None:
         ppl_rel = abs(result.ppl - ref_ppl) / ref_ppl
         worst_dw, worst_ppl = max(worst_dw, dw_rel), max(worst_ppl, ppl_rel)
         name = (case.case_id + " " + case.subject)[:31]
-        print(f"{name:<32}" + "".join(f"{timings[c]:>11.2f}" for c in REFERENCE_COLUMNS)
+        emit(f"{name:<32}" + "".join(f"{timings[c]:>11.2f}" for c in REFERENCE_COLUMNS)
               + f"{total:>11.2f}{steps:>9}{dw_rel:>13.2e}{ref_ppl:>10.2f}{result.ppl:>10.2f}{ppl_rel:>14.2e}")
     mean_reference = statistics.mean(reference_totals)
-    print(f"largest relative difference: ΔW {worst_dw:.2e}, ME-PPL_50 {worst_ppl:.2e}")
-    print(f"load after reference: {load()}")
-    print(f"editguard {mean_editguard:.2f} s/case; reference path {mean_reference:.2f} s/case; "
+    emit(f"largest relative difference: ΔW {worst_dw:.2e}, ME-PPL_50 {worst_ppl:.2e}")
+    emit(f"load after reference: {load()}")
+    emit(f"editguard {mean_editguard:.2f} s/case; reference path {mean_reference:.2f} s/case; "
           f"speedup {mean_reference / mean_editguard:.2f}×")
 
 

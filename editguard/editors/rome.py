@@ -263,11 +263,16 @@ class ValueObjective:
         else:
             with self._delta_hooks(delta):
                 hidden = self.batch.hidden(mue)
+        # One product with the LM head for the target positions and the KL position: the head's
+        # weight (vocab × hidden) is read once per pass instead of twice (a 1-row product reads it
+        # all for one row: ~12 ms of a 0.7 s step on SmolLM2, forward and backward alike).
         head = mue.model.get_output_embeddings()
-        log_probs = torch.log_softmax(head(hidden[self.rows, self.cols]).float(), dim=-1)
-        token_lp = log_probs.gather(1, self.labels[:, None])[:, 0]
+        n_scored = len(self.rows)
+        rows = torch.cat([hidden[self.rows, self.cols], hidden[self.n_rewrite:, 0]])
+        log_probs = torch.log_softmax(head(rows).float(), dim=-1)
+        token_lp = log_probs[:n_scored].gather(1, self.labels[:, None])[:, 0]
         nll_per_prompt = -token_lp.view(self.n_rewrite, self.n_target).sum(1) / self.n_target
-        kl_lp = torch.log_softmax(head(hidden[self.n_rewrite:, 0]).float(), dim=-1)
+        kl_lp = log_probs[n_scored:]
         if self.kl_init is None:
             self.kl_init = kl_lp.detach().clone()
         kl = hp.kl_factor * torch.nn.functional.kl_div(self.kl_init, kl_lp, log_target=True, reduction="batchmean")
