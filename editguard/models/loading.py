@@ -160,9 +160,10 @@ def check_family(name: str, model: torch.nn.Module, family: Family) -> None:
             f"'{family.name}' names modules it does not have: {', '.join(missing)}; {HOW_TO_ADD_A_FAMILY}")
 
 
-# Configuration keys that say where or how the weights were read, not what they are.
+# Configuration keys that say where or how the weights were read or which class wrote them (a model
+# built in memory has no `architectures` until it is saved), not what they are.
 _NOT_ARCHITECTURE = ("_name_or_path", "_commit_hash", "quantization_config", "transformers_version", "dtype",
-                     "torch_dtype")
+                     "torch_dtype", "architectures")
 _SAMPLES = 4096          # strided values hashed per parameter tensor
 _CHUNK = 1 << 24         # elements summed at a time (bounds the int64 temporary)
 _BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
