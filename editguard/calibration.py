@@ -4,7 +4,7 @@ A gate bound calibrated on one model false-alarms on another (tiny-llama's norma
 have ‖ΔW‖/‖W‖ 0.36–0.40, above SmolLM2's 0.35). `calibrate` edits N seeded normal CounterFact
 cases (subject not first) and records, per model fingerprint and editor, the distributions of
 the denominator ratio, ‖ΔW‖/‖W‖, blast radius and perplexity ratio, and derives the bounds with
-BOUND_RULE. Stored in the cache (calibration/<model>-<fingerprint>-<editor>.json) and, for the
+BOUND_RULE. Stored in the cache (calibration/<fingerprint>-<editor>.json) and, for the
 shipped models, in the repository beside the mined lists (suites/calibration/<model>-<editor>.json).
 `find_calibration` gives the plugin the calibration of the model under test; explicit options
 still win over it.
@@ -183,8 +183,10 @@ def calibrate(mue, editor, cases, baseline, *, mined: dict[str, Any] | None = No
 
 # --- storage --------------------------------------------------------------------------------
 
-def cache_path(model: str, fingerprint: str, editor: str) -> Path:
-    return cache_dir() / "calibration" / f"{safe_name(model)}-{fingerprint}-{safe_name(editor)}.json"
+def cache_path(fingerprint: str, editor: str) -> Path:
+    """Keyed by the weights (their fingerprint), not the model's name: the same weights under a
+    registered name, a directory or a Hub id share the calibration."""
+    return cache_dir() / "calibration" / f"{fingerprint}-{safe_name(editor)}.json"
 
 
 def shipped_name(model: str, editor: str) -> str:
@@ -195,7 +197,7 @@ def shipped_name(model: str, editor: str) -> str:
 def store(calibration: Calibration) -> Path:
     """Write `calibration` into the cache (atomic, checksummed); returns the path."""
     d = calibration.doc
-    path = cache_path(d["model"], d["fingerprint"], d["editor"])
+    path = cache_path(d["fingerprint"], d["editor"])
     with locked(path):
         write_entry(path, json.dumps(d, indent=1).encode())
     return path
@@ -250,7 +252,7 @@ def find_calibration(model: str, fingerprint: str, editor: str) -> Calibration |
     ROME variant ROME's: CALIBRATION_SERVES): the cache's, else the project's or shipped
     suites/calibration/ file. Every one is checked as the options are (checked_calibration)."""
     for name in served_by(editor):
-        path = cache_path(model, fingerprint, name)
+        path = cache_path(fingerprint, name)
         with locked(path):
             data = read_entry(path)
         if data is not None:

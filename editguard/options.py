@@ -7,7 +7,7 @@ marked `namespaced` also get the design card's short form `--NAME` (`pytest --ed
 --model=llama2-7b suites/hardcf`), but only where nobody else has registered it: the plugin adds
 the short forms after the project's own conftests (pytest_editguard.settings.add_short_forms), so
 installing editguard never breaks another project's options. `namespaced` options (data,
-download, shard, json, plots: generic words) have no short form.
+download, trust-remote-code, shard, json, plots: generic words) have no short form.
 
 This module is pure data (a leaf): it imports nothing of editguard and nothing heavy, so the
 plugin can read it at start-up and `editguard --help` builds without torch.
@@ -174,8 +174,9 @@ OPTIONS: tuple[Option, ...] = (
            "editing algorithm under test: a built-in or installed name ({editors}), or package.module:Class",
            metavar="NAME"),
     Option("model", str, DEFAULT_MODEL,
-           "model to edit: a registered name ({models}), a local directory, or a hub id already in the Hugging "
-           "Face cache", metavar="NAME"),
+           "model to edit: a registered name ({models}), a local directory, or a Hugging Face Hub id ORG/NAME or "
+           "ORG/NAME@REVISION (a branch, tag or commit) read from the local Hugging Face cache (HF_HUB_CACHE, else "
+           "HF_HOME/hub); fetched only with --editguard-download", metavar="NAME"),
     Option("device", str, "auto",
            "auto, cpu, cuda or cuda:N (auto: the GPU if there is one; with pytest -n N and several GPUs, worker i "
            "takes cuda:i)", metavar="{auto,cpu,cuda,cuda:N}"),
@@ -189,8 +190,12 @@ OPTIONS: tuple[Option, ...] = (
            default_help="none: the editor's defaults for the model"),
     Option("data", str, None, "data directory laid out like shared/data", namespaced=True,
            default_help=f"env {DATA_ENV}", metavar="PATH"),
-    Option("download", bool, False, "fetch missing public data files into the cache instead of failing",
-           namespaced=True),
+    Option("download", bool, False,
+           "fetch missing public data files, and a Hugging Face Hub model (--model=ORG/NAME[@REVISION]) the local "
+           "cache lacks, into the cache instead of failing", namespaced=True),
+    Option("trust-remote-code", bool, False,
+           "let a model whose files ship their own code (its config.json's auto_map names a class transformers does "
+           "not implement) run that code while it loads; without it such a model is refused", namespaced=True),
     Option("ppl-corpus", str, None, "perplexity corpus: me-ppl-50, me-ppl-1k, me-ppl, or a path (.json/.txt)",
            default_help=f"{SINGLE_EDIT_PPL_CORPUS} for single edits, {SEQUENCE_PPL_CORPUS} for sequences, "
            "as the papers", metavar="NAME|PATH"),

@@ -37,7 +37,8 @@ def test_unknown_architecture_names_the_supported_ones():
 
 def test_missing_big_model_says_how_to_provide_weights(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelLoadError, match="(?s)never downloads weights.*--model=/path/to/a/local/model/dir"):
+    with pytest.raises(ModelLoadError, match="(?s)does not download weights unless asked.*--editguard-download.*"
+                                             "--model=/path/to/a/local/model/dir"):
         load_model("nobody/does-not-exist-editguard")
     with pytest.raises(ModelLoadError, match="no such directory"):
         load_model("./no/such/model/dir")

@@ -50,8 +50,8 @@ def add_options(parser: argparse.ArgumentParser, *names: str, **kwargs) -> None:
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """--model, --device, --dtype, --data: every command that loads a model."""
-    add_options(parser, "model", "device", "dtype", "data")
+    """--model, --device, --dtype, --data, --trust-remote-code: every command that loads a model."""
+    add_options(parser, "model", "device", "dtype", "data", "trust-remote-code")
 
 
 def check_outputs(args) -> None:
@@ -68,12 +68,6 @@ def console():
     from rich.console import Console
 
     return Console() if sys.stdout.isatty() else Console(width=160)  # piped: no 80-column squeeze
-
-
-def load(model: str, device: str = "auto", dtype: str = "float32"):
-    from editguard.models import load_model
-
-    return load_model(model, device, dtype)
 
 
 @dataclass
@@ -137,13 +131,14 @@ def open_setup(args, *, editor: bool = False, corpus: bool = False, baseline: bo
     return Setup(run.model, chosen, sentences, measured, thresholds, config)
 
 
-def analysis_cases(spec: str, model: str, data, n: int):
-    """hardcf (the model's mined list), normal (a seeded CounterFact sample) or a case file."""
+def analysis_cases(spec: str, mue, data, n: int):
+    """hardcf (the model's mined list, else a screen of the loaded `mue`), normal (a seeded
+    CounterFact sample) or a case file."""
     from editguard.cases import read_cases
     from editguard.suites import hardcf, normal_sample
 
     if spec == "hardcf":
-        cases = hardcf(model, data, load=lambda: load(model))
+        cases = hardcf(mue.name, data, load=lambda: mue)
     elif spec == "normal":
         cases = normal_sample(n, data)
     else:

@@ -67,7 +67,7 @@ def cmd_eval(args) -> int:
         from editguard.editors.api import editor_hparams, editor_statistics, prepare_editor
 
         prepare_editor(editor, mue)   # MEND's trained network; ROME/MEMIT's statistics found and checked
-        cases = analysis_cases(args.cases, mue.name, args.data, args.max_cases)
+        cases = analysis_cases(args.cases, mue, args.data, args.max_cases)
         mode = "sequentially" if args.sequential else "in one batch"
         print(f"applying {len(cases)} {editor.name} edits {mode} ({args.cases}); baseline {args.ppl_corpus} "
               f"{baseline.ppl.ppl:.1f}")

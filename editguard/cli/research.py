@@ -32,7 +32,7 @@ def cmd_analyze(args) -> int:
               "ppl_corpus": args.ppl_corpus, "ppl_bos": args.ppl_bos, "baseline_ppl": baseline.ppl.ppl,
               "thresholds": thresholds.to_dict()}
     if args.what == "positions":
-        subject_first = [c for c in analysis_cases(args.cases, mue.name, args.data, 10**9) if c.subject_first]
+        subject_first = [c for c in analysis_cases(args.cases, mue, args.data, 10**9) if c.subject_first]
         cases = subject_first[: args.max_cases]
         with progress_bar(f"positions: {len(cases)} cases × 3 edits", 3 * len(cases)) as bar:
             rows = analyze_positions(mue, editor, cases, baseline, thresholds, on_row=lambda r: bar.advance(1))
@@ -42,8 +42,8 @@ def cmd_analyze(args) -> int:
                     summary, ["condition", "n", "key_cosine_median", "denominator_ratio_median", "ppl_median",
                               "ppl_max", "collapsed"])
     else:
-        groups = {"hard": analysis_cases(args.cases, mue.name, args.data, args.max_cases),
-                  "normal": analysis_cases("normal", mue.name, args.data, args.max_cases)}
+        groups = {"hard": analysis_cases(args.cases, mue, args.data, args.max_cases),
+                  "normal": analysis_cases("normal", mue, args.data, args.max_cases)}
         n = sum(len(g) for g in groups.values())
         with progress_bar(f"prefix cure: {n} edits", n) as bar:
             rows = analyze_prefix_cure(mue, editor, groups, baseline, thresholds, on_row=lambda r: bar.advance(1))

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 
-import editguard.errors
 from editguard.cache import CacheWarning, cache_dir, cache_key, is_sealed, locked, seal
 from editguard.models.registry import (
     DEFAULT_MODEL,
@@ -23,13 +22,17 @@ from editguard.models.registry import (
     ModelSpec,
     family_for_model_type,
 )
+from editguard.models.sources import (
+    TRUST_REMOTE_CODE_HINT,
+    ModelLoadError,
+    ModelSource,
+    hub_snapshot,
+    needs_remote_code,
+    parse_model_spec,
+)
 from editguard.models.tiny import build_tiny_model, tiny_tokenizer
 
 GGUF_KINDS = ("gguf-package", "gguf-assembled")  # packaged GGUF files, converted once into the cache
-
-
-class ModelLoadError(editguard.errors.ModelLoadError, RuntimeError):
-    pass
 
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -50,6 +53,10 @@ class ModelUnderEdit:
     dtype: torch.dtype
     fingerprint: str
     source: str = ""
+    # The local directory the weights were read from (a Hub id's snapshot, revision resolved); ""
+    # for the seeded tiny models. Restores re-read it, never the name (a branch may have moved).
+    weights_dir: str = ""
+    trust_remote_code: bool = False
     _modules: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -153,17 +160,33 @@ def check_family(name: str, model: torch.nn.Module, family: Family) -> None:
             f"'{family.name}' names modules it does not have: {', '.join(missing)}; {HOW_TO_ADD_A_FAMILY}")
 
 
-def model_fingerprint(name: str, model: torch.nn.Module) -> str:
-    """Identifies the weights: config plus a strided sample of every parameter."""
-    h = hashlib.sha256(name.encode())
-    arch = {k: v for k, v in model.config.to_dict().items()
-            if k not in ("_name_or_path", "quantization_config", "transformers_version", "dtype", "torch_dtype")}
+# Configuration keys that say where or how the weights were read or which class wrote them (a model
+# built in memory has no `architectures` until it is saved), not what they are.
+_NOT_ARCHITECTURE = ("_name_or_path", "_commit_hash", "quantization_config", "transformers_version", "dtype",
+                     "torch_dtype", "architectures")
+_SAMPLES = 4096          # strided values hashed per parameter tensor
+_CHUNK = 1 << 24         # elements summed at a time (bounds the int64 temporary)
+_BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """Identifies the weights, whatever the model is called or where it was read from: the
+    configuration's architecture, and for every parameter tensor its name, shape, a strided sample
+    of its values and the exact integer sum of all its values' bit patterns (any change to any
+    value changes that sum; integer sums do not depend on summation order, threads or device).
+    The same weights under a registered name, a directory or a Hub id share it, and with it every
+    cache entry keyed by it."""
+    h = hashlib.sha256(b"editguard-weights-v2")
+    arch = {k: v for k, v in model.config.to_dict().items() if k not in _NOT_ARCHITECTURE}
     h.update(json.dumps(arch, sort_keys=True, default=str).encode())
     with torch.no_grad():
         for pname, p in model.named_parameters():
             flat = p.detach().reshape(-1)
-            h.update(pname.encode())
-            h.update(flat[:: max(1, flat.numel() // 4096)].float().cpu().numpy().tobytes())
+            h.update(f"{pname}:{tuple(p.shape)}:{str(p.dtype)}".encode())
+            h.update(flat[:: max(1, flat.numel() // _SAMPLES)].float().cpu().numpy().tobytes())
+            bits = flat.view(_BITS[flat.element_size()]) if flat.is_floating_point() else flat
+            total = sum(int(bits[i:i + _CHUNK].sum(dtype=torch.int64)) for i in range(0, bits.numel(), _CHUNK))
+            h.update(str(total).encode())
     return h.hexdigest()[:16]
 
 
@@ -229,26 +252,44 @@ def converted_gguf_dir(spec: ModelSpec) -> Path:
     return converted
 
 
-def _load_pretrained(path_or_id: str, local_files_only: bool, dtype: torch.dtype = torch.float32):
-    """Weights are read straight into `dtype`: a 7B model in bfloat16 never exists in float32."""
+def _load_pretrained(directory: Path, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False):
+    """Weights are read straight into `dtype`: a 7B model in bfloat16 never exists in float32.
+    Always from a local directory (a Hub id was resolved to its snapshot before), never fetched."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kwargs = {"local_files_only": local_files_only}
-    path = Path(path_or_id).expanduser()
-    if path.is_dir():
-        path_or_id = str(path)
-        ggufs = sorted(path.glob("*.gguf"))
-        if ggufs and not (path / "config.json").exists():
-            kwargs["gguf_file"] = ggufs[0].name
-    model = AutoModelForCausalLM.from_pretrained(path_or_id, dtype=dtype, **kwargs)
-    tok = AutoTokenizer.from_pretrained(path_or_id, **kwargs)
+    kwargs = {"local_files_only": True}
+    if trust_remote_code:
+        kwargs["trust_remote_code"] = True   # only when asked: transformers' own default otherwise
+    ggufs = sorted(directory.glob("*.gguf"))
+    if ggufs and not (directory / "config.json").exists():
+        kwargs["gguf_file"] = ggufs[0].name
+    model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=dtype, **kwargs)
+    tok = AutoTokenizer.from_pretrained(str(directory), **kwargs)
     return model, tok
+
+
+def weights_directory(source: ModelSource, download: bool = False, trust_remote_code: bool = False) -> Path:
+    """The local directory holding the weights of a directory, Hub or registered Hub source (a
+    Hub id: its snapshot in the Hugging Face cache, fetched first only with `download`)."""
+    if source.kind == "directory":
+        return Path(source.name)
+    return hub_snapshot(source, download=download, trust_remote_code=trust_remote_code)
+
+
+def _checked_remote_code(spec: str, directory: Path, trust_remote_code: bool) -> None:
+    reason = needs_remote_code(directory)
+    if reason and not trust_remote_code:
+        raise ModelLoadError(f"model {spec!r} ({directory}) needs code shipped with it to load: {reason}. editguard "
+                             f"never runs such code unless told to: {TRUST_REMOTE_CODE_HINT}")
 
 
 @functools.lru_cache(maxsize=2)
 def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "float32",
-               edit_layer: int | None = None) -> ModelUnderEdit:
-    """Load a registered model (see `MODELS`), a local directory, or a hub id from the HF cache.
+               edit_layer: int | None = None, download: bool = False,
+               trust_remote_code: bool = False) -> ModelUnderEdit:
+    """Load a registered model (see `MODELS`), a local directory, or a Hub id (`org/name`,
+    `org/name@revision`) from the local Hugging Face cache; with `download`, a Hub id the cache
+    lacks is fetched. Code shipped with a model runs only with `trust_remote_code`.
 
     Loaded models are cached per process: a test session loads each model once.
     """
@@ -256,30 +297,27 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "fl
 
     hf_logging.disable_progress_bar()  # a per-tensor bar in every test's captured output helps nobody
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
-    spec = MODELS.get(name)
+    source = parse_model_spec(name)
+    spec = MODELS.get(source.name) if source.kind == "registered" else None
+    weights_dir = ""
     if spec is not None and spec.kind == "tiny":
-        model, tok, source = build_tiny_model(spec.source), tiny_tokenizer(spec.source), f"tiny random {spec.source}"
+        model, tok, origin = build_tiny_model(spec.source), tiny_tokenizer(spec.source), f"tiny random {spec.source}"
     elif spec is not None and spec.kind in GGUF_KINDS:
-        model, tok = _load_pretrained(str(converted_gguf_dir(spec)), local_files_only=True, dtype=torch_dtype)
-        source = spec.note
+        directory = converted_gguf_dir(spec)
+        model, tok = _load_pretrained(directory, dtype=torch_dtype)
+        origin, weights_dir = spec.note, str(directory)
     else:
-        hub_id = spec.source if spec is not None else name
-        # "org/name" is a hub id; only an explicit path (./x, /x, ~/x) must exist as a directory.
-        is_path = spec is None and name.startswith((".", "/", "~")) and not Path(name).expanduser().exists()
-        if is_path:
-            raise ModelLoadError(f"--model={name}: no such directory ({Path(name).expanduser().absolute()}); expected "
-                                 f"a model directory, a Hugging Face hub id or one of {', '.join(MODELS)}")
+        directory = weights_directory(source, download=download, trust_remote_code=trust_remote_code)
+        _checked_remote_code(name, directory, trust_remote_code)
         try:
-            model, tok = _load_pretrained(hub_id, local_files_only=True, dtype=torch_dtype)
+            model, tok = _load_pretrained(directory, dtype=torch_dtype, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as err:
-            known = ", ".join(MODELS)
             raise ModelLoadError(
-                f"could not load model '{name}' ({hub_id}) from a local path or the Hugging Face cache: {err}\n"
-                f"editguard never downloads weights at test time. Provide them with "
-                f"`huggingface-cli download {hub_id}` on a machine with network access (then copy the cache), "
-                f"or pass --model=/path/to/a/local/model/dir. Registered names: {known}"
-            ) from None
-        source = hub_id
+                f"could not load model '{name}' from {directory}: {err}\nExpected a Hugging Face causal LM "
+                f"directory (config.json, safetensors weights, tokenizer files); registered names: "
+                f"{', '.join(MODELS)}") from None
+        origin = f"{source.label} ({directory})" if source.hub_id else str(directory)
+        weights_dir = str(directory)
     family = family_for_model_type(model.config.model_type)
     check_family(name, model, family)
     if tok.pad_token is None:
@@ -292,16 +330,19 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "fl
         raise ValueError(f"edit layer {layer} is outside model {name}'s layers 0..{n_layers - 1}")
     return ModelUnderEdit(
         name=name, model=model, tokenizer=tok, family=family, edit_layer=layer,
-        device=torch_device, dtype=torch_dtype, fingerprint=model_fingerprint(name, model), source=source,
+        device=torch_device, dtype=torch_dtype, fingerprint=model_fingerprint(model), source=origin,
+        weights_dir=weights_dir, trust_remote_code=trust_remote_code,
     )
 
 
 def reload_model(mue: ModelUnderEdit) -> None:
     """Load `mue`'s model again from its source and put the fresh model and tokenizer into `mue`
     in place, so every holder of `mue` sees them: the way back from an edit that could not be
-    undone in place."""
+    undone in place. A Hub id is re-read from the very snapshot it was loaded from (its revision
+    pinned), never fetched."""
     dtype_name = next(name for name, dtype in _DTYPES.items() if dtype == mue.dtype)
-    fresh = load_model.__wrapped__(mue.name, device=str(mue.device), dtype=dtype_name, edit_layer=mue.edit_layer)
+    fresh = load_model.__wrapped__(mue.weights_dir or mue.name, device=str(mue.device), dtype=dtype_name,
+                                   edit_layer=mue.edit_layer, trust_remote_code=mue.trust_remote_code)
     if fresh.fingerprint != mue.fingerprint:
         raise ModelLoadError(f"reloading model '{mue.name}' gave other weights (fingerprint {fresh.fingerprint}, "
                              f"expected {mue.fingerprint}): its source changed since it was loaded")
@@ -313,19 +354,18 @@ def reload_model(mue: ModelUnderEdit) -> None:
 def original_parameters(mue: ModelUnderEdit, names: list[str]) -> dict[str, torch.Tensor]:
     """The named parameters as `load_model` read them, re-read from the model's source one tensor
     at a time (never a second copy of the model): the tiny models' seeded init, else the
-    safetensors of the converted/local/HF-cache checkpoint."""
+    safetensors of the directory it was loaded from (the converted GGUF, the local directory, the
+    Hub snapshot of its revision)."""
     spec = MODELS.get(mue.name)
-    if spec is not None and spec.kind == "tiny":
+    if not mue.weights_dir and spec is not None and spec.kind == "tiny":
         fresh = dict(build_tiny_model(spec.source).named_parameters())
         return {n: fresh[n].detach().to(mue.dtype) for n in names}
-    if spec is not None and spec.kind in GGUF_KINDS:
+    if mue.weights_dir:
+        directory = Path(mue.weights_dir)
+    elif spec is not None and spec.kind in GGUF_KINDS:
         directory = converted_gguf_dir(spec)
-    elif spec is None and Path(mue.name).expanduser().is_dir():
-        directory = Path(mue.name).expanduser()
-    else:
-        from huggingface_hub import snapshot_download
-
-        directory = Path(snapshot_download(spec.source if spec else mue.name, local_files_only=True))
+    else:   # a ModelUnderEdit built without load_model: its name says where
+        directory = weights_directory(parse_model_spec(mue.name))
     from safetensors import safe_open
 
     prefix = getattr(mue.model, "base_model_prefix", "") + "."
@@ -348,12 +388,14 @@ def load_tokenizer(name: str = DEFAULT_MODEL):
     """The tokenizer of a model without its weights where that is possible."""
     from transformers import AutoTokenizer
 
-    spec = MODELS.get(name)
+    source = parse_model_spec(name)
+    spec = MODELS.get(source.name) if source.kind == "registered" else None
     if spec is not None and spec.kind == "tiny":
         return tiny_tokenizer(spec.source)
     if spec is not None and spec.kind in GGUF_KINDS:
         return AutoTokenizer.from_pretrained(converted_gguf_dir(spec))
+    directory = weights_directory(source)
     try:
-        return AutoTokenizer.from_pretrained(spec.source if spec else name, local_files_only=True)
+        return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"could not load the tokenizer of '{name}' locally: {err}") from None

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from editguard.errors import EditguardError, UsageError
 from editguard.gates import QualityGates, Thresholds
 from editguard.models.registry import ppl_bos_for
+from editguard.models.sources import parse_model_spec
 from editguard.options import OPTIONS_BY_NAME, SEQUENCE_PPL_CORPUS, SINGLE_EDIT_PPL_CORPUS, data_dir
 
 # The gate options and the Thresholds fields they set: given explicitly, they win over a calibration.
@@ -71,6 +72,7 @@ class RunConfig:
     # model of another family unless hparams_any_family.
     hparams_families: tuple[str, ...] = ()
     hparams_any_family: bool = False
+    trust_remote_code: bool = False         # --editguard-trust-remote-code: never implied
 
     def ppl_corpus_for(self, sequential: bool) -> str:
         if self.ppl_corpus:
@@ -85,7 +87,8 @@ class RunConfig:
         """The model under test (loaded once per process; every caller gets the same object)."""
         from editguard.models import load_model
 
-        return load_model(self.model, self.device, self.dtype, self.edit_layer)
+        return load_model(self.model, self.device, self.dtype, self.edit_layer, download=self.download,
+                          trust_remote_code=self.trust_remote_code)
 
     @classmethod
     def from_options(cls, value: Callable[[str], Any], given: Callable[[str], bool] = lambda name: False, *,
@@ -97,6 +100,7 @@ class RunConfig:
         from editguard.sharding import parse_shard
 
         editor, model = value("editor"), value("model")
+        parse_model_spec(model, flag("model"))   # a malformed ORG/NAME@REVISION fails here, before any work
         hparams: dict[str, Any] = {}
         families: tuple[str, ...] = ()
         if value("hparams"):
@@ -149,6 +153,7 @@ class RunConfig:
             sequence_length=value("sequence-length"), ppl_every=value("ppl-every"),
             sequence_stop_on_collapse=value("sequence-stop-on-collapse") == "on", batch_size=value("batch-size"),
             explicit_thresholds=explicit, hparams_families=families, hparams_any_family=value("hparams-any-family"),
+            trust_remote_code=value("trust-remote-code"),
         )
 
 

@@ -1,11 +1,12 @@
 """The disk cache of trained MEND editors, `$EDITGUARD_CACHE/mend/`, keyed by the model's
 fingerprint, the training data, the hyperparameters, the number of steps and MEND_VERSION.
 
-An editor is `<model>-<fingerprint>-<key>.safetensors` (the network's state_dict, with the
+An editor is `<fingerprint>-<key>.safetensors` (the network's state_dict, with the
 metadata and the training log as JSON in its header) and `<...>.json` beside it (the metadata
-alone, read to list the editors without loading their networks). Both are written and read with
-`editguard.cache` (atomic, checksummed, locked): nothing is unpickled, and a file that fails its
-checksum is refused with a CacheWarning, never loaded.
+alone, read to list the editors without loading their networks). The model's name is not in the
+file name: the same weights under a registered name, a directory or a Hub id share the editor.
+Both are written and read with `editguard.cache` (atomic, checksummed, locked): nothing is
+unpickled, and a file that fails its checksum is refused with a CacheWarning, never loaded.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from editguard.cache import cache_dir, locked, read_entry, safe_name, tensors_from_bytes, tensors_to_bytes, write_entry
+from editguard.cache import cache_dir, locked, read_entry, tensors_from_bytes, tensors_to_bytes, write_entry
 from editguard.cases import EditCase
 from editguard.editors.mend.hparams import ARCHITECTURE_FIELDS, MendHparams, edited_matrices
 from editguard.editors.mend.network import MendNetwork
@@ -32,12 +33,8 @@ def mend_cache_dir() -> Path:
     return path
 
 
-def _file_stem(model_name: str, fingerprint: str) -> str:
-    return f"{safe_name(model_name)}-{fingerprint}"
-
-
-def _network_path(directory: Path, model_name: str, fingerprint: str, key: str) -> Path:
-    return directory / f"{_file_stem(model_name, fingerprint)}-{key}{NETWORK_SUFFIX}"
+def _network_path(directory: Path, fingerprint: str, key: str) -> Path:
+    return directory / f"{fingerprint}-{key}{NETWORK_SUFFIX}"
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -51,10 +48,10 @@ def _read(path: Path) -> bytes | None:
 
 
 def save_trained(trained: TrainedMend, directory: Path | None = None) -> Path:
-    """Write the editor as <model>-<fingerprint>-<key>.safetensors with a .json of its metadata beside it."""
+    """Write the editor as <fingerprint>-<key>.safetensors with a .json of its metadata beside it."""
     directory = Path(directory) if directory is not None else mend_cache_dir()
     directory.mkdir(parents=True, exist_ok=True)
-    path = _network_path(directory, trained.model_name, trained.fingerprint, trained.key)
+    path = _network_path(directory, trained.fingerprint, trained.key)
     meta = {"mend_version": MEND_VERSION, "model": trained.model_name, "fingerprint": trained.fingerprint,
             "data_hash": trained.data_hash, "steps": trained.steps, "hparams": asdict(trained.hparams),
             "key": trained.key, "seconds": trained.seconds, "summary": trained.summary()}
@@ -90,7 +87,7 @@ def cached_editors(mue: ModelUnderEdit, hp: MendHparams, match: Sequence[str] = 
     longest-trained first (then newest)."""
     want = _plain({k: getattr(hp, k) for k in match})
     found = []
-    for network_path in mend_cache_dir().glob(f"{_file_stem(mue.name, mue.fingerprint)}-*{NETWORK_SUFFIX}"):
+    for network_path in mend_cache_dir().glob(f"{mue.fingerprint}-*{NETWORK_SUFFIX}"):
         index_path = network_path.with_suffix(INDEX_SUFFIX)
         data = _read(index_path)
         if data is None:
@@ -111,7 +108,7 @@ def train_and_cache(mue: ModelUnderEdit, cases: Sequence[EditCase], hp: MendHpar
     whether it was trained now."""
     key = trained_key(mue.fingerprint, data_hash(cases, loc_texts), hp, steps)
     if not retrain:
-        cached = load_trained(_network_path(mend_cache_dir(), mue.name, mue.fingerprint, key), mue)
+        cached = load_trained(_network_path(mend_cache_dir(), mue.fingerprint, key), mue)
         if cached is not None:
             return cached, False
     trained = train_mend(mue, cases, hp, steps, progress=progress, loc_texts=loc_texts)
