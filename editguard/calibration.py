@@ -147,11 +147,17 @@ def derive_bounds(distributions: dict[str, dict[str, Any]], collapsing: dict[str
 
 
 def calibrate(mue, editor, cases, baseline, *, mined: dict[str, Any] | None = None, seed: int = 0,
-              cases_source: str = "", progress: Callable[[dict[str, Any]], None] | None = None) -> Calibration:
+              cases_source: str = "", progress: Callable[[dict[str, Any]], None] | None = None,
+              done: dict[str, dict[str, Any]] | None = None) -> Calibration:
     """Edit each of `cases` (normal ones) with `editor` on `mue`, restoring after each, and build
-    the calibration: per-case rows, the metrics' distributions, the bounds by BOUND_RULE."""
+    the calibration: per-case rows, the metrics' distributions, the bounds by BOUND_RULE. `done`
+    holds rows of cases measured before (an interrupted calibration resumed): they are not edited
+    again, nor passed to `progress`."""
     rows = []
     for case in cases:
+        if done and case.case_id in done:
+            rows.append(done[case.case_id])
+            continue
         result = check(mue, editor, case, baseline)
         r = result.to_json()
         row = {"case_id": case.case_id, "text": case.text, "ppl": r["ppl"],

@@ -14,10 +14,10 @@ import site
 import sysconfig
 from pathlib import Path
 
-from editguard.cache import inside_package
+from editguard.cache import cache_dir, inside_package
 from editguard.errors import UsageError
 
-__all__ = ["InstalledPathError", "find_mined_suite", "find_suite_file", "is_shipped_suite_file",
+__all__ = ["InstalledPathError", "find_mined_suite", "find_suite_file", "is_shipped_suite_file", "prepared_dir",
            "project_mined_suite_path", "project_suites_dir", "refuse_installed_path", "shipped_suites_dir",
            "suite_file_label"]
 
@@ -68,6 +68,16 @@ def suite_file_label(path: str | Path) -> str:
         return f"{resolved.parent.name}/{resolved.name}"
     cwd = Path.cwd().resolve()
     return str(resolved.relative_to(cwd)) if resolved.is_relative_to(cwd) else str(resolved)
+
+
+PREPARED_FOLDER = "prepared"
+
+
+def prepared_dir(fingerprint: str) -> Path:
+    """Where `editguard prepare` keeps what it made for the weights with `fingerprint` (the edit
+    layer, the screen, the mined list, the calibration): $EDITGUARD_CACHE/prepared/<fingerprint>/.
+    The same weights under another name or path find it; other weights never do."""
+    return cache_dir() / PREPARED_FOLDER / fingerprint
 
 
 def _mined_suite_name(model_name: str) -> str:

@@ -154,8 +154,9 @@ def check_family(name: str, model: torch.nn.Module, family: Family) -> None:
 
 
 def model_fingerprint(name: str, model: torch.nn.Module) -> str:
-    """Identifies the weights: config plus a strided sample of every parameter."""
-    h = hashlib.sha256(name.encode())
+    """Identifies the weights: config plus a strided sample of every parameter (not the name: the
+    same weights under another name or path have the same fingerprint)."""
+    h = hashlib.sha256()
     arch = {k: v for k, v in model.config.to_dict().items()
             if k not in ("_name_or_path", "quantization_config", "transformers_version", "dtype", "torch_dtype")}
     h.update(json.dumps(arch, sort_keys=True, default=str).encode())
