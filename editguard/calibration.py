@@ -28,7 +28,7 @@ from editguard.gates import Thresholds, is_collapsed
 from editguard.guard import check
 from editguard.options import CALIBRATION_MODEL, COLLAPSE_PPL, DEFAULT_EDITOR, OPTIONS_BY_NAME, UPDATE_NORM_REL
 from editguard.report.json_report import versions
-from editguard.suite_files import find_suite_file
+from editguard.suite_files import find_suite_file, prepared_file
 
 CALIBRATION_SCHEMA = 1
 MARGIN = 3.0
@@ -253,8 +253,9 @@ def read_calibration(path: Path) -> Calibration:
 
 def find_calibration(model: str, fingerprint: str, editor: str) -> Calibration | None:
     """The calibration of this model (same fingerprint) that serves `editor` (its own, else for a
-    ROME variant ROME's: CALIBRATION_SERVES): the cache's, else the project's or shipped
-    suites/calibration/ file. Every one is checked as the options are (checked_calibration)."""
+    ROME variant ROME's: CALIBRATION_SERVES): the cache's, else the one `editguard prepare` made
+    for these weights (under any name), else the project's or shipped suites/calibration/ file.
+    Every one is checked as the options are (checked_calibration)."""
     for name in served_by(editor):
         path = cache_path(model, fingerprint, name)
         with locked(path):
@@ -265,6 +266,11 @@ def find_calibration(model: str, fingerprint: str, editor: str) -> Calibration |
             except ValueError as err:
                 raise CalibrationError(f"calibration file {path}: cannot read it: {err}") from None
             return _for(checked_calibration(doc, str(path)), name, path)
+        prepared = prepared_file(fingerprint, f"calibration-{safe_name(name)}.json", "calibrate")
+        if prepared is not None:
+            calibration = _for(read_calibration(prepared), name, prepared)
+            if calibration.doc["fingerprint"] == fingerprint:
+                return calibration
         shipped = find_suite_file("calibration", shipped_name(model, name))
         if shipped is not None:
             calibration = _for(read_calibration(shipped), name, shipped)

@@ -33,11 +33,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from editguard.cache import locked, write_atomic
+from editguard.cache import locked, safe_name, write_atomic
 from editguard.errors import DataError
 from editguard.progress import progress_bar
 from editguard.sharding import shard_members
-from editguard.suite_files import find_mined_suite, find_suite_file, prepared_dir
+from editguard.suite_files import PREPARED_NAMES, find_mined_suite, find_suite_file, prepared_dir
 
 __all__ = ["PIECE_KIND", "STEPS", "PrepareOptions", "Prepared", "StepResult", "find_prepared", "merge_pieces",
            "prepare", "prepare_command"]
@@ -45,7 +45,6 @@ __all__ = ["PIECE_KIND", "STEPS", "PrepareOptions", "Prepared", "StepResult", "f
 PREPARE_SCHEMA = 1
 STEPS = ("family", "layer", "statistics", "screen", "mine", "calibrate")
 PIECE_KIND = "editguard-prepare-piece"   # the `kind` of a shard's piece file (screen chunk, mining log)
-NAMES_INDEX = "names.json"               # name -> fingerprint: which names were prepared (a hint only)
 
 
 def prepare_command(model: str) -> str:
@@ -121,7 +120,7 @@ class Folder:
         return doc
 
     def remember_name(self, model: str) -> None:
-        index = self.path.parent / NAMES_INDEX
+        index = self.path.parent / PREPARED_NAMES
         with locked(index):
             names = _read_json(index) if index.is_file() else {}
             if names.get(model) != self.fingerprint:
@@ -150,14 +149,14 @@ class Prepared:
     def hardcf_path(self, editor: str = "rome") -> Path | None:
         m = self.manifests.get("mine")
         if m and m["options"].get("editor") == editor:
-            path = self.folder / f"hardcf-{editor}.json"
+            path = self.folder / f"hardcf-{safe_name(editor)}.json"
             return path if path.is_file() else None
         return None
 
     def calibration_path(self, editor: str = "rome") -> Path | None:
         m = self.manifests.get("calibrate")
         if m and m["options"].get("editor") == editor:
-            path = self.folder / f"calibration-{editor}.json"
+            path = self.folder / f"calibration-{safe_name(editor)}.json"
             return path if path.is_file() else None
         return None
 
@@ -179,12 +178,6 @@ def find_prepared(fingerprint: str) -> Prepared | None:
     folder = Folder(fingerprint)
     manifests = {step: m for step in ("layer", "mine", "calibrate") if (m := folder.manifest(step)) is not None}
     return Prepared(fingerprint, folder.path, manifests) if manifests else None
-
-
-def prepared_name_fingerprint(model: str) -> str | None:
-    """The fingerprint `model` had when it was last prepared (a hint: the weights decide)."""
-    index = prepared_dir("x").parent / NAMES_INDEX
-    return (_read_json(index) if index.is_file() else {}).get(model)
 
 
 # --- the pipeline ---------------------------------------------------------------------------
@@ -458,16 +451,16 @@ def step_mine(context) -> StepResult:
     from editguard.gates import Thresholds
 
     thresholds = Thresholds()
-    log = folder.path / f"mine-{o.editor}.jsonl"
+    log = folder.path / f"mine-{safe_name(o.editor)}.jsonl"
     if o.force and log.exists() and "forced-mine" not in context:
         log.unlink()
     context["forced-mine"] = True
-    _fold_mine_pieces(folder, log, o.editor)
+    _fold_mine_pieces(folder, log, safe_name(o.editor))
     mine_log = log
     if o.shard is not None:
         keep = shard_members([c.case_id for c, _ in candidates], *o.shard)
         candidates = [c for c, k in zip(candidates, keep) if k]
-        mine_log = folder.path / "shards" / f"mine-{o.editor}-{o.shard[0]}-of-{o.shard[1]}.jsonl"
+        mine_log = folder.path / "shards" / f"mine-{safe_name(o.editor)}-{o.shard[0]}-of-{o.shard[1]}.jsonl"
         if log.is_file() and not mine_log.is_file():   # cases the main log holds are not mined again
             mine_log.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(log, mine_log)
@@ -483,7 +476,7 @@ def step_mine(context) -> StepResult:
     run = edit_run_info(mue, editor, baseline, thresholds, seed=o.seed, suite=o.cases).to_json()
     run.pop("versions")
     run["screen"] = {k: v for k, v in screen.items() if k != "rows"}
-    path = folder.path / f"hardcf-{o.editor}.json"
+    path = folder.path / f"hardcf-{safe_name(o.editor)}.json"
     write_mined_suite(path, records, cases, _jsonable(run))
     kept, _ = hardest_records(records, _jsonable(run))
     collapsed = sum(r["degradation"] == "collapsed" for r in records)
@@ -518,7 +511,7 @@ def step_calibrate(context) -> StepResult:
         path = find_prepared(mue.fingerprint)
         path = path.hardcf_path(o.editor) if path else _shipped_mined(context)
         mined = _read_json(path) if path else None
-    log = folder.path / f"calibrate-{o.editor}.jsonl"
+    log = folder.path / f"calibrate-{safe_name(o.editor)}.jsonl"
     header = json.dumps({"header": _jsonable(step_options)})
     finished: dict[str, dict] = {}
     if log.is_file() and not o.force:
@@ -542,7 +535,7 @@ def step_calibrate(context) -> StepResult:
 
         calibration = calibrate(mue, editor, cases, baseline, mined=mined, seed=DEFAULT_CALIBRATION_SEED,
                                 cases_source=cases.description, progress=record, done=finished)
-    path = folder.path / f"calibration-{o.editor}.json"
+    path = folder.path / f"calibration-{safe_name(o.editor)}.json"
     write_copy(calibration, path)
     bounds = calibration.bounds
     text = ", ".join(f"{k}={v:.4g}" for k, v in bounds.items())
