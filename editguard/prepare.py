@@ -7,7 +7,7 @@ calibrate (the gate bounds from normal edits).
 
 Everything is stored under the weights' fingerprint, $EDITGUARD_CACHE/prepared/<fingerprint>/
 (editguard.suite_files.prepared_dir): the same weights under another name or path reuse it, other
-weights never do. Each finished step writes a manifest (`<step>.json`: what, options, fingerprint,
+weights never do. Each finished step writes a manifest (`manifest-<step>.json`: what, options, fingerprint,
 when, wall time, files) atomically after its outputs, so a step is done exactly when its manifest
 is there with the same options. Unfinished steps resume: the screen by chunks of cases
 (screen-chunks/), the mining and the calibration case by case (JSONL logs, one line per finished
@@ -104,7 +104,7 @@ class Folder:
         self.path = prepared_dir(fingerprint)
 
     def manifest(self, step: str) -> dict[str, Any] | None:
-        path = self.path / f"{step}.json"
+        path = self.path / f"manifest-{step}.json"
         return _read_json(path) if path.is_file() else None
 
     def finished(self, step: str, options: dict[str, Any]) -> dict[str, Any] | None:
@@ -116,7 +116,7 @@ class Folder:
         doc = {"schema": PREPARE_SCHEMA, "step": step, "model": model, "fingerprint": self.fingerprint,
                "made": _now(), "seconds": round(seconds, 3), "options": _jsonable(options),
                "files": [str(Path(f).relative_to(self.path)) for f in files], "summary": _jsonable(summary)}
-        _write_json(self.path / f"{step}.json", doc)
+        _write_json(self.path / f"manifest-{step}.json", doc)
         return doc
 
     def remember_name(self, model: str) -> None:
@@ -166,7 +166,8 @@ class Prepared:
         for step, what in (("layer", "edit layer"), ("mine", "hardcf list"), ("calibrate", "calibration")):
             m = self.manifests.get(step)
             if m:
-                files = ", ".join(str(self.folder / f) for f in m["files"][:1]) or str(self.folder / f"{step}.json")
+                files = (", ".join(str(self.folder / f) for f in m["files"][:1])
+                         or str(self.folder / f"manifest-{step}.json"))
                 extra = f" {m['summary']['layer']}" if step == "layer" else ""
                 parts.append(f"{what}{extra} ({files}, made {m['made']} as {m['model']})")
         return f"prepared for fingerprint {self.fingerprint}: " + "; ".join(parts)
@@ -224,11 +225,11 @@ def _finish(context, step: str, options: dict, clock: float, files: list[Path], 
     folder = context["folder"]
     seconds = time.perf_counter() - clock
     manifest = folder.write_manifest(step, context["mue"].name, options, seconds, files, summary)
-    return StepResult(step, "made", text, seconds, files + [folder.path / f"{step}.json"], manifest)
+    return StepResult(step, "made", text, seconds, files + [folder.path / f"manifest-{step}.json"], manifest)
 
 
 def _cached(step: str, manifest: dict, folder: Folder, text: str) -> StepResult:
-    files = [folder.path / f for f in manifest["files"]] + [folder.path / f"{step}.json"]
+    files = [folder.path / f for f in manifest["files"]] + [folder.path / f"manifest-{step}.json"]
     return StepResult(step, "cached", text, manifest["seconds"], files, manifest)
 
 

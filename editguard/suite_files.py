@@ -86,10 +86,10 @@ PREPARED_NAMES = "names.json"   # model name -> fingerprint it had when prepared
 
 def prepared_file(fingerprint: str, name: str, step: str) -> Path | None:
     """A file `editguard prepare` made for these weights (`hardcf-rome.json`, `calibration-rome.json`),
-    once its step finished (the step's manifest `<step>.json` is there); None otherwise."""
+    once its step finished (the step's manifest `manifest-<step>.json` is there); None otherwise."""
     folder = prepared_dir(fingerprint)
     path = folder / name
-    return path if path.is_file() and (folder / f"{step}.json").is_file() else None
+    return path if path.is_file() and (folder / f"manifest-{step}.json").is_file() else None
 
 
 def prepared_fingerprint_of(model_name: str) -> str | None:
