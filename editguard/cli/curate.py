@@ -188,7 +188,8 @@ def cmd_filter(args) -> int:
 def cmd_prepare(args) -> int:
     from pathlib import Path
 
-    from editguard.prepare import PrepareOptions, merge_pieces, prepare, render_results
+    from editguard.prepare import PrepareOptions, prepare, render_results
+    from editguard.prepared import merge_pieces
     from editguard.sharding import parse_shard
 
     if args.merge is not None:

@@ -45,7 +45,7 @@ def cmd_report(args) -> int:
 def cmd_merge(args) -> int:
     from pathlib import Path
 
-    from editguard.prepare import is_piece_folder, merge_pieces
+    from editguard.prepared import is_piece_folder, merge_pieces
     from editguard.report import load_report, write_report
     from editguard.report.merge import merge_reports
 

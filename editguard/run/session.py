@@ -56,7 +56,7 @@ def apply_prepared(config: RunConfig, model):
     when; with nothing prepared, the one command that prepares the model."""
     from dataclasses import replace
 
-    from editguard.prepare import find_prepared, prepare_command
+    from editguard.prepared import find_prepared, prepare_command
 
     prepared = find_prepared(model.fingerprint)
     if prepared is None:
