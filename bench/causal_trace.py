@@ -24,65 +24,7 @@ from pathlib import Path
 
 import torch
 
-from editguard.editors.keys import encode_batch, fill, subject_last_index
-
-
-def subject_span(tok, prompt: str, subject: str) -> tuple[int, int]:
-    """[first, last] token indices of the subject in `fill(prompt, subject)`."""
-    head = prompt[: prompt.index("{}")]
-    first = len(tok(head)["input_ids"]) if head else len(tok("")["input_ids"])
-    return first, subject_last_index(tok, prompt, subject)
-
-
-@torch.no_grad()
-def trace_fact(mue, case, window: int, samples: int, noise_scale: float, generator) -> dict:
-    """P(true target's first token): clean, corrupted, and per layer with the MLP window restored."""
-    tok, family = mue.tokenizer, mue.family
-    text = fill(case.prompt, case.subject)
-    first, last = subject_span(tok, case.prompt, case.subject)
-    target = tok(" " + case.target_true, add_special_tokens=False)["input_ids"][0]
-    enc = encode_batch(mue, [text] * samples)
-    mlps = [mue.module(family.mlp.format(layer)) for layer in range(mue.n_layers)]
-
-    clean_out = {}
-    hooks = [m.register_forward_hook(
-                 lambda mod, a, out, layer=layer: clean_out.__setitem__(layer, out[0, last].clone()))
-             for layer, m in enumerate(mlps)]
-    try:
-        p_clean = mue.model(**encode_batch(mue, [text])).logits[0, -1].softmax(-1)[target].item()
-    finally:
-        for h in hooks:
-            h.remove()
-
-    embed = mue.model.get_input_embeddings()
-    noise = torch.randn((samples, last - first + 1, embed.weight.shape[1]), generator=generator) * noise_scale
-
-    def corrupt(_module, _args, out):
-        out = out.clone()
-        out[:, first : last + 1] += noise.to(out.dtype)
-        return out
-
-    def run(restore: list[int]) -> float:
-        handles = [embed.register_forward_hook(corrupt)]
-        for layer in restore:
-            def put_back(_module, _args, out, layer=layer):
-                out = out.clone()
-                out[:, last] = clean_out[layer]
-                return out
-            handles.append(mlps[layer].register_forward_hook(put_back))
-        try:
-            probs = mue.model(**enc).logits[:, -1].softmax(-1)[:, target]
-        finally:
-            for h in handles:
-                h.remove()
-        return probs.mean().item()
-
-    p_corrupt = run([])
-    half = window // 2
-    restored = [run(list(range(max(0, layer - half), min(mue.n_layers, layer - half + window))))
-                for layer in range(mue.n_layers)]
-    return {"case_id": case.case_id, "subject": case.subject, "p_clean": p_clean, "p_corrupt": p_corrupt,
-            "restored": restored}
+from editguard.tracing import best_band, known_facts, noise_scale, trace_layers
 
 
 def main() -> None:
@@ -106,32 +48,18 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     mue = load_model(args.model, "cpu")
-    tok = mue.tokenizer
     pool = normal_cases(load_counterfact(args.data))[: args.pool]
-    with torch.no_grad():   # rank the pool by how well the model knows each fact
-        known = []
-        for case in pool:
-            target = tok(" " + case.target_true, add_special_tokens=False)["input_ids"][0]
-            logits = mue.model(**encode_batch(mue, [fill(case.prompt, case.subject)])).logits[0, -1]
-            known.append((logits.softmax(-1)[target].item(), case))
-    facts = [c for _, c in sorted(known, key=lambda pc: -pc[0])[: args.facts]]
-    embed = mue.model.get_input_embeddings()
-    # Gemma scales its embedding outputs by √hidden inside the module: the noise is sized on outputs.
-    noise_scale = 3 * embed.weight.float().std().item() * float(getattr(embed, "embed_scale", 1.0))
-    generator = torch.Generator().manual_seed(0)
-    traces = [trace_fact(mue, c, args.window, args.samples, noise_scale, generator) for c in facts]
-
-    effect = [statistics.mean(t["restored"][layer] - t["p_corrupt"] for t in traces) for layer in range(mue.n_layers)]
+    facts = known_facts(mue, pool, args.facts)
+    doc = trace_layers(mue, facts, args.window, args.samples)
+    traces, effect = doc["facts"], doc["effect"]
     print(f"{mue.name}: {len(traces)} facts "
           f"(P(true) clean median {statistics.median(t['p_clean'] for t in traces):.3f}, "
           f"corrupted {statistics.median(t['p_corrupt'] for t in traces):.3f}), window {args.window}, "
-          f"{args.samples} noise samples, σ = {noise_scale:.4f}")
+          f"{args.samples} noise samples, σ = {noise_scale(mue):.4f}")
     print("layer  indirect effect of the MLP window")
     for layer, e in enumerate(effect):
         print(f"{layer:5d}  {e:+.4f}  {'#' * max(0, round(e / max(max(effect), 1e-9) * 40))}")
-    lowest = 0 if args.keep_first_mlp else args.window // 2 + 1   # the first window without layer 0
-    starts = range(lowest, mue.n_layers - args.width + 1)
-    best = max(starts, key=lambda s: sum(effect[s : s + args.width]))
+    best = best_band(effect, args.width, args.window, args.keep_first_mlp)
     print(f"best {args.width} consecutive layers by mean effect"
           f"{'' if args.keep_first_mlp else ' (windows without layer 0)'}: "
           f"{best}..{best + args.width - 1} "
@@ -139,7 +67,7 @@ def main() -> None:
           f"peak layer {max(range(len(effect)), key=effect.__getitem__)}")
     out = Path(args.out or f"bench/results/causal-trace-{mue.name}.json")
     out.write_text(json.dumps({"model": mue.name, "window": args.window, "samples": args.samples,
-                               "noise_scale": noise_scale, "effect": effect, "best_start": best,
+                               "noise_scale": doc["noise_scale"], "effect": effect, "best_start": best,
                                "width": args.width, "facts": traces}, indent=1))
     print(f"wrote {out}")
 

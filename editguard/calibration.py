@@ -28,7 +28,7 @@ from editguard.gates import Thresholds, is_collapsed
 from editguard.guard import check
 from editguard.options import CALIBRATION_MODEL, COLLAPSE_PPL, DEFAULT_EDITOR, OPTIONS_BY_NAME, UPDATE_NORM_REL
 from editguard.report.json_report import versions
-from editguard.suite_files import find_suite_file
+from editguard.suite_files import find_suite_file, prepared_file
 
 CALIBRATION_SCHEMA = 1
 MARGIN = 3.0
@@ -147,11 +147,17 @@ def derive_bounds(distributions: dict[str, dict[str, Any]], collapsing: dict[str
 
 
 def calibrate(mue, editor, cases, baseline, *, mined: dict[str, Any] | None = None, seed: int = 0,
-              cases_source: str = "", progress: Callable[[dict[str, Any]], None] | None = None) -> Calibration:
+              cases_source: str = "", progress: Callable[[dict[str, Any]], None] | None = None,
+              done: dict[str, dict[str, Any]] | None = None) -> Calibration:
     """Edit each of `cases` (normal ones) with `editor` on `mue`, restoring after each, and build
-    the calibration: per-case rows, the metrics' distributions, the bounds by BOUND_RULE."""
+    the calibration: per-case rows, the metrics' distributions, the bounds by BOUND_RULE. `done`
+    holds rows of cases measured before (an interrupted calibration resumed): they are not edited
+    again, nor passed to `progress`."""
     rows = []
     for case in cases:
+        if done and case.case_id in done:
+            rows.append(done[case.case_id])
+            continue
         result = check(mue, editor, case, baseline)
         r = result.to_json()
         row = {"case_id": case.case_id, "text": case.text, "ppl": r["ppl"],
@@ -249,8 +255,9 @@ def read_calibration(path: Path) -> Calibration:
 
 def find_calibration(model: str, fingerprint: str, editor: str) -> Calibration | None:
     """The calibration of this model (same fingerprint) that serves `editor` (its own, else for a
-    ROME variant ROME's: CALIBRATION_SERVES): the cache's, else the project's or shipped
-    suites/calibration/ file. Every one is checked as the options are (checked_calibration)."""
+    ROME variant ROME's: CALIBRATION_SERVES): the cache's, else the one `editguard prepare` made
+    for these weights (under any name), else the project's or shipped suites/calibration/ file.
+    Every one is checked as the options are (checked_calibration)."""
     for name in served_by(editor):
         path = cache_path(fingerprint, name)
         with locked(path):
@@ -261,6 +268,11 @@ def find_calibration(model: str, fingerprint: str, editor: str) -> Calibration |
             except ValueError as err:
                 raise CalibrationError(f"calibration file {path}: cannot read it: {err}") from None
             return _for(checked_calibration(doc, str(path)), name, path)
+        prepared = prepared_file(fingerprint, f"calibration-{safe_name(name)}.json", "calibrate")
+        if prepared is not None:
+            calibration = _for(read_calibration(prepared), name, prepared)
+            if calibration.doc["fingerprint"] == fingerprint:
+                return calibration
         shipped = find_suite_file("calibration", shipped_name(model, name))
         if shipped is not None:
             calibration = _for(read_calibration(shipped), name, shipped)

@@ -60,8 +60,10 @@ def _read_progress(path: Path, header: dict) -> dict[str, dict]:
     if not lines:
         return {}
     found = json.loads(lines[0]).get("header")
-    if found != header:
-        diff = sorted(k for k in set(found or {}) | set(header) if (found or {}).get(k) != header.get(k))
+    # The weights (fingerprint) identify the model: the same weights under another name resume.
+    diff = sorted(k for k in set(found or {}) | set(header)
+                  if k != "model" and (found or {}).get(k) != header.get(k))
+    if diff:
         raise ValueError(f"{path} was written by another mining run (differs in {diff}); "
                          f"remove it or choose another --progress file")
     done = {}

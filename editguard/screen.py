@@ -25,8 +25,8 @@ from editguard.models.forward import cache_kwargs, inputs_until
 from editguard.models.loading import ModelUnderEdit
 from editguard.progress import progress_bar
 
-__all__ = ["DEFAULT_SCREEN_TEMPLATES", "RiskRow", "risk_score", "run_screen", "screen_cases", "template_subset",
-           "write_screen"]
+__all__ = ["DEFAULT_SCREEN_TEMPLATES", "RiskRow", "risk_score", "run_screen", "screen_cases", "screen_setup",
+           "template_subset", "write_screen"]
 
 # k̄ is a Monte-Carlo mean over random prefixes; 11 of ROME's 21 templates rank CounterFact
 # like all 21 (Spearman 0.996 on 2,000 cases, bench/screen_templates.py) at half the cost.
@@ -158,27 +158,36 @@ def template_subset(templates: list[str], n: int | None) -> list[str]:
     return [templates[0]] + [generated[i] for i in picks]
 
 
+def screen_setup(mue: ModelUnderEdit, hparams, n_templates: int | None = DEFAULT_SCREEN_TEMPLATES,
+                 data_dir=None) -> dict:
+    """What a screen with ROME's hyperparameters computes once, whatever the cases: the layer, the
+    context templates used (of how many), C⁻¹ where the editor adjusts by it."""
+    from editguard.editors.covariance import inverse_layer_second_moment
+    from editguard.editors.keys import context_templates
+
+    layer = hparams.layer if hparams.layer is not None else mue.edit_layer
+    templates = context_templates(mue, hparams.context_template_length_params, hparams.template_seed)
+    inverse = None
+    if hparams.mom2_adjustment:
+        inverse = inverse_layer_second_moment(mue, layer, hparams.mom2_corpus, hparams.mom2_n_tokens, data_dir)
+    return {"layer": layer, "templates": template_subset(templates, n_templates),
+            "templates_total": len(templates), "mom2_adjustment": hparams.mom2_adjustment, "inverse": inverse}
+
+
 def run_screen(mue: ModelUnderEdit, cases: list[EditCase], hparams, n_templates: int | None = DEFAULT_SCREEN_TEMPLATES,
                data_dir=None, batch_size: int = 96, progress: bool = True) -> dict:
     """Screen `cases` with ROME's hyperparameters (layer, templates, mom2 adjustment); a JSON-able
     document with the ranked rows and how they were computed."""
     import time
 
-    from editguard.editors.covariance import inverse_layer_second_moment
-    from editguard.editors.keys import context_templates
-
-    layer = hparams.layer if hparams.layer is not None else mue.edit_layer
-    templates = context_templates(mue, hparams.context_template_length_params, hparams.template_seed)
-    used = template_subset(templates, n_templates)
-    inverse = None
-    if hparams.mom2_adjustment:
-        inverse = inverse_layer_second_moment(mue, layer, hparams.mom2_corpus, hparams.mom2_n_tokens, data_dir)
+    setup = screen_setup(mue, hparams, n_templates, data_dir)
     clock = time.perf_counter()
-    rows = screen_cases(mue, cases, layer, used, inverse, batch_size=batch_size, progress=progress)
+    rows = screen_cases(mue, cases, setup["layer"], setup["templates"], setup["inverse"], batch_size=batch_size,
+                        progress=progress)
     return {
-        "model": mue.name, "fingerprint": mue.fingerprint, "layer": layer,
-        "templates": len(used), "templates_total": len(templates),
-        "mom2_adjustment": hparams.mom2_adjustment, "n_cases": len(cases),
+        "model": mue.name, "fingerprint": mue.fingerprint, "layer": setup["layer"],
+        "templates": len(setup["templates"]), "templates_total": setup["templates_total"],
+        "mom2_adjustment": setup["mom2_adjustment"], "n_cases": len(cases),
         "seconds": time.perf_counter() - clock,
         "rows": [row.to_json() for row in rows],
     }

@@ -14,10 +14,11 @@ import site
 import sysconfig
 from pathlib import Path
 
-from editguard.cache import inside_package
+from editguard.cache import cache_dir, inside_package
 from editguard.errors import UsageError
 
-__all__ = ["InstalledPathError", "find_mined_suite", "find_suite_file", "is_shipped_suite_file",
+__all__ = ["InstalledPathError", "find_mined_suite", "find_suite_file", "is_shipped_suite_file", "prepared_dir",
+           "prepared_file", "prepared_fingerprint_of",
            "project_mined_suite_path", "project_suites_dir", "refuse_installed_path", "shipped_suites_dir",
            "suite_file_label"]
 
@@ -68,6 +69,40 @@ def suite_file_label(path: str | Path) -> str:
         return f"{resolved.parent.name}/{resolved.name}"
     cwd = Path.cwd().resolve()
     return str(resolved.relative_to(cwd)) if resolved.is_relative_to(cwd) else str(resolved)
+
+
+PREPARED_FOLDER = "prepared"
+
+
+def prepared_dir(fingerprint: str) -> Path:
+    """Where `editguard prepare` keeps what it made for the weights with `fingerprint` (the edit
+    layer, the screen, the mined list, the calibration): $EDITGUARD_CACHE/prepared/<fingerprint>/.
+    The same weights under another name or path find it; other weights never do."""
+    return cache_dir() / PREPARED_FOLDER / fingerprint
+
+
+PREPARED_NAMES = "names.json"   # model name -> fingerprint it had when prepared (a hint: the weights decide)
+
+
+def prepared_file(fingerprint: str, name: str, step: str) -> Path | None:
+    """A file `editguard prepare` made for these weights (`hardcf-rome.json`, `calibration-rome.json`),
+    once its step finished (the step's manifest `manifest-<step>.json` is there); None otherwise."""
+    folder = prepared_dir(fingerprint)
+    path = folder / name
+    return path if path.is_file() and (folder / f"manifest-{step}.json").is_file() else None
+
+
+def prepared_fingerprint_of(model_name: str) -> str | None:
+    """The fingerprint `model_name` had when it was last prepared, from the prepared folders' index."""
+    import json
+
+    index = cache_dir() / PREPARED_FOLDER / PREPARED_NAMES
+    try:
+        names = json.loads(index.read_text(encoding="utf-8")) if index.is_file() else {}
+    except (OSError, ValueError):
+        return None
+    value = names.get(model_name) if isinstance(names, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def _mined_suite_name(model_name: str) -> str:

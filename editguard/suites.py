@@ -82,21 +82,50 @@ def screened_candidates(mue, cases: list[EditCase], top: int = SCREEN_TOP) -> li
     return [by_id[cid] for cid in ranked[:top]]
 
 
+PREPARED_HARDCF = "hardcf-rome.json"   # the list `editguard prepare` mines (editguard.prepare)
+
+
+def _prepared_list(model_name: str, mue) -> CaseList | None:
+    from editguard.suite_files import prepared_file
+
+    path = prepared_file(mue.fingerprint, PREPARED_HARDCF, "mine")
+    if path is None:
+        return None
+    cases = read_cases(path)
+    return CaseList(cases, f"prepared HardCF list {path} (fingerprint {mue.fingerprint}, editguard prepare): "
+                           f"{len(cases)} mined cases of {model_name}")
+
+
 def hardcf(model_name: str, data_dir=None, download: bool = False, load=None) -> CaseList:
-    """The model's mined HardCF list, or (none mined) its top-risk screened candidates.
-    `load()` gives the ModelUnderEdit; it is called only when a screen is needed."""
-    from editguard.suite_files import find_mined_suite, suite_file_label
+    """The model's mined HardCF list: the project's (editguard-suites/hardcf/<model>.json), else the
+    one `editguard prepare` made for its weights (by fingerprint, whatever the name), else the
+    shipped one; with none, its top-risk screened candidates. `load()` gives the ModelUnderEdit;
+    it is called only where the weights decide (a name prepared before, no shipped list)."""
+    from editguard.suite_files import (
+        find_mined_suite,
+        is_shipped_suite_file,
+        prepared_fingerprint_of,
+        suite_file_label,
+    )
 
     path = find_mined_suite(model_name)
+    if path is not None and is_shipped_suite_file(path) and prepared_fingerprint_of(model_name) is not None:
+        prepared = _prepared_list(model_name, load())
+        if prepared is not None:
+            return prepared
     if path is not None:
         cases = read_cases(path)
         return CaseList(cases, f"mined HardCF list {suite_file_label(path)}: {len(cases)} cases whose single "
                                f"ROME edit collapsed {model_name} (editguard mine)")
     mue = load()
+    prepared = _prepared_list(model_name, mue)
+    if prepared is not None:
+        return prepared
     pool = counterfact_hard(data_dir, mue.tokenizer, download=download)[:SCREEN_POOL]
     cases = screened_candidates(mue, pool)
     return CaseList(cases, f"no mined list for {model_name}: the {len(cases)} riskiest of {len(pool)} subject-first "
-                           f"CounterFact cases by the collapse-risk screen (not confirmed by edits)")
+                           f"CounterFact cases by the collapse-risk screen (not confirmed by edits); "
+                           f"run `editguard prepare --model {model_name}`")
 
 
 def hard_sequence(n: int, model_name: str, data_dir=None, download: bool = False, load=None) -> CaseList:

@@ -139,7 +139,7 @@ class EditGuard:
 
     def __init__(self, request, run, editor, baselines, settings):
         self._request, self.model, self.editor = request, run.model, editor
-        self.settings, self.gates = settings, run.gates
+        self.settings, self.gates, self.prepared = settings, run.gates, run.prepared
         self.sequential = is_sequential(request.config, request.module)
         self.ppl_corpus = settings.ppl_corpus_for(self.sequential)
         self.baseline = baselines.get(self.ppl_corpus)
@@ -152,7 +152,7 @@ class EditGuard:
         request = self._request
         info = edit_run_info(
             self.model, self.editor, self.baseline, self.gates.thresholds, suite=suite_name(request.node),
-            calibration=self.gates.calibration,
+            calibration=self.gates.calibration, prepared=self.prepared,
             sequential=self.sequential, shard=self.settings.shard_label,
             quality=self.settings.quality.to_dict() if self.settings.quality.enabled else None,
             **request.config.stash[SOURCES_KEY].get(request.module.__name__, {}),

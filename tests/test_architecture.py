@@ -35,7 +35,8 @@ LAYERS: list[tuple[str, float]] = [
     ("editguard.report", 5), ("editguard.report.*", 5),
     # 6 curation
     ("editguard.screen", 6), ("editguard.mining", 6), ("editguard.suites", 6), ("editguard.suite_files", 6),
-    ("editguard.strategies", 6), ("editguard.calibration", 6),
+    ("editguard.strategies", 6), ("editguard.calibration", 6), ("editguard.tracing", 6),
+    ("editguard.prepared", 6.1), ("editguard.prepare", 6.2),
     ("editguard.analysis", 6), ("editguard.evaluation", 6), ("editguard.mend_data", 6),
     # 7 the two front ends, and the package's lazy facade
     ("editguard.cli", 7), ("editguard.cli.*", 7), ("pytest_editguard", 7), ("pytest_editguard.*", 7),

@@ -185,6 +185,52 @@ def cmd_filter(args) -> int:
     return 0
 
 
+def cmd_prepare(args) -> int:
+    from pathlib import Path
+
+    from editguard.prepare import PrepareOptions, prepare, render_results
+    from editguard.prepared import merge_pieces
+    from editguard.sharding import parse_shard
+
+    if args.merge is not None:
+        sources = [Path(p) for p in args.merge]
+        if not sources:
+            if args.model is None:
+                raise DataError("--merge without folders merges the pieces in the model's own prepared folder: "
+                                "name the --model, or the folders holding the shards' pieces")
+            sources = [_prepared_folder_of(args)]
+        for folder in merge_pieces(sources):
+            print(f"merged the shards' pieces into {folder}; `editguard prepare --model ...` there finishes the "
+                  f"steps without redoing a piece")
+        return 0
+    if args.model is None:
+        raise DataError("--model is required (the model to prepare)")
+    shard = parse_shard(args.shard) if args.shard else None
+    options = PrepareOptions(editor=args.editor, cases=args.cases, screen_cases=args.screen_cases,
+                             screen_chunk=args.screen_chunk, trace_facts=args.trace_facts, mine_top=args.mine_top,
+                             mine_control=args.mine_control, calibrate_cases=args.calibrate_cases, seed=args.seed,
+                             force=args.force, shard=shard, data_dir=args.data, download=args.download)
+    mue = open_setup(args).mue
+    print(f"preparing {mue.name} (fingerprint {mue.fingerprint}) for {args.editor}"
+          + (f", shard {shard[0]}/{shard[1]}" if shard else ""), flush=True)
+
+    def show(result) -> None:
+        took = f" in {result.seconds:.1f} s" if result.status == "made" else ""
+        print(f"  {result.step:<10} {result.status}{took}: {result.summary}", flush=True)
+
+    mue, results = prepare(mue, options, on_step=show)
+    from editguard.cli.common import console
+
+    render_results(mue, results, console())
+    return 0
+
+
+def _prepared_folder_of(args):
+    from editguard.suite_files import prepared_dir
+
+    return prepared_dir(open_setup(args).mue.fingerprint)
+
+
 def register(sub) -> None:
     p = sub.add_parser("screen", help="rank cases by ROME collapse risk from forward passes alone (no edits)")
     add_model_options(p)
@@ -230,6 +276,34 @@ def register(sub) -> None:
                    help="copy for the repository (default editguard-suites/calibration/MODEL-EDITOR.json in the "
                         "current directory, or under $EDITGUARD_SUITES); the cache keeps one per fingerprint")
     p.set_defaults(run=cmd_calibrate, outputs={"json": False})
+
+    p = sub.add_parser("prepare",
+                       help="everything a model needs before its suites: edit layer (causal trace), statistics, "
+                            "screen, mined list, calibration; cached by fingerprint, resumable, shardable")
+    add_options(p, "device", "dtype", "data")
+    p.add_argument("--model", default=None, help="model name, local directory or Hugging Face hub id")
+    add_options(p, "editor", "download")
+    p.add_argument("--cases", default="counterfact", help="the screen's cases: counterfact, counterfact-<split>, "
+                                                          "or a case file")
+    p.add_argument("--screen-cases", type=POSITIVE, default=None,
+                   help="screen the first N cases of --cases (default: all)")
+    p.add_argument("--screen-chunk", type=POSITIVE, default=1000,
+                   help="cases per resumable, shardable piece of the screen (default 1000)")
+    p.add_argument("--trace-facts", type=POSITIVE, default=20,
+                   help="known facts the causal trace averages over (default 20)")
+    p.add_argument("--mine-top", type=NON_NEGATIVE, default=70, help="riskiest screened cases to edit (default 70)")
+    p.add_argument("--mine-control", type=NON_NEGATIVE, default=30,
+                   help="randomly drawn other cases to edit (default 30)")
+    p.add_argument("--calibrate-cases", type=POSITIVE, default=DEFAULT_CALIBRATION_CASES,
+                   help=f"normal cases the gate bounds are calibrated on (default {DEFAULT_CALIBRATION_CASES})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the control sample and the trace's noise")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="do part I of N of the screen, then (once the screen is whole) of the mining")
+    p.add_argument("--merge", nargs="*", default=None, metavar="DIR",
+                   help="gather the shards' pieces from these folders (default: the model's prepared folder) and "
+                        "combine them; no model work")
+    p.add_argument("--force", action="store_true", help="make every step again, shipped ones too")
+    p.set_defaults(run=cmd_prepare)
 
     p = sub.add_parser("filter",
                        help="edit every case of a case file and record which collapse the model (HardEdit's filter)")

@@ -43,9 +43,22 @@ def cmd_report(args) -> int:
 
 
 def cmd_merge(args) -> int:
+    from pathlib import Path
+
+    from editguard.prepared import is_piece_folder, merge_pieces
     from editguard.report import load_report, write_report
     from editguard.report.merge import merge_reports
 
+    folders = [name for name in args.files if Path(name).is_dir()]
+    if folders:   # the pieces of `editguard prepare --shard i/n` runs
+        if len(folders) != len(args.files) or not all(is_piece_folder(Path(f)) for f in folders):
+            raise UsageError("editguard merge takes JSON reports, or folders holding pieces of "
+                             "`editguard prepare --shard` runs (screen-chunks/, shards/), not a mix")
+        for folder in merge_pieces([Path(f) for f in folders]):
+            print(f"merged the shards' pieces into {folder}; `editguard prepare --model ...` finishes the steps")
+        return EXIT_OK
+    if not args.json:
+        raise UsageError("editguard merge: --json is required to merge JSON reports")
     merged = merge_reports([(name, load_report(name)) for name in args.files])
     # An incomplete shard makes the merged run incomplete; stopped sequences stay recorded.
     write_report(args.json, merged["run"], merged["cases"],
@@ -163,8 +176,10 @@ def register(sub) -> None:
     p.set_defaults(run=cmd_report, outputs={"plots": True, "out": False, "html": False})
 
     p = sub.add_parser("merge", help="merge the JSON reports of shards (--editguard-shard i/n) into one")
-    p.add_argument("files", nargs="+", help="shard reports written with --editguard-json")
-    p.add_argument("--json", "-o", "--out", required=True, help="write the merged JSON report to this path")
+    p.add_argument("files", nargs="+", help="shard reports written with --editguard-json, or folders holding the "
+                                            "pieces of `editguard prepare --shard i/n` runs")
+    p.add_argument("--json", "-o", "--out", default=None,
+                   help="write the merged JSON report to this path (reports only)")
     p.set_defaults(run=cmd_merge, outputs={"json": False})
 
     p = sub.add_parser("compare", help="the no-regression gate: judge a JSON report case by case against a saved "

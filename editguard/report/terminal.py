@@ -71,6 +71,7 @@ def render_report(run: dict[str, Any], cases: list[dict[str, Any]], max_rows: in
         + "gates: "
         + ", ".join(f"{k}={v:.4g}" for k, v in run["thresholds"].items())
         + (f" ({run['calibration']})" if run.get("calibration") else "")
+        + (f"\nprepared: {run['prepared']}" if run.get("prepared") else "")
         + cases_lines,
     )
     sequences = _sequence_tables(cases, ppl_max)

@@ -221,6 +221,8 @@ class RunHeader:
     seed: int = 0
     ppl_bos: str = "never"     # BOS rule of every perplexity in the run (--ppl-bos; never: the papers')
     calibration: str = ""      # where the gate bounds come from (editguard calibrate, or the defaults)
+    # What `editguard prepare` made for these weights (files, fingerprint, when), or the command to run.
+    prepared: str = ""
     # Which second-moment statistics the edits used (the files, or the corpus C was computed on), or
     # why none were needed (editguard.editors.api.editor_statistics).
     statistics: str = ""

@@ -50,11 +50,28 @@ def resolve_gates(config: RunConfig, model_name: str, fingerprint: str) -> GateB
     return GateBounds(thresholds, note, warning)
 
 
-class Run:
-    """One opened run: its config, model and gate bounds; the editor and the baselines on first use."""
+def apply_prepared(config: RunConfig, model):
+    """The model at the edit layer `editguard prepare` traced for its weights (unless --edit-layer
+    is given), and the report header's sentence: which prepared files, for which fingerprint, made
+    when; with nothing prepared, the one command that prepares the model."""
+    from dataclasses import replace
 
-    def __init__(self, config: RunConfig, model, gates: GateBounds):
-        self.config, self.model, self.gates = config, model, gates
+    from editguard.prepared import find_prepared, prepare_command
+
+    prepared = find_prepared(model.fingerprint)
+    if prepared is None:
+        return model, f"nothing prepared for fingerprint {model.fingerprint}: run `{prepare_command(model.name)}`"
+    if config.edit_layer is None and prepared.layer is not None and prepared.layer != model.edit_layer:
+        model = replace(model, edit_layer=prepared.layer)
+    return model, prepared.describe()
+
+
+class Run:
+    """One opened run: its config, model and gate bounds; the editor and the baselines on first use;
+    `prepared` says what `editguard prepare` made for the model's weights (or the command to run)."""
+
+    def __init__(self, config: RunConfig, model, gates: GateBounds, prepared: str = ""):
+        self.config, self.model, self.gates, self.prepared = config, model, gates, prepared
         self._editor = None
         self._baselines: dict[str, Any] = {}
         self._probe = None
@@ -106,9 +123,14 @@ def open_run(config: RunConfig) -> Run:
     """Load the model and resolve its gate bounds; errors are editguard's (model load, usage). With
     --editguard-stats-dir the editor is set up now, so that its statistics files are found and
     checked (or refused, as a usage error) before any test."""
-    model = config.load_model()
+    model, prepared = apply_prepared(config, config.load_model())
     check_hparams_family(config, model.name, model.family.name)
-    run = Run(config, model, resolve_gates(config, model.name, model.fingerprint))
+    gates = resolve_gates(config, model.name, model.fingerprint)
+    if gates.warning and prepared.startswith("nothing prepared"):
+        command = prepared.split(": ", 1)[1]
+        gates = GateBounds(gates.thresholds, gates.calibration,
+                           f"{gates.warning}; or prepare everything the model needs at once: {command}")
+    run = Run(config, model, gates, prepared)
     if config.hparams.get("mom2_stats_dir"):
         check_statistics(run)
     return run
