@@ -223,3 +223,17 @@ def test_a_plugin_run_takes_a_hub_id(hub, pytester, data_dir, monkeypatch):
     bad = pytester.runpytest_subprocess(f"--model={REPO}@", "-p", "no:cacheprovider")
     output = bad.stdout.str() + bad.stderr.str()
     assert bad.ret != 0 and "--editguard-model=editguard-test/tiny-llama@: expected a Hub id" in output
+
+
+def test_every_command_that_takes_a_model_takes_trust_remote_code():
+    """A model that needs remote code must be loadable by every command that loads models
+    (prepare included), never only by the plugin."""
+    import argparse
+
+    from editguard.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    lacking = [name for name, parser in sub.choices.items()
+               if "--model" in parser._option_string_actions
+               and "--trust-remote-code" not in parser._option_string_actions]
+    assert not lacking, f"commands taking --model without --trust-remote-code: {lacking}"

@@ -280,7 +280,7 @@ def register(sub) -> None:
     p = sub.add_parser("prepare",
                        help="everything a model needs before its suites: edit layer (causal trace), statistics, "
                             "screen, mined list, calibration; cached by fingerprint, resumable, shardable")
-    add_options(p, "device", "dtype", "data")
+    add_options(p, "device", "dtype", "data", "trust-remote-code")
     p.add_argument("--model", default=None, help="model name, local directory or Hugging Face hub id")
     add_options(p, "editor", "download")
     p.add_argument("--cases", default="counterfact", help="the screen's cases: counterfact, counterfact-<split>, "
