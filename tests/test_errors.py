@@ -43,7 +43,7 @@ def test_every_error_class_is_an_editguard_error_of_one_kind():
     classes = editguard_exception_classes()
     errorish = {name: cls for name, cls in classes.items() if cls.__name__.endswith(ERROR_SUFFIXES)}
     # the classes issue 26 names, so that a rename cannot empty the check
-    assert {"editguard.cases.CaseError", "editguard.data.DataError", "editguard.models.loading.ModelLoadError",
+    assert {"editguard.cases.CaseError", "editguard.data.DataError", "editguard.models.sources.ModelLoadError",
             "editguard.editors.api.EditorNotFound", "editguard.editors.api.EditorNotReady",
             "editguard.editors.mend.editor.MendNotTrained", "editguard.guard.SequenceStopped",
             "editguard.guard.SequenceStepError", "editguard.report.merge.MergeError",
@@ -59,7 +59,7 @@ def test_every_error_class_is_an_editguard_error_of_one_kind():
 
 @pytest.mark.parametrize("cls, builtin", [
     ("editguard.cases.CaseError", ValueError), ("editguard.data.DataError", ValueError),
-    ("editguard.models.loading.ModelLoadError", RuntimeError), ("editguard.editors.api.EditorNotFound", LookupError),
+    ("editguard.models.sources.ModelLoadError", RuntimeError), ("editguard.editors.api.EditorNotFound", LookupError),
     ("editguard.report.compare.CompareError", ValueError), ("editguard.guard.SequenceStopped", RuntimeError),
 ])
 def test_old_builtin_bases_are_kept(cls, builtin):
