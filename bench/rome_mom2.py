@@ -18,11 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from lm_eval_parity import cpu_name  # a sibling script: bench/ is on the path when run
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -32,16 +33,6 @@ FIELDS = ("ppl", "passed", "failed_gates", "denominator_ratio", "update_norm_rel
 
 def results_path(model: str) -> Path:
     return RESULTS / f"rome-mom2-hardcf-{model}.json"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
 def run_suite(model: str, n: int, hparams: Path | None, out: Path) -> tuple[dict, list[str]]:
