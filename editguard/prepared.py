@@ -93,16 +93,16 @@ class Prepared:
         return m["summary"]["layer"] if m else None
 
     def hardcf_path(self, editor: str = "rome") -> Path | None:
-        m = self.manifests.get("mine")
-        if m and m["options"].get("editor") == editor:
-            path = self.folder / f"hardcf-{safe_name(editor)}.json"
-            return path if path.is_file() else None
-        return None
+        return self._made_for(editor, "mine", "hardcf")
 
     def calibration_path(self, editor: str = "rome") -> Path | None:
-        m = self.manifests.get("calibrate")
+        return self._made_for(editor, "calibrate", "calibration")
+
+    def _made_for(self, editor: str, step: str, stem: str) -> Path | None:
+        """The file `step` wrote for `editor`, when its manifest says it was made with that editor."""
+        m = self.manifests.get(step)
         if m and m["options"].get("editor") == editor:
-            path = self.folder / f"calibration-{safe_name(editor)}.json"
+            path = self.folder / f"{stem}-{safe_name(editor)}.json"
             return path if path.is_file() else None
         return None
 
