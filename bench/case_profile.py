@@ -29,8 +29,8 @@ from editguard import get_editor, load_model, measure_baseline  # noqa: E402
 from editguard.data import load_ppl_corpus  # noqa: E402
 from editguard.editors.keys import context_templates  # noqa: E402
 from editguard.editors.rome import ValueObjective, _frozen  # noqa: E402
-from editguard.metrics.downstream import cpu_multiplies_bfloat16_natively  # noqa: E402
 from editguard.metrics.perplexity import perplexity  # noqa: E402
+from editguard.models.precision import cpu_multiplies_bfloat16_natively  # noqa: E402
 from editguard.suites import counterfact_hard  # noqa: E402
 
 PRODUCTS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::_scaled_dot_product_flash_attention_for_cpu",

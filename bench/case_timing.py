@@ -32,7 +32,7 @@ import torch
 from editguard import check, get_editor, load_model, measure_baseline
 from editguard.data import load_ppl_corpus
 from editguard.editors.keys import context_templates
-from editguard.metrics.downstream import cpu_multiplies_bfloat16_natively
+from editguard.models.precision import cpu_multiplies_bfloat16_natively
 from editguard.suites import counterfact_hard
 
 COLUMNS = ["seconds_keys", "seconds_v_star", "seconds_update", "perplexity", "efficacy", "anatomy", "restore"]

@@ -30,8 +30,9 @@ def main() -> None:
 
     import torch
 
-    from editguard.metrics.downstream import evaluate, resolve_precision, subset
+    from editguard.metrics.downstream import evaluate, subset
     from editguard.models import load_model
+    from editguard.models.precision import resolve_precision
     from editguard.tasks import MULTIPLE_CHOICE, get_task
 
     if args.threads:

@@ -53,6 +53,11 @@ def row_from_report(doc: dict, sequence: str, command: list[str]) -> dict:
         "steps": len(steps), "cases_edited": cases, "sequence_length": run.get("cases_selected"),
         "ppl_corpus": run["ppl_corpus"], "baseline_ppl": run["baseline_ppl"], "collapse_line": ppl_max,
         "ppl_by_step": {str(c["step"]): c["ppl"] for c in probed},
+        # --downstream along the sequence: each probed step's accuracy per task, and the unedited model's
+        "downstream_by_step": {str(c["step"]): {task: s["accuracy"] for task, s in c["downstream"].items()}
+                               for c in probed if c.get("downstream")},
+        "downstream_unedited": next(({task: s["unedited"] for task, s in c["downstream"].items()}
+                                     for c in probed if c.get("downstream")), {}),
         "first_collapse_step": collapsed[0] if collapsed else None,
         "stopped_at": stops[0]["step"] if stops else None,
         "stop_reason": stops[0].get("reason") if stops else None,

@@ -10,8 +10,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from editguard.metrics.downstream import SCORER_VERSION, evaluate, pick_items, resolve_precision
+from editguard.metrics.downstream import SCORER_VERSION, evaluate, pick_items
 from editguard.metrics.lm_eval import PER_ITEM_KEYS, TaskScore, lm_eval_metrics, original_sizes
+from editguard.models.precision import resolve_precision
 from editguard.runinfo import model_fields
 from editguard.stats import Z_TWO_SIDED_95
 from editguard.tasks import get_task
@@ -93,5 +94,5 @@ def render_table(title: str, scores: dict[str, TaskScore]):
 
 
 def run_header(mue, tasks, n, seed, precision: str = "auto") -> dict[str, Any]:
-    return {**model_fields(mue), "precision": resolve_precision(mue, precision),
+    return {**model_fields(mue), "precision": resolve_precision(mue, precision, "downstream precision"),
             "tasks": tasks, "n": n if n is not None else "full", "seed": seed, "scorer_version": SCORER_VERSION}

@@ -47,6 +47,8 @@ class Baseline:
     pristine: PristineModel = field(repr=False)   # digests of every weight; restores are verified against it
     # The BOS rule (--ppl-bos) the baseline was measured with; every edited measurement uses it too.
     ppl_bos: str = DEFAULT_PPL_BOS
+    # The precision it was measured in (--editguard-edit-precision, resolved); so is every edited one.
+    ppl_precision: str = "float32"
     # Optional downstream probes (editguard.metrics.downstream.DownstreamProbe): fixed task subsets
     # and the unedited model's scores on them; when set, every edit is probed and gated on them.
     downstream: Any = field(default=None, repr=False)
@@ -59,36 +61,37 @@ class Baseline:
 
 
 # Bump when perplexity() changes what it computes: cached baselines of older code are then ignored.
-# 2: the BOS rule (--ppl-bos, default never) is part of the key.
-PERPLEXITY_VERSION = 2
+# 2: the BOS rule (--ppl-bos, default never) is part of the key. 3: and the precision.
+PERPLEXITY_VERSION = 3
 
 
 def measure_baseline(mue: ModelUnderEdit, sentences: list[str], corpus: str = "", shared: bool = False,
-                     bos: str = DEFAULT_PPL_BOS) -> Baseline:
-    """The unedited model's perplexity (BOS rule `bos`, see metrics.perplexity.add_bos_for) and
-    weight digests. With `shared`, the perplexity is taken once per (weights, dtype, device type,
-    corpus, BOS rule) and kept on disk under a file lock, so parallel workers (pytest -n N) and
-    later sessions reuse one measurement."""
+                     bos: str = DEFAULT_PPL_BOS, precision: str = "float32") -> Baseline:
+    """The unedited model's perplexity (BOS rule `bos`, see metrics.perplexity.add_bos_for; in the
+    resolved `precision`) and weight digests. With `shared`, the perplexity is taken once per
+    (weights, dtype, device type, corpus, BOS rule, precision) and kept on disk under a file lock,
+    so parallel workers (pytest -n N) and later sessions reuse one measurement."""
     try:
         encode_sentences(mue, sentences, add_bos_for(bos, mue), max_length=1 << 30)
     except PerplexityInputError as err:
         raise PerplexityInputError(f"perplexity corpus {corpus or '(given sentences)'}: {err}") from None
     pristine = PristineModel(mue.model)
     if not shared:
-        return Baseline(perplexity(mue, sentences, bos=bos), sentences, corpus, pristine, ppl_bos=bos)
+        return Baseline(perplexity(mue, sentences, bos=bos, precision=precision), sentences, corpus, pristine,
+                        ppl_bos=bos, ppl_precision=precision)
     # Keyed by the weights as they are now (their digests), not the load-time fingerprint, and by
     # the BOS rule with the BOS it puts there (none, or the tokenizer's BOS id).
     bos_id = mue.tokenizer.bos_token_id if add_bos_for(bos, mue) else None
     key = cache_key(PERPLEXITY_VERSION, mue.fingerprint, sorted(pristine.digests.items()), str(mue.dtype),
-                    mue.device.type, sentences, bos, bos_id)
+                    mue.device.type, sentences, bos, bos_id, precision)
 
     def measure() -> dict:
-        ppl = perplexity(mue, sentences, bos=bos)
+        ppl = perplexity(mue, sentences, bos=bos, precision=precision)
         return {**ppl.to_dict(), "per_sentence": list(ppl.per_sentence), "model": mue.name, "corpus": corpus}
 
     saved = cached_json(cache_dir() / "baselines" / f"{safe_name(mue.name)}-{key}.json", measure)
     ppl = PerplexityResult(saved["ppl"], saved["corpus_ppl"], tuple(saved["per_sentence"]), saved["n_tokens"], bos)
-    return Baseline(ppl, sentences, corpus, pristine, ppl_bos=bos)
+    return Baseline(ppl, sentences, corpus, pristine, ppl_bos=bos, ppl_precision=precision)
 
 
 @dataclass
@@ -250,7 +253,7 @@ def _measure_edit(mue: ModelUnderEdit, editor: Editor, case: EditCase | Sequence
         phase[0] = "perplexity"
         ppl = perplexity(mue, baseline.sentences, bos=baseline.ppl_bos,
                          unchanged_below=mue.lowest_layer_of([*snapshot.names, *edited_since_pristine]),
-                         layer_inputs=baseline.ppl_layer_inputs)
+                         layer_inputs=baseline.ppl_layer_inputs, precision=baseline.ppl_precision)
         timings["perplexity"] = time.perf_counter() - t
     t = time.perf_counter()
     phase[0] = "efficacy"

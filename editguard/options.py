@@ -28,7 +28,7 @@ SINGLE_EDIT_PPL_CORPUS = "me-ppl-50"
 SEQUENCE_PPL_CORPUS = "me-ppl-1k"
 COLLAPSE_PPL = 1000.0  # perplexity above which an edited model counts as collapsed
 DATA_ENV = "EDITGUARD_DATA"
-DOWNSTREAM_PRECISIONS = ("auto", "float32", "bfloat16")
+PRECISIONS = ("auto", "float32", "bfloat16")   # --editguard-downstream-precision, --editguard-edit-precision
 DTYPES = ("float32", "bfloat16", "float16")
 # The gates' defaults, in this one place (editguard.gates.Thresholds and the options take them from
 # here; a model's calibration replaces them, docs: concepts/gates.md). Relative perplexity: a doubling is far
@@ -297,8 +297,13 @@ OPTIONS: tuple[Option, ...] = (
            "also require edited accuracy ≥ this × the unedited model's on each downstream task, e.g. 0.9",
            metavar="R", default_help="off", above=0, maximum=1),
     Option("downstream-precision", str, "auto",
-           f"precision of the downstream probes: {', '.join(DOWNSTREAM_PRECISIONS)} (auto: bfloat16 autocast where "
-           "the CPU/GPU multiplies it fast, else float32)", metavar="PRECISION", choices=DOWNSTREAM_PRECISIONS),
+           f"precision of the downstream probes: {', '.join(PRECISIONS)} (auto: bfloat16 autocast where "
+           "the CPU/GPU multiplies it fast, else float32)", metavar="PRECISION", choices=PRECISIONS),
+    Option("edit-precision", str, "float32",
+           f"precision of the edit's v* search (ROME, C-ROME, r-ROME, MEMIT, AlphaEdit) and of the perplexity "
+           f"probe, baseline included: {', '.join(PRECISIONS)} (auto: bfloat16 autocast where the CPU/GPU multiplies "
+           "it fast, else float32; weights and the update itself stay in the model's dtype)", namespaced=True,
+           metavar="PRECISION", choices=PRECISIONS),
     Option("quality", bool, False,
            "editor-quality mode: measure generalization (paraphrases) and locality (neighbourhood prompts) of "
            "every edit and fail the run unless the efficacy rate's Wilson lower bound (one-sided, z = 1.645) over all "

@@ -34,4 +34,5 @@ def edit_run_info(mue, editor, baseline, thresholds, **fields: Any) -> RunHeader
     fields.setdefault("statistics", editor_statistics(editor, mue))
     return RunHeader(editor=editor.name, hparams=hparams, thresholds=thresholds.to_dict(),
                    baseline_ppl=baseline.ppl.ppl, baseline_corpus_ppl=baseline.ppl.corpus_ppl,
-                   ppl_corpus=baseline.corpus, ppl_bos=baseline.ppl_bos, **model_fields(mue), **fields)
+                   ppl_corpus=baseline.corpus, ppl_bos=baseline.ppl_bos,
+                   edit_precision=baseline.ppl_precision, **model_fields(mue), **fields)

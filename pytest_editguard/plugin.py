@@ -261,7 +261,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         extra += f" downstream={','.join(s.downstream)} ({picked})"
     lines = [
         f"editguard: editor={s.editor} model={s.model} device={s.device} dtype={s.dtype}{mode} "
-        f"ppl-corpus={corpus} ppl-bos={s.ppl_bos} data={s.data_dir or '(unset)'}{extra}"
+        f"ppl-corpus={corpus} ppl-bos={s.ppl_bos} edit-precision={s.edit_precision} "
+        f"data={s.data_dir or '(unset)'}{extra}"
     ]
     left = config.stash.get(SHORT_FORMS_LEFT, [])
     if left:

@@ -248,10 +248,10 @@ def test_single_token_fast_path_equals_generic_path(tiny_llama):
 
 
 def test_bfloat16_scoring_runs_in_16_bits_close_to_float32(tiny_llama):
-    from editguard.metrics.downstream import _precision_context
+    from editguard.models.precision import precision_context
 
     full = loglikelihoods(tiny_llama, PAIRS)
-    with _precision_context(tiny_llama, "bfloat16"):
+    with precision_context(tiny_llama, "bfloat16"):
         half = loglikelihoods(tiny_llama, PAIRS)
     differences = [abs(a - b) for (a, _), (b, _) in zip(full, half)]
     assert max(differences) > 0                       # the products really ran in bfloat16 ...
@@ -260,16 +260,16 @@ def test_bfloat16_scoring_runs_in_16_bits_close_to_float32(tiny_llama):
 
 
 def test_precision_resolution_and_its_errors(tiny_llama):
-    from editguard.metrics.downstream import resolve_precision
+    from editguard.models.precision import resolve_precision
 
     assert resolve_precision(tiny_llama, "float32") == "float32"
     assert resolve_precision(tiny_llama, "bfloat16") == "bfloat16"
-    from editguard.metrics.downstream import cpu_bfloat16_autocast_is_faster
+    from editguard.models.precision import cpu_bfloat16_autocast_is_faster
 
     # auto: bfloat16 only where the CPU says it has bf16 products AND a timed product confirms it
     assert resolve_precision(tiny_llama, "auto") == ("bfloat16" if cpu_bfloat16_autocast_is_faster() else "float32")
     with pytest.raises(ValueError, match=r"downstream precision must be one of auto, float32, bfloat16; got 'fp8'"):
-        resolve_precision(tiny_llama, "fp8")
+        resolve_precision(tiny_llama, "fp8", "downstream precision")
     half = load_model("tiny-llama", dtype="float16")
     assert resolve_precision(half, "float32") == "float16"   # a 16-bit model is scored as it is held
 

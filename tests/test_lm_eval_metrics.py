@@ -211,14 +211,14 @@ def test_plugin_takes_downstream_limit(pytester):
 
 
 def test_precision_auto_refuses_bfloat16_without_native_products(tiny_llama, monkeypatch):
-    from editguard.metrics import downstream
+    from editguard.models import precision
 
-    monkeypatch.setattr(downstream, "cpu_multiplies_bfloat16_natively", lambda: False)
-    downstream.cpu_bfloat16_autocast_is_faster.cache_clear()
+    monkeypatch.setattr(precision, "cpu_multiplies_bfloat16_natively", lambda: False)
+    precision.cpu_bfloat16_autocast_is_faster.cache_clear()
     try:
-        assert downstream.resolve_precision(tiny_llama, "auto") == "float32"
+        assert precision.resolve_precision(tiny_llama, "auto") == "float32"
     finally:
-        downstream.cpu_bfloat16_autocast_is_faster.cache_clear()
+        precision.cpu_bfloat16_autocast_is_faster.cache_clear()
 
 
 # --- bench/lm_eval_parity.py's comparison of NQ-open's generated texts (pure python, no lm-eval) ------

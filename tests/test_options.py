@@ -28,7 +28,7 @@ PLUGIN_FLAGS = {
     "--editguard-min-generalization", "--editguard-min-locality", "--editguard-stats-dir",
     "--editguard-hparams-any-family",
     "--sequence-length", "--ppl-every", "--sequence-stop-on-collapse", "--batch-size",
-    "--downstream-limit", "--editguard-lm-eval-json", "--editguard-trust-remote-code",
+    "--downstream-limit", "--editguard-lm-eval-json", "--editguard-trust-remote-code", "--editguard-edit-precision",
 }
 
 

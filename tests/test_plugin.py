@@ -145,6 +145,23 @@ def test_bad_options_give_specific_errors(suite, args, message):
     assert message in result.stdout.str() + result.stderr.str()
 
 
+def test_the_edit_precision_is_in_the_header_the_hparams_and_the_json(suite, data_dir):
+    result = suite.runpytest_subprocess(*base_args("--max-cases=1", "--editguard-edit-precision=bfloat16",
+                                                   "--editguard-json=r.json"))
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["editguard: * ppl-bos=never edit-precision=bfloat16 *"])
+    run = json.loads((suite.path / "r.json").read_text())["run"]
+    assert run["edit_precision"] == "bfloat16" and run["hparams"]["v_precision"] == "bfloat16"
+    from editguard import load_model
+    from editguard.data import load_ppl_corpus
+    from editguard.metrics.perplexity import perplexity
+
+    sentences = load_ppl_corpus("me-ppl-50", data_dir)
+    in_bfloat16 = perplexity(load_model("tiny-llama"), sentences, precision="bfloat16")
+    assert run["baseline_ppl"] == pytest.approx(in_bfloat16.ppl, rel=1e-6)
+    assert run["baseline_ppl"] != pytest.approx(perplexity(load_model("tiny-llama"), sentences).ppl, rel=1e-6)
+
+
 def test_the_ppl_bos_rule_is_in_the_header_the_report_and_the_json(suite, data_dir):
     result = suite.runpytest_subprocess(*base_args("--max-cases=1", "--ppl-bos=always", "--editguard-json=r.json"))
     result.assert_outcomes(passed=1)

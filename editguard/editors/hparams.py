@@ -95,6 +95,10 @@ def _coerce(what: str, value: Any, hint: Any) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any:
         return value
+    if origin is typing.Literal:
+        if value not in args:
+            raise ValueError(f"{what} must be one of {', '.join(map(str, args))}, got {bounded(value)}")
+        return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 import torch
 
@@ -87,6 +87,9 @@ class LayerRangeHparams(Hparams):
     clamp_norm_factor: float = ranged(4.0, above=0)          # ‖δ‖ ≤ clamp · ‖h‖ (h: block output at l_L)
     kl_factor: float = ranged(0.0625, minimum=0)
     early_stop_loss: float = ranged(5e-2, minimum=0)
+    # Precision of the v* search's forward and backward passes (--editguard-edit-precision sets it):
+    # bfloat16 is autocast on a float32 model; v*, keys and the update stay float32.
+    v_precision: Literal["float32", "bfloat16", "float16"] = "float32"
     mom2_corpus: str = "wikitext-2-raw"
     mom2_n_tokens: int = ranged(100_000, minimum=1)
     # ROME/MEMIT's downloaded statistics instead of the corpus (--editguard-stats-dir; covariance.find_stats_file)

@@ -22,7 +22,7 @@ import contextlib
 import copy
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 import torch
 
@@ -33,6 +33,7 @@ from editguard.editors.hparams import Hparams, ranged
 from editguard.editors.keys import context_templates, fill, keys_and_values, subject_last_index
 from editguard.models.forward import cache_kwargs, input_and_output_of, inputs_until, starting_at_layer
 from editguard.models.loading import ModelUnderEdit, token_grid
+from editguard.models.precision import precision_context
 from editguard.options import UPDATE_NORM_REL
 
 # The ROME/EasyEdit configs the papers used (gpt2-xl.yaml, gpt-j-6B.yaml, llama-7b.yaml).
@@ -55,6 +56,9 @@ class RomeHparams(Hparams):
     clamp_norm_factor: float = ranged(4.0, above=0)    # ‖v* − v‖ ≤ clamp · ‖v‖
     kl_factor: float = ranged(0.0625, minimum=0)
     early_stop_loss: float = ranged(5e-2, minimum=0)
+    # Precision of the v* search's forward and backward passes (--editguard-edit-precision sets it):
+    # bfloat16 is autocast on a float32 model; v*, keys and the update stay float32.
+    v_precision: Literal["float32", "bfloat16", "float16"] = "float32"
     mom2_adjustment: bool = False     # the papers ran EasyEdit's default (off); ROME's paper: on
     mom2_corpus: str = "wikitext-2-raw"
     mom2_n_tokens: int = ranged(100_000, minimum=1)
@@ -332,8 +336,9 @@ def optimize_value(mue: ModelUnderEdit, hp: RomeHparams, layer: int, case: EditC
     the clamp are relative to the norm of the MLP's output there (ROME) or, with `scale_module`,
     to that module's output (MEMIT passes the decoder block: its v* is a residual-stream target;
     adding δ to the MLP output or to the block output is the same thing). `hp` needs the v_*
-    fields, clamp_norm_factor, kl_factor and early_stop_loss."""
-    with _frozen(mue.model):
+    fields (v_precision bfloat16: the passes run under autocast), clamp_norm_factor, kl_factor and
+    early_stop_loss."""
+    with _frozen(mue.model), precision_context(mue, hp.v_precision):
         objective = ValueObjective(mue, hp, layer, case, templates, scale_module)
         return descend(objective, hp, mue.model.config.hidden_size, mue.device)
 

@@ -9,7 +9,6 @@ Generation tasks decode greedily with a KV cache (transformers' generate, left p
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
 import random
@@ -22,7 +21,7 @@ from editguard.cache import cache_dir, cache_key, cached_json, safe_name
 from editguard.metrics.lm_eval import TaskScore, original_sizes, score_record
 from editguard.metrics.perplexity import add_bos_for
 from editguard.models.loading import ModelUnderEdit
-from editguard.options import DOWNSTREAM_PRECISIONS
+from editguard.models.precision import precision_context, resolve_precision
 from editguard.tasks import (
     GENERATION,
     LAST_WORD,
@@ -52,65 +51,6 @@ def encode_pair(tok, context: str, continuation: str, add_bos: bool = False) -> 
     if not context_ids and not prefix:   # nothing to condition on: start from end-of-text, as lm-eval
         prefix = [tok.eos_token_id]
     return prefix + context_ids, whole[len(context_ids):]
-
-
-def cpu_multiplies_bfloat16_natively() -> bool:
-    """AVX-512 BF16 or AMX: bfloat16 products in hardware, not emulated."""
-    cpu = torch.cpu
-    checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    return any(check() for check in checks if check is not None)
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_bfloat16_autocast_is_faster() -> bool:
-    """Measured, not assumed: a CPU flag alone chose bfloat16 autocast where oneDNN then emulated it
-    (issue 30). A product of a model's shape (256 × 576 by 576 × 1536, SmolLM2's MLP), best of 5,
-    under bfloat16 autocast against float32: bfloat16 only when it is at least 20 % faster."""
-    if not cpu_multiplies_bfloat16_natively():
-        return False
-    a, b = torch.randn(256, 576), torch.randn(576, 1536)
-
-    def best(autocast: bool) -> float:
-        times = []
-        for _ in range(6):
-            start = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                for _ in range(4):
-                    a @ b
-            times.append(time.perf_counter() - start)
-        return min(times[1:])   # the first run warms oneDNN up
-
-    return best(True) < 0.8 * best(False)
-
-
-def resolve_precision(mue: ModelUnderEdit, precision: str = "auto") -> str:
-    """The precision probes run in. "auto" is bfloat16 where the hardware multiplies it natively
-    (a CUDA GPU with bf16, a CPU with AVX-512 BF16 or AMX: 2.5× faster than float32 on a 2-core
-    machine with AVX-512 BF16) and float32 elsewhere: oneDNN also runs bf16 on a plain AVX-512
-    CPU, emulated, and there autocast ME-PPL_50 on SmolLM2-135M took 23.2 s against 7.2 s in
-    float32 (2026-11-29, Xeon without AVX-512 BF16). SmolLM2's own config is bfloat16, the dtype
-    lm-eval loads it in by default. A model already held in 16 bits keeps its dtype. On a CPU the
-    flag is confirmed by timing one product (`cpu_bfloat16_autocast_is_faster`)."""
-    if precision not in DOWNSTREAM_PRECISIONS:
-        raise ValueError(f"downstream precision must be one of {', '.join(DOWNSTREAM_PRECISIONS)}; got {precision!r}")
-    if mue.dtype in (torch.bfloat16, torch.float16):
-        return str(mue.dtype).removeprefix("torch.")
-    if precision != "auto":
-        return precision
-    if mue.device.type == "cuda":
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-    if mue.device.type == "cpu":
-        return "bfloat16" if cpu_bfloat16_autocast_is_faster() else "float32"
-    return "float32"
-
-
-def _precision_context(mue: ModelUnderEdit, precision: str):
-    """Autocast to bfloat16 (matrix products in 16 bits, weights untouched) or nothing."""
-    import contextlib
-
-    if precision == "bfloat16" and mue.dtype == torch.float32:
-        return torch.autocast(mue.device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _max_length(mue: ModelUnderEdit) -> int:
@@ -349,8 +289,8 @@ def evaluate(mue: ModelUnderEdit, task: Task | str, items: list, progress=None,
     """Score `items` of `task` on the model as it is now (edited or not), in `precision`
     (see `resolve_precision`). Small batches are faster on CPU: less padding, shorter attention."""
     task = get_task(task) if isinstance(task, str) else task
-    precision = resolve_precision(mue, precision)
-    with _precision_context(mue, precision):
+    precision = resolve_precision(mue, precision, "downstream precision")
+    with precision_context(mue, precision):
         score = _evaluate(mue, task, items, progress, tokens_per_batch)
     return replace(score, extra={**score.extra, "precision": precision})
 
@@ -442,7 +382,7 @@ def unedited_score(mue: ModelUnderEdit, task: str, items: list, indices: list[in
     from editguard.models.snapshot import weight_digests
 
     digests = sorted(weight_digests(mue.model).items())
-    precision = resolve_precision(mue, precision)
+    precision = resolve_precision(mue, precision, "downstream precision")
     key = cache_key(SCORER_VERSION, mue.fingerprint, digests, str(mue.dtype), mue.device.type,
                     precision, task, seed, indices, _items_digest(items))
 
@@ -466,5 +406,5 @@ def prepare_probe(mue: ModelUnderEdit, tasks: list[str], n: int | None, data_dir
         indices[name] = pick_items(everything, name, None if limit is not None else n, seed, limit)
         items[name] = [everything[i] for i in indices[name]]
         unedited[name] = unedited_score(mue, name, items[name], indices[name], seed, precision)
-    return DownstreamProbe(items, indices, unedited, min_retention, seed, resolve_precision(mue, precision),
-                           originals)
+    return DownstreamProbe(items, indices, unedited, min_retention, seed,
+                           resolve_precision(mue, precision, "downstream precision"), originals)

@@ -21,6 +21,7 @@ import torch
 from editguard.errors import DataError, bounded
 from editguard.models.forward import inputs_until, starting_at_layer
 from editguard.models.loading import ModelUnderEdit
+from editguard.models.precision import precision_context
 from editguard.options import DEFAULT_PPL_BOS, PPL_BOS_CHOICES
 
 
@@ -145,9 +146,12 @@ def length_batches(sorted_lengths: list[int], tokens_per_batch: int,
 @torch.no_grad()
 def perplexity(mue: ModelUnderEdit, sentences: list[str], *, bos: str = DEFAULT_PPL_BOS,
                max_length: int = 1024, tokens_per_batch: int = 8192, progress=None,
-               unchanged_below: int = 0, layer_inputs: dict | None = None) -> PerplexityResult:
+               unchanged_below: int = 0, layer_inputs: dict | None = None,
+               precision: str = "float32") -> PerplexityResult:
     """ME-PPL of `sentences` under the model as it is now (edited or not), with the BOS rule `bos`
-    (see add_bos_for; the default is the papers').
+    (see add_bos_for; the default is the papers'), in `precision` (a resolved one, see
+    editguard.models.precision: bfloat16 autocasts the forward passes; compare only perplexities
+    taken in the same precision).
 
     Sentences are sorted by length and split into batches of at most `tokens_per_batch` padded
     tokens with little padding (length_batches). `progress`, if given, is called with the number of sentences done.
@@ -166,12 +170,13 @@ def perplexity(mue: ModelUnderEdit, sentences: list[str], *, bos: str = DEFAULT_
     encoded = encode_sentences(mue, sentences, add_bos, max_length)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     per_sentence_nll: list[torch.Tensor | None] = [None] * len(encoded)
-    for i, j in length_batches([len(encoded[k]) for k in order], tokens_per_batch):
-        chunk = order[i:j]
-        for idx, nll in zip(chunk, token_nlls(mue, [encoded[k] for k in chunk], unchanged_below, layer_inputs)):
-            per_sentence_nll[idx] = nll.double().cpu()
-        if progress is not None:
-            progress(j - i)
+    with precision_context(mue, precision):
+        for i, j in length_batches([len(encoded[k]) for k in order], tokens_per_batch):
+            chunk = order[i:j]
+            for idx, nll in zip(chunk, token_nlls(mue, [encoded[k] for k in chunk], unchanged_below, layer_inputs)):
+                per_sentence_nll[idx] = nll.double().cpu()
+            if progress is not None:
+                progress(j - i)
     per_sentence = tuple(math.exp(float(n.mean())) for n in per_sentence_nll)
     total = sum(float(n.sum()) for n in per_sentence_nll)
     count = sum(n.numel() for n in per_sentence_nll)

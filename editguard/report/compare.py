@@ -194,7 +194,7 @@ def check_usable(doc: dict[str, Any], name: str) -> None:
 
 def check_comparable(saved: dict[str, Any], run: dict[str, Any], name: str) -> list[str]:
     """CompareError when the saved run is of another model, weights, suite, perplexity corpus or
-    BOS rule; else the differences worth a note (gates, dtype)."""
+    BOS rule; else the differences worth a note (gates, dtype, edit precision)."""
     where = f"cannot compare with {name}"
     if saved.get("model") != run.get("model"):
         raise CompareError(f"{where}: it was run on model {saved.get('model')!r}, this run on {run.get('model')!r}; "
@@ -221,6 +221,9 @@ def check_comparable(saved: dict[str, Any], run: dict[str, Any], name: str) -> l
                      f"own verdict")
     if saved.get("dtype") != run.get("dtype"):
         notes.append(f"dtype {saved.get('dtype')} there, {run.get('dtype')} here")
+    if saved.get("edit_precision", "float32") != run.get("edit_precision", "float32"):
+        notes.append(f"edit precision {saved.get('edit_precision', 'float32')} there, "
+                     f"{run.get('edit_precision', 'float32')} here (v* and perplexity)")
     return notes
 
 

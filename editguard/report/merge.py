@@ -14,7 +14,8 @@ from editguard.errors import ReportError
 from editguard.report.json_report import combine_runs, sort_cases
 
 # Run fields that define what a result means; shards that differ in one cannot be merged.
-RUN_IDENTITY = ("model", "model_fingerprint", "editor", "hparams", "thresholds", "dtype", "ppl_bos")
+RUN_IDENTITY = ("model", "model_fingerprint", "editor", "hparams", "thresholds", "dtype", "ppl_bos",
+                "edit_precision")
 # A suite module's fields that must agree where two shards ran the same module.
 SUITE_IDENTITY = ("sequential", "ppl_corpus")
 # Case fields that are wall-clock measurements: they differ between any two runs.
@@ -54,7 +55,7 @@ def merge_reports(docs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
                 raise MergeError(
                     f"cannot merge {name} into {first_name}: they differ in '{field}' "
                     f"({_short(mine)} vs {_short(theirs)}); shards of one run share model, editor, "
-                    f"hparams, thresholds, dtype and the perplexity BOS rule")
+                    f"hparams, thresholds, dtype, the perplexity BOS rule and the edit precision")
         for module, fields in doc["run"].get("suites", {}).items():
             for other_name, other in docs:
                 theirs = other["run"].get("suites", {}).get(module)

@@ -54,6 +54,7 @@ class RunConfig:
     lm_eval_json: str | None = None         # --editguard-lm-eval-json
     downstream_min_retention: float | None = None
     downstream_precision: str = "auto"
+    edit_precision: str = "float32"         # v* and the perplexity probe (--editguard-edit-precision)
     ppl_bos: str = "never"                  # BOS rule of every perplexity (--ppl-bos)
     # Gate options the user gave (Thresholds field -> value): they win over the model's calibration.
     explicit_thresholds: dict[str, float] = field(default_factory=dict)
@@ -147,7 +148,8 @@ class RunConfig:
             plots_dir=value("plots"), downstream=downstream or None, downstream_n=value("downstream-n"),
             downstream_min_retention=value("downstream-min-retention"), downstream_limit=value("downstream-limit"),
             lm_eval_json=value("lm-eval-json"),
-            downstream_precision=value("downstream-precision"), ppl_bos=ppl_bos_for(model, value("ppl-bos")),
+            downstream_precision=value("downstream-precision"), edit_precision=value("edit-precision"),
+            ppl_bos=ppl_bos_for(model, value("ppl-bos")),
             sequence_on_error=value("sequence-on-error"), markdown_path=value("markdown"), html_path=value("html"),
             compare_path=compare_path, compare_saved=compare_saved, compare_margins=tuple(margins), quality=quality,
             sequence_length=value("sequence-length"), ppl_every=value("ppl-every"),

@@ -220,6 +220,9 @@ class RunHeader:
     dtype: str
     seed: int = 0
     ppl_bos: str = "never"     # BOS rule of every perplexity in the run (--ppl-bos; never: the papers')
+    # The precision of every perplexity in the run and of the editor's v* search, when it has one
+    # (--editguard-edit-precision, resolved; the editor's v_precision hyperparameter says its own).
+    edit_precision: str = "float32"
     calibration: str = ""      # where the gate bounds come from (editguard calibrate, or the defaults)
     # What `editguard prepare` made for these weights (files, fingerprint, when), or the command to run.
     prepared: str = ""

@@ -72,6 +72,10 @@ class Run:
 
     def __init__(self, config: RunConfig, model, gates: GateBounds, prepared: str = ""):
         self.config, self.model, self.gates, self.prepared = config, model, gates, prepared
+        from editguard.models.precision import resolve_precision
+
+        # What --editguard-edit-precision means on this model and machine (auto resolved once).
+        self.edit_precision = resolve_precision(model, config.edit_precision, "--editguard-edit-precision")
         self._editor = None
         self._baselines: dict[str, Any] = {}
         self._probe = None
@@ -80,7 +84,8 @@ class Run:
     def editor(self):
         """The editor under test, its hyperparameters resolved for the model up front (a bad
         --hparams key fails here, once, with the list of valid keys), checked against
-        --batch-size, and prepared (MEND's trained network)."""
+        --batch-size, and prepared (MEND's trained network). An editor with a v* search
+        (hyperparameter v_precision) runs it in the run's edit precision, unless --hparams names one."""
         if self._editor is None:
             from editguard.editors.api import check_batch_size, editor_hparams, prepare_editor
             from editguard.editors.registry import get_editor
@@ -88,7 +93,11 @@ class Run:
             c = self.config
             editor = get_editor(c.editor, c.hparams, data_dir=c.data_dir)
             check_batch_size(editor, c.batch_size)
-            editor_hparams(editor, self.model)
+            hparams = editor_hparams(editor, self.model)
+            if "v_precision" in hparams and "v_precision" not in c.hparams \
+                    and hparams["v_precision"] != self.edit_precision:
+                editor = get_editor(c.editor, {**c.hparams, "v_precision": self.edit_precision}, data_dir=c.data_dir)
+                editor_hparams(editor, self.model)
             prepare_editor(editor, self.model)
             self._editor = editor
         return self._editor
@@ -113,7 +122,8 @@ class Run:
             from editguard.guard import measure_baseline
 
             sentences = load_ppl_corpus(corpus, self.config.data_dir, download=self.config.download)
-            baseline = measure_baseline(self.model, sentences, corpus, shared=True, bos=self.config.ppl_bos)
+            baseline = measure_baseline(self.model, sentences, corpus, shared=True, bos=self.config.ppl_bos,
+                                        precision=self.edit_precision)
             baseline.downstream = self.probe()
             self._baselines[corpus] = baseline
         return self._baselines[corpus]
