@@ -11,8 +11,9 @@ precision (float32, then bfloat16), in this order, as separate processes, and ke
 records (verdict, failed gates, perplexity, denominator ratio, update norm, efficacy) and its wall
 time; `editguard compare --equal` of the two reports is kept beside them. The row goes into
 bench/results/edit-precision-<model>.json (a row per suite, replaced when re-run). `table` prints
-per row: cases, verdicts equal, failed gates equal, the largest relative difference of each
-number over the cases both precisions kept below the collapse line, and both wall times.
+per row: cases, pass/fail equal, verdicts equal, failed gates equal, the largest relative
+difference of each number over the cases both precisions kept below the collapse line (and over
+all cases), and both wall times.
 """
 
 from __future__ import annotations
@@ -72,15 +73,20 @@ def compare_rows(first: list[dict], second: list[dict], collapse: float) -> dict
     differing = [a["case_id"] for a, b in pairs if a["verdict"] != b["verdict"]]
     gates_differing = [a["case_id"] for a, b in pairs if sorted(a["failed_gates"]) != sorted(b["failed_gates"])]
     efficacy_differing = [a["case_id"] for a, b in pairs if a["efficacy"] != b["efficacy"]]
-    largest = {}
-    for name in NUMBERS:
-        kept = [relative(a[name], b[name]) for a, b in pairs
-                if (a["ppl"] or math.inf) < collapse and (b["ppl"] or math.inf) < collapse]
-        kept = [x for x in kept if x is not None]
-        largest[name] = max(kept) if kept else None
-    return {"cases": len(pairs), "verdicts_equal": len(pairs) - len(differing), "verdicts_differ": differing,
+    below = [(a, b) for a, b in pairs if (a["ppl"] or math.inf) < collapse and (b["ppl"] or math.inf) < collapse]
+
+    def largest(among: list) -> dict:
+        out = {}
+        for name in NUMBERS:
+            kept = [x for x in (relative(a[name], b[name]) for a, b in among) if x is not None]
+            out[name] = max(kept) if kept else None
+        return out
+
+    return {"cases": len(pairs), "passed_equal": sum(a["passed"] == b["passed"] for a, b in pairs),
+            "verdicts_equal": len(pairs) - len(differing), "verdicts_differ": differing,
+            "largest_relative_difference": largest(pairs),
             "failed_gates_equal": len(pairs) - len(gates_differing), "failed_gates_differ": gates_differing,
-            "efficacy_differs": efficacy_differing, "largest_relative_difference_below_collapse": largest,
+            "efficacy_differs": efficacy_differing, "largest_relative_difference_below_collapse": largest(below),
             "cases_below_collapse_in_both": sum((a["ppl"] or math.inf) < collapse and (b["ppl"] or math.inf) < collapse
                                                 for a, b in pairs)}
 
@@ -112,16 +118,21 @@ def cmd_run(args) -> None:
     print(table_lines(row))
 
 
+def _largest(values: dict) -> str:
+    return ", ".join(f"{name} {value:.2e}" if value is not None else f"{name} -" for name, value in values.items())
+
+
 def table_lines(row: dict) -> str:
-    c, runs = row["comparison"], row["runs"]
-    largest = ", ".join(f"{name} {value:.2e}" if value is not None else f"{name} -"
-                        for name, value in c["largest_relative_difference_below_collapse"].items())
+    runs = row["runs"]
+    c = compare_rows(runs["float32"]["cases"], runs["bfloat16"]["cases"], row["collapse_line"])
+    largest = _largest(c["largest_relative_difference_below_collapse"])
     differ = f" (differ: {', '.join(c['verdicts_differ'])})" if c["verdicts_differ"] else ""
-    return (f"{row['model']} {row['suite']} ({row['cpu']}): {c['cases']} cases, verdicts equal "
-            f"{c['verdicts_equal']}/{c['cases']}{differ}"
+    return (f"{row['model']} {row['suite']} ({row['cpu']}): {c['cases']} cases, passed/failed equal "
+            f"{c['passed_equal']}/{c['cases']}, verdicts equal {c['verdicts_equal']}/{c['cases']}{differ}"
             f", failed gates equal {c['failed_gates_equal']}/{c['cases']}, efficacy differs in "
             f"{len(c['efficacy_differs'])}; largest relative difference over the {c['cases_below_collapse_in_both']} "
-            f"cases below the collapse line in both: {largest}; baseline ME-PPL float32 "
+            f"cases below the collapse line in both: {largest} (over all cases: "
+            f"{_largest(c['largest_relative_difference'])}); baseline ME-PPL float32 "
             f"{runs['float32']['baseline_ppl']:.3f}, bfloat16 {runs['bfloat16']['baseline_ppl']:.3f}; wall time "
             f"float32 {runs['float32']['seconds']:.0f} s, bfloat16 {runs['bfloat16']['seconds']:.0f} s")
 

@@ -103,7 +103,60 @@ def long_sequences_page() -> str:
                          f"{stop} | {ppl or '–'} | {r['first_collapse_step'] or 'none'} | "
                          f"{r['efficacy']}/{r['efficacy_of']} | {num(r['seconds_per_edit'], '.1f')} |")
         lines.append("")
+        for r in rows:
+            if r.get("downstream_by_step"):
+                tasks = sorted(r["downstream_unedited"])
+                unedited = ", ".join(f"{t} {num(r['downstream_unedited'][t], '.3f')}" for t in tasks)
+                lines += [f"Downstream accuracy along {r['editor']}'s {r['sequence']} sequence (the same run; "
+                          f"unedited: {unedited}):", "",
+                          "| step | perplexity | " + " | ".join(tasks) + " |", "|---:|---:|" + "---:|" * len(tasks)]
+                for step, scores in sorted(r["downstream_by_step"].items(), key=lambda kv: int(kv[0])):
+                    lines.append(f"| {step} | {num(r['ppl_by_step'].get(step))} | "
+                                 + " | ".join(num(scores.get(t), '.3f') for t in tasks) + " |")
+                lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def edit_precision_page() -> str:
+    lines = ["# Edit precision", "", GENERATED, "",
+             "`--editguard-edit-precision bfloat16` against `float32` (the default), written by "
+             "`bench/edit_precision.py run`: the same suite run twice with ROME, v* and every perplexity in each "
+             "precision. Relative differences are |bfloat16 − float32| / |float32| per case; below the collapse "
+             "line: over the cases whose perplexity stayed below it in both runs.", "",
+             "| model | suite | CPU | cases | pass/fail equal | verdicts equal (differ) | failed gates equal | "
+             "largest ppl difference below the line / over all | largest ‖ΔW‖/‖W‖ difference | baseline ME-PPL "
+             "float32 / bfloat16 | wall time float32 / bfloat16 |",
+             "|---|---|---|---:|---:|---|---:|---|---:|---|---|"]
+    for path in sorted(RESULTS.glob("edit-precision-*.json")):
+        for r in json.loads(path.read_text())["rows"]:
+            runs = r["runs"]
+            by_id = {c["case_id"]: c for c in runs["bfloat16"]["cases"]}
+            pairs = [(a, by_id[a["case_id"]]) for a in runs["float32"]["cases"] if a["case_id"] in by_id]
+            line = r["collapse_line"]
+
+            def rel(a, b):
+                ok = all(isinstance(x, (int, float)) and math.isfinite(x) for x in (a, b)) and a != 0
+                return abs(b - a) / abs(a) if ok else None
+
+            def largest(name, among):
+                values = [x for x in (rel(a[name], b[name]) for a, b in among) if x is not None]
+                return max(values) if values else None
+
+            below = [(a, b) for a, b in pairs if (a["ppl"] or math.inf) < line and (b["ppl"] or math.inf) < line]
+            differ = [f"{a['case_id']}: {a['verdict']} → {b['verdict']}" for a, b in pairs
+                      if a["verdict"] != b["verdict"]]
+            lines.append(
+                f"| {r['model']} | {r['suite']}{' (first ' + str(r['max_cases']) + ')' if r.get('max_cases') else ''} "
+                f"| {r['cpu']} | {len(pairs)} | {sum(a['passed'] == b['passed'] for a, b in pairs)} | "
+                f"{len(pairs) - len(differ)}{' (' + '; '.join(differ) + ')' if differ else ''} | "
+                f"{sum(sorted(a['failed_gates']) == sorted(b['failed_gates']) for a, b in pairs)} | "
+                f"{num(largest('ppl', below), '.2e')} ({len(below)} cases) / {num(largest('ppl', pairs), '.2e')} | "
+                f"{num(largest('update_norm_rel', pairs), '.2e')} | {num(runs['float32']['baseline_ppl'], '.3f')} / "
+                f"{num(runs['bfloat16']['baseline_ppl'], '.3f')} | {num(runs['float32']['seconds'], '.0f')} s / "
+                f"{num(runs['bfloat16']['seconds'], '.0f')} s |")
+    lines += ["", "Each row's JSON keeps every case's verdict, failed gates and numbers in both precisions, and "
+              "`editguard compare --equal`'s listing of what differs."]
+    return "\n".join(lines) + "\n"
 
 
 def calibration_page() -> str:
@@ -154,14 +207,15 @@ def index_page() -> str:
              "[science](../science.md) page and in the guides.", "",
              "- [Reports of measured runs](reports.md): every JSON report, its verdicts and perplexities",
              "- [Long sequences](long-sequences.md): 100-step sequential editing per editor",
-             "- [Calibrations](calibration.md): the gate bounds per model and editor", "",
+             "- [Calibrations](calibration.md): the gate bounds per model and editor",
+             "- [Edit precision](edit-precision.md): verdicts under bfloat16 against float32", "",
              "## Results files", ""]
     lines += [f"- {link(RESULTS / f)}" for f in files]
     return "\n".join(lines) + "\n"
 
 
 PAGES = {"index.md": index_page, "reports.md": reports_page, "long-sequences.md": long_sequences_page,
-         "calibration.md": calibration_page}
+         "calibration.md": calibration_page, "edit-precision.md": edit_precision_page}
 
 
 def generate() -> dict[str, str]:
