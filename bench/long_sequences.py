@@ -93,8 +93,12 @@ def run(args) -> None:
     subprocess.run(command, cwd=REPO, env=env, check=False)  # exit 1 when a step fails a gate: expected
     if not out.exists():
         raise SystemExit(f"no JSON report at {out}: the run failed before writing it (see the output above)")
+    doc = json.loads(out.read_text())
+    if doc.get("complete") is False:   # interrupted: a row of part of a sequence must not replace a whole one
+        raise SystemExit(f"the report at {out} is incomplete ({doc.get('cases_done')} steps done, "
+                         f"{len(doc.get('cases_not_run') or [])} not run): no row written")
     shown = [Path(p).name if Path(p).is_absolute() else p for p in command[1:]]
-    row = row_from_report(json.loads(out.read_text()), args.sequence, ["python", *shown])
+    row = row_from_report(doc, args.sequence, ["python", *shown])
     merge_row(results_path(args.model), row)
     print(json.dumps({k: v for k, v in row.items() if k != "step_records"}, indent=1))
 
