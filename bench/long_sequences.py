@@ -6,6 +6,7 @@ bench/results/long-sequences-<model>.json, and the plot of perplexity against th
         --batch-size 100          # 100 cases in one edit (a one-step sequence)
     python bench/long_sequences.py table     # the table of the rows (docs/scripts/gen_measurements.py: the docs')
     python bench/long_sequences.py plot      # bench/results/plots/long-sequences-<model>.png
+    python bench/long_sequences.py residuals REPORT.json ... --out FILE   # MEMIT/AlphaEdit residual per step
 
 `run` calls `pytest suites/sequential/test_<sequence>_sequence.py --sequence-length N --ppl-every K
 --ppl-corpus C` (defaults: 100 steps, perplexity every 10, ME-PPL_50; the papers measured sequences
@@ -128,6 +129,29 @@ def plot(args) -> None:
     print(plot_sequences(series, path, rows[0]["collapse_line"]))
 
 
+def residuals(args) -> None:
+    """MEMIT's and AlphaEdit's own residual before and after their layer updates, per step, from
+    reports kept with `run --keep-report` (their records' diagnostics)."""
+    runs = []
+    for report in args.reports:
+        doc = json.loads(Path(report).read_text())
+        steps = sorted((c for c in doc["cases"] if c.get("sequence")), key=lambda c: c["step"])
+        if not steps or "residual_norm_initial" not in steps[0].get("diagnostics", {}):
+            raise SystemExit(f"{report}: no MEMIT/AlphaEdit sequence steps with residual diagnostics")
+        runs.append({"model": doc["run"]["model"], "editor": doc["run"]["editor"], "sequence": steps[0]["sequence"],
+                     "report": Path(report).name,
+                     "batch_size": steps[0]["batch"]["size"] if steps[0].get("batch") else 1,
+                     "steps": [{"step": c["step"], "case_id": c["case_id"], "ppl": c["ppl"],
+                                "update_norm_rel": c["update_norm_rel"],
+                                **{k: c["diagnostics"][k] for k in ("residual_norm_initial", "residual_norm_final")}}
+                               for c in steps]})
+    out = Path(args.out)
+    out.write_text(json.dumps({"what": "|target - block output| at the last edited layer (mean over the batch) "
+                                       "before and after the layer updates, per step, with the step's largest "
+                                       "‖ΔW‖/‖W‖", "runs": runs}, indent=1) + "\n")
+    print(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -146,8 +170,11 @@ def main() -> None:
         if name == "plot":
             q.add_argument("--out", default=None)
     p.add_argument("--model", default="smollm2-135m")
+    r = sub.add_parser("residuals", help="MEMIT/AlphaEdit residual per step from kept reports")
+    r.add_argument("reports", nargs="+")
+    r.add_argument("--out", required=True)
     args = parser.parse_args()
-    {"run": run, "table": table, "plot": plot}[args.command](args)
+    {"run": run, "table": table, "plot": plot, "residuals": residuals}[args.command](args)
 
 
 if __name__ == "__main__":
