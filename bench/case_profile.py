@@ -1,6 +1,6 @@
 """Where one guarded ROME case spends its time on this CPU (run on demand).
 
-    python bench/case_profile.py [--model smollm2-135m] [--case 0] [--steps 5] [--out FILE]
+    python bench/case_profile.py [--model smollm2-135m] [--case 0] [--steps 5] [--reference] [--out FILE]
 
 Profiles, with torch.profiler (shapes and FLOPs recorded), `--steps` v* steps of the first
 HardCF case (`rome.ValueObjective` + backward, as `descend` runs them) and one ME-PPL_50
@@ -8,7 +8,9 @@ probe as the guard runs it after an edit (starting at the edited layer, the uned
 layers' output reused). Prints per phase: wall seconds, the matrix products (aten::mm, addmm,
 bmm, linear's products, SDPA) grouped by shape with their achieved GFLOP/s, their share of the
 phase, the rest by operator, the thread settings, and a float32 GEMM peak measured on the
-largest product shape (best of 20) for comparison with the CPU's nominal peak.
+largest product shape (best of 20) for comparison with the CPU's nominal peak. With `--reference`,
+the same steps and the ME-PPL_50 probe on case_timing's reference path are profiled too: the
+FLOPs each path does, and the rate each runs them at on this CPU.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from case_timing import Tee, cpu_info, cpu_slug  # noqa: E402
+from case_timing import Tee, cpu_info, cpu_slug, reference_perplexity, reference_v_star  # noqa: E402
 
 from editguard import get_editor, load_model, measure_baseline  # noqa: E402
 from editguard.data import load_ppl_corpus  # noqa: E402
@@ -46,7 +48,8 @@ def summarise(emit, prof, wall: float, label: str) -> None:
     gemm_s = sum(e.self_cpu_time_total for e in gemm) / 1e6
     gemm_flops = sum(e.flops for e in gemm)
     emit(f"matrix products (mm/addmm/bmm): {gemm_s:.3f}s self, {gemm_flops / 1e9:.2f} GFLOP, "
-         f"{gemm_flops / 1e9 / max(gemm_s, 1e-9):.1f} GFLOP/s; {100 * gemm_s / max(wall, 1e-9):.0f}% of the wall time")
+         f"{gemm_flops / 1e9 / max(gemm_s, 1e-9):.1f} GFLOP/s; {100 * gemm_s / max(wall, 1e-9):.0f}% of the wall time; "
+         f"over the wall time {gemm_flops / 1e9 / max(wall, 1e-9):.1f} GFLOP/s")
     emit(f"{'op':<34}{'shapes':<62}{'calls':>7}{'self s':>9}{'GFLOP':>9}{'GFLOP/s':>9}")
     for e in sorted(gemm, key=lambda e: -e.self_cpu_time_total)[:14]:
         s = e.self_cpu_time_total / 1e6
@@ -78,12 +81,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--data", default=os.environ.get("EDITGUARD_DATA"))
     parser.add_argument("--out", default=None)
+    parser.add_argument("--reference", action="store_true",
+                        help="also profile the same v* steps and ME-PPL_50 on case_timing's reference path")
     args = parser.parse_args()
     cpu = cpu_info()
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                    f"case_profile-{cpu_slug(cpu['model'])}.txt")
     emit = Tee(None if out == "-" else out)
-    emit(f"# python bench/case_profile.py --model {args.model} --case {args.case} --steps {args.steps} "
+    emit(f"# python bench/case_profile.py --model {args.model} --case {args.case} --steps {args.steps}"
+         f"{' --reference' if args.reference else ''} "
          f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
     emit(f"cpu: {cpu['model']} ({cpu['family']}, {cpu['cpus']} logical CPUs); bfloat16 native: "
          f"{'yes' if cpu_multiplies_bfloat16_natively() else 'no'} (flags: {cpu['bf16_flags']})")
@@ -138,6 +144,23 @@ def main() -> None:
                    layer_inputs=baseline.ppl_layer_inputs)
         wall = time.perf_counter() - t
     summarise(emit, prof, wall, f"ME-PPL_50 probe (layers {layer}.. of {mue.n_layers})")
+
+    if args.reference:
+        # The same work on the bench's reference path (case_timing --reference): how many FLOPs it
+        # does, and at what rate, beside editguard's.
+        hparams = {**editor.hparams(mue), "v_num_grad_steps": args.steps + 1}  # + 1: its last pass has no backward
+        reference_v_star(mue, {**hparams, "v_num_grad_steps": 2}, layer, case, templates)   # warm-up
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_flops=True) as prof:
+            t = time.perf_counter()
+            reference_v_star(mue, hparams, layer, case, templates)
+            wall = time.perf_counter() - t
+        summarise(emit, prof, wall, f"reference v*: {args.steps} steps and one more forward pass "
+                                    f"({wall / args.steps:.3f}s per step)")
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_flops=True) as prof:
+            t = time.perf_counter()
+            reference_perplexity(mue, sentences)
+            wall = time.perf_counter() - t
+        summarise(emit, prof, wall, "reference ME-PPL_50 (ppl.py: all 50 padded together, every layer)")
 
     shapes = ((132, 576, 1536), (132, 1536, 576), (132, 576, 576), (400, 576, 1536), (400, 576, 49152),
               (2048, 2048, 2048))
