@@ -25,7 +25,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from case_timing import Tee, cpu_info, cpu_slug, reference_perplexity, reference_v_star  # noqa: E402
+from case_timing import Tee, cpu_info, reference_perplexity, reference_v_star  # noqa: E402
 
 from editguard import get_editor, load_model, measure_baseline  # noqa: E402
 from editguard.data import load_ppl_corpus  # noqa: E402
@@ -85,9 +85,7 @@ def main() -> None:
                         help="also profile the same v* steps and ME-PPL_50 on case_timing's reference path")
     args = parser.parse_args()
     cpu = cpu_info()
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   f"case_profile-{cpu_slug(cpu['model'])}.txt")
-    emit = Tee(None if out == "-" else out)
+    emit = Tee.for_cpu("case_profile", cpu, args.out)
     emit(f"# python bench/case_profile.py --model {args.model} --case {args.case} --steps {args.steps}"
          f"{' --reference' if args.reference else ''} "
          f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")

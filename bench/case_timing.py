@@ -232,6 +232,13 @@ class Tee:
     def __init__(self, path: str | None):
         self.file = open(path, "w") if path else None
 
+    @classmethod
+    def for_cpu(cls, bench: str, cpu: dict[str, str], out: str | None) -> "Tee":
+        """Output to `out` ('-': stdout only), by default bench/results/<bench>-<cpu>.txt."""
+        out = out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                  f"{bench}-{cpu_slug(cpu['model'])}.txt")
+        return cls(None if out == "-" else out)
+
     def __call__(self, *parts) -> None:
         print(*parts, flush=True)
         if self.file:
@@ -256,9 +263,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     cpu = cpu_info()
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   f"case_timing-{cpu_slug(cpu['model'])}.txt")
-    emit = Tee(None if out == "-" else out)   # every line goes to stdout and the results file
+    emit = Tee.for_cpu("case_timing", cpu, args.out)   # every line goes to stdout and the results file
     commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
                             cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
     emit(f"# python bench/case_timing.py --editor {args.editor} --model {args.model} --cases {args.cases}"

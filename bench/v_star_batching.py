@@ -23,7 +23,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from case_timing import Tee, cpu_info, cpu_slug  # noqa: E402
+from case_timing import Tee, cpu_info  # noqa: E402
 
 from editguard import get_editor, load_model  # noqa: E402
 from editguard.editors.keys import context_templates  # noqa: E402
@@ -43,9 +43,7 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     cpu = cpu_info()
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   f"v_star_batching-{cpu_slug(cpu['model'])}.txt")
-    emit = Tee(None if out == "-" else out)
+    emit = Tee.for_cpu("v_star_batching", cpu, args.out)
     emit(f"# python bench/v_star_batching.py --model {args.model} --case {args.case} --rounds {args.rounds} "
          f"--steps {args.steps} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
     emit(f"cpu: {cpu['model']} ({cpu['family']}, {cpu['cpus']} logical CPUs); torch {torch.__version__}, "
