@@ -3,7 +3,7 @@
     python bench/case_profile.py [--model smollm2-135m] [--case 0] [--steps 5] [--reference] [--out FILE]
 
 Profiles, with torch.profiler (shapes and FLOPs recorded), `--steps` v* steps of the first
-HardCF case (`rome.ValueObjective` + backward, as `descend` runs them) and one ME-PPL_50
+HardCF case (`value.ValueObjective` + backward, as `descend` runs them) and one ME-PPL_50
 probe as the guard runs it after an edit (starting at the edited layer, the unedited lower
 layers' output reused). Prints per phase: wall seconds, the matrix products (aten::mm, addmm,
 bmm, linear's products, SDPA) grouped by shape with their achieved GFLOP/s, their share of the
@@ -30,7 +30,7 @@ from case_timing import Tee, cpu_info, reference_perplexity, reference_v_star  #
 from editguard import get_editor, load_model, measure_baseline  # noqa: E402
 from editguard.data import load_ppl_corpus  # noqa: E402
 from editguard.editors.keys import context_templates  # noqa: E402
-from editguard.editors.rome import ValueObjective, _frozen  # noqa: E402
+from editguard.editors.value import ValueObjective, _frozen  # noqa: E402
 from editguard.metrics.perplexity import perplexity  # noqa: E402
 from editguard.models.precision import cpu_multiplies_bfloat16_natively  # noqa: E402
 from editguard.suites import counterfact_hard  # noqa: E402
@@ -106,13 +106,13 @@ def main() -> None:
     emit(f"model {args.model}; case {case.case_id} {case.subject!r}; layer {hp.layer}; {len(templates)} templates")
 
     with _frozen(mue.model):
-        objective = ValueObjective(mue, hp, hp.layer, case, templates)
+        objective = ValueObjective(mue, hp, hp.layer, [case], templates)
         b = objective.batch
         emit(f"v* batch: {b.suffix_ids.shape[0]} sequences, suffix width {b.suffix_ids.shape[1]}, "
              f"cached prefix width {b.mask.shape[1] - b.suffix_ids.shape[1]}; starts above layer: "
              f"{objective.starts_above_layer}; head rows {len(objective.rows)} + "
-             f"{b.suffix_ids.shape[0] - objective.n_rewrite}")
-        delta = torch.zeros(mue.model.config.hidden_size, requires_grad=True)
+             f"{len(objective.kl_rows)}")
+        delta = torch.zeros(1, mue.model.config.hidden_size, requires_grad=True)
         opt = torch.optim.Adam([delta], lr=hp.v_lr)
 
         def step():
@@ -120,7 +120,7 @@ def main() -> None:
             with record_function("v* forward"):
                 loss, _ = objective(delta)
             with record_function("v* backward"):
-                loss.backward()
+                loss.sum().backward()
             opt.step()
 
         step()   # warm-up (kl_init, oneDNN/MKL first-call costs)

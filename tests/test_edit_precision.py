@@ -10,7 +10,8 @@ import torch
 from editguard.data import load_ppl_corpus
 from editguard.editors.keys import context_templates
 from editguard.editors.memit import MemitHparams
-from editguard.editors.rome import RomeHparams, optimize_value
+from editguard.editors.rome import RomeHparams
+from editguard.editors.value import optimize_value
 from editguard.guard import measure_baseline
 from editguard.metrics.perplexity import perplexity
 from editguard.models.precision import precision_context, resolve_precision

@@ -9,17 +9,18 @@ import torch
 
 from editguard import get_editor, load_model
 from editguard.editors.keys import context_templates, fill, keys_and_values, subject_last_index
-from editguard.editors.rome import (
-    RomeHparams,
+from editguard.editors.rome import RomeHparams, rank_one_update
+from editguard.editors.value import (
     ValueObjective,
+    _frozen,
     _PrefixCachedBatch,
     descend,
     optimize_value,
-    rank_one_update,
+    optimize_values,
 )
 from editguard.models import WeightSnapshot
 from editguard.models.loading import token_grid
-from tests.tiny_edits import FAST_V, PARIS
+from tests.tiny_edits import CASES, FAST_V, PARIS
 
 pytestmark = pytest.mark.usefixtures("private_cache", "one_thread")
 
@@ -127,15 +128,18 @@ class FullValueObjective:
         self.inputs = mue.pad_batch(sequences)
         self.recorded, self.kl_init = {}, None
 
+    n_cases = 1   # descend's protocol: δ (1, hidden) -> loss (1), NLL per prompt (1, R)
+
     @property
     def scale(self):
         return self.recorded["v_init"]
 
     def __call__(self, delta):
+        delta = delta[0]
         def add_delta(_module, _args, output):
             grid = token_grid(output, len(self.lengths)).clone()   # OPT's MLP sees a flattened batch
             if "v_init" not in self.recorded:
-                self.recorded["v_init"] = grid[0, self.lookups[0]].detach().float().clone()
+                self.recorded["v_init"] = grid[0, self.lookups[0]].detach().float().clone()[None]
             for row, idx in enumerate(self.lookups):
                 grid[row, idx] = grid[row, idx] + delta
             return grid.view(output.shape)
@@ -157,8 +161,8 @@ class FullValueObjective:
             self.kl_init = kl_lp.detach().clone()
         kl = self.hp.kl_factor * torch.nn.functional.kl_div(self.kl_init, kl_lp, log_target=True,
                                                             reduction="batchmean")
-        decay = self.hp.v_weight_decay * (delta.norm() / self.scale.norm() ** 2)
-        return nll.mean() + kl + decay, nll
+        decay = self.hp.v_weight_decay * (delta.norm() / self.recorded["v_init"][0].norm() ** 2)
+        return (nll.mean() + kl + decay)[None], nll[None]
 
 
 def _value_setup(mue):
@@ -173,24 +177,24 @@ def test_cached_value_objective_and_its_gradient_equal_the_full_computation(tiny
     computation's, on every family."""
     tiny = tiny_family
     hp, templates = _value_setup(tiny)
-    fast = ValueObjective(tiny, hp, layer, PARIS, templates)
+    fast = ValueObjective(tiny, hp, layer, [PARIS], templates)
     # Each step starts above the edited layer unless it is the top one or a norm follows the MLP.
     block = tiny.module(tiny.family.layer.format(layer))
     post_mlp_norm = hasattr(block, "post_feedforward_layernorm")   # Gemma 2 and 3 norm the MLP output
     assert fast.starts_above_layer == (layer + 1 < tiny.n_layers and not post_mlp_norm)
     full = FullValueObjective(tiny, hp, layer, PARIS, templates)
-    delta0 = torch.zeros(tiny.model.config.hidden_size)
+    delta0 = torch.zeros(1, tiny.model.config.hidden_size)
     with torch.no_grad():
         fast(delta0), full(delta0)  # records v_init and the KL reference distribution
     assert torch.allclose(fast.recorded["v_init"], full.recorded["v_init"], atol=1e-5)
-    delta = (0.5 * torch.randn(tiny.model.config.hidden_size, generator=torch.Generator().manual_seed(1))
+    delta = (0.5 * torch.randn(1, tiny.model.config.hidden_size, generator=torch.Generator().manual_seed(1))
              ).requires_grad_(True)
     fast_loss, fast_nll = fast(delta)
     full_loss, full_nll = full(delta)
-    fast_grad, = torch.autograd.grad(fast_loss, delta)
-    full_grad, = torch.autograd.grad(full_loss, delta)
+    fast_grad, = torch.autograd.grad(fast_loss.sum(), delta)
+    full_grad, = torch.autograd.grad(full_loss.sum(), delta)
     assert torch.allclose(fast_nll, full_nll, rtol=1e-4, atol=1e-5)
-    assert float(fast_loss.detach()) == pytest.approx(float(full_loss.detach()), rel=1e-5)
+    assert float(fast_loss.detach()[0]) == pytest.approx(float(full_loss.detach()[0]), rel=1e-5)
     assert full_grad.norm() > 0
     assert torch.allclose(fast_grad, full_grad, rtol=1e-3, atol=1e-6 * float(full_grad.abs().max()))
 
@@ -202,8 +206,8 @@ def test_v_star_equals_the_full_computation(tiny):
     weights_before = {k: v.clone() for k, v in tiny.model.state_dict().items()}
     fast = optimize_value(tiny, hp, layer, PARIS, templates)
     tiny.model.requires_grad_(False)
-    full = descend(FullValueObjective(tiny, hp, layer, PARIS, templates), hp, tiny.model.config.hidden_size,
-                   tiny.device)
+    full, = descend(FullValueObjective(tiny, hp, layer, PARIS, templates), hp, tiny.model.config.hidden_size,
+                    tiny.device)
     assert fast.steps == full.steps == hp.v_num_grad_steps
     assert fast.losses == pytest.approx(full.losses, rel=1e-4)
     assert torch.allclose(fast.v_star, full.v_star, rtol=1e-4, atol=1e-5)
@@ -226,6 +230,76 @@ def test_v_search_stops_early_as_the_papers_code_does(tiny_llama):
     assert stopped.steps == 3
     assert stopped.losses == pytest.approx(every_step.losses[:3], rel=1e-6)
     assert stopped.loss < threshold
+
+
+def test_cases_in_one_batch_get_the_loss_and_gradient_each_gets_alone(tiny_family):
+    """Several cases' v* objectives share one batch (prompts of different lengths, subjects of one
+    and several tokens, multi-token targets): each case's loss, NLL per prompt and gradient with
+    respect to its own δ are those of its objective alone, on every family (Gemma 2/3 run the
+    edited layer in each step)."""
+    tiny = tiny_family
+    hp, templates = _value_setup(tiny)
+    layer = tiny.edit_layer
+    hidden = tiny.model.config.hidden_size
+    with _frozen(tiny.model):
+        together = ValueObjective(tiny, hp, layer, CASES, templates)
+        alone = [ValueObjective(tiny, hp, layer, [case], templates) for case in CASES]
+        with torch.no_grad():   # records v_init and the KL reference distributions
+            together(torch.zeros(len(CASES), hidden)), [one(torch.zeros(1, hidden)) for one in alone]
+        delta = (0.5 * torch.randn(len(CASES), hidden, generator=torch.Generator().manual_seed(1))).requires_grad_(True)
+        loss, nll = together(delta)
+        grad, = torch.autograd.grad(loss.sum(), delta)
+        for c, (case, one) in enumerate(zip(CASES, alone)):
+            assert torch.allclose(together.recorded["v_init"][c], one.recorded["v_init"][0], atol=1e-6), case.case_id
+            own = delta[c : c + 1].detach().clone().requires_grad_(True)
+            one_loss, one_nll = one(own)
+            one_grad, = torch.autograd.grad(one_loss.sum(), own)
+            assert float(loss[c].detach()) == pytest.approx(float(one_loss[0].detach()), rel=1e-5), case.case_id
+            assert torch.allclose(nll[c], one_nll[0], rtol=1e-5, atol=1e-6), case.case_id
+            assert one_grad.norm() > 0
+            tolerance = 1e-5 * float(one_grad.abs().max())
+            assert torch.allclose(grad[c], one_grad[0], rtol=1e-3, atol=tolerance), case.case_id
+    # The cases differ, so rows mixed up between them would not pass unnoticed.
+    assert len({round(float(v), 4) for v in loss.detach()}) == len(CASES)
+
+
+def test_cases_searched_in_one_batch_get_the_v_star_each_gets_alone(tiny):
+    """The whole search: each case's steps, losses and v* in one batch are those of its search
+    alone. (On the tiny random Mistral, Qwen, Gemma 3, GPT-NeoX and OPT the loss barely moves
+    with δ: Adam's step, ±lr per coordinate whatever the gradient's size, then takes the sign of
+    gradient components at the level of float rounding, and two equal computations part; the
+    objective test above covers those families.)"""
+    hp, templates = _value_setup(tiny)
+    hp = dataclasses.replace(hp, v_lr=0.005)
+    layer = tiny.edit_layer
+    alone = [optimize_value(tiny, hp, layer, case, templates) for case in CASES]
+    together = optimize_values(tiny, hp, layer, CASES, templates, cases_per_search=len(CASES))
+    for case, one, batched in zip(CASES, alone, together):
+        assert batched.steps == one.steps, case.case_id
+        assert batched.losses == pytest.approx(one.losses, rel=1e-5), case.case_id
+        assert torch.allclose(batched.v_init, one.v_init, rtol=1e-5, atol=1e-6), case.case_id
+        assert torch.allclose(batched.v_star, one.v_star, rtol=1e-4, atol=1e-5), case.case_id
+        assert batched.target_prob == pytest.approx(one.target_prob, rel=1e-4, abs=1e-7), case.case_id
+
+
+def test_a_case_that_stops_early_keeps_its_v_star_while_the_batch_goes_on(tiny_llama):
+    """In one batch each case stops at its own step, as alone, and a stopped case's δ stays as it
+    was when it stopped while the others' Adam steps go on."""
+    hp, templates = _value_setup(tiny_llama)
+    hp = dataclasses.replace(hp, v_num_grad_steps=6, early_stop_loss=0.0, v_weight_decay=0.0, v_lr=0.005)
+    layer = tiny_llama.edit_layer
+    every_step = [optimize_value(tiny_llama, hp, layer, case, templates) for case in CASES]
+    first = every_step[0].losses
+    threshold = (first[1] + first[2]) / 2
+    stopping = dataclasses.replace(hp, early_stop_loss=threshold)
+    alone = [optimize_value(tiny_llama, stopping, layer, case, templates) for case in CASES]
+    assert alone[0].steps == 3
+    assert len({r.steps for r in alone}) > 1, [r.losses for r in every_step]   # they stop at different steps
+    together = optimize_values(tiny_llama, stopping, layer, CASES, templates, cases_per_search=len(CASES))
+    for case, one, batched in zip(CASES, alone, together):
+        assert batched.steps == one.steps, case.case_id
+        assert batched.losses == pytest.approx(one.losses, rel=1e-5), case.case_id
+        assert torch.allclose(batched.v_star, one.v_star, rtol=1e-5, atol=1e-6), case.case_id
 
 
 def test_subject_first_one_token_prefix_is_empty():

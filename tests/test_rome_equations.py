@@ -26,7 +26,8 @@ from editguard import EditCase, load_model
 from editguard.data import load_text_corpus
 from editguard.editors.covariance import StatsSource, second_moment_from
 from editguard.editors.keys import context_templates
-from editguard.editors.rome import ROME, ValueObjective
+from editguard.editors.rome import ROME
+from editguard.editors.value import ValueObjective
 from editguard.models.registry import MODELS
 from tests.tiny_edits import FAST_V, N_TOKENS
 
@@ -193,9 +194,9 @@ def test_multi_token_target_loss_starts_where_the_papers_does(name):
     target_ids = papers_target_ids(tok, CASE.target_new)
     assert len(target_ids) > 1, "the check needs a multi-token target"
 
-    objective = ValueObjective(mue, hp, hp.layer, CASE, templates)
+    objective = ValueObjective(mue, hp, hp.layer, [CASE], templates)
     with torch.no_grad():
-        _loss, nll = objective(torch.zeros(mue.model.config.hidden_size, device=mue.device))
+        _loss, (nll,) = objective(torch.zeros(1, mue.model.config.hidden_size, device=mue.device))
     # The same label tokens, target by target, for every rewriting prompt.
     assert objective.labels.view(len(templates), -1).tolist() == [target_ids] * len(templates)
     expected = [papers_initial_nll(hooked, tok, t, CASE, target_ids) for t in templates]
@@ -203,4 +204,4 @@ def test_multi_token_target_loss_starts_where_the_papers_does(name):
     # v_init, the MLP output at the subject's last token of the unprefixed rewriting prompt
     # (compute_v's target_init), is W kᵘ + b of the bare prompt.
     _k_u, v_u = key_and_value(hooked, tok, CASE.prompt, CASE.subject)
-    assert torch.allclose(objective.recorded["v_init"].cpu(), v_u, rtol=1e-4, atol=1e-5 * float(v_u.abs().max()))
+    assert torch.allclose(objective.recorded["v_init"][0].cpu(), v_u, rtol=1e-4, atol=1e-5 * float(v_u.abs().max()))

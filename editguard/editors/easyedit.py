@@ -38,7 +38,7 @@ import torch
 from editguard.cases import EditCase
 from editguard.editors.api import EditorNotFound, EditReport
 from editguard.editors.hparams import HparamsFileError, load_hparams_file
-from editguard.editors.rome import _frozen
+from editguard.editors.value import _frozen
 from editguard.errors import EditorError
 from editguard.models.loading import ModelUnderEdit
 

@@ -4,7 +4,7 @@ spread over a range of layers.
 For a batch of cases and critical layers l₁ < … < l_L:
 
 1. For each case, a target z for the residual stream at the output of block l_L, at the
-   subject's last token: z = h + δ, δ found as ROME finds v* (`rome.optimize_value`, decay and
+   subject's last token: z = h + δ, δ found as ROME finds v* (`value.optimize_values`, decay and
    clamp relative to ‖h‖).
 2. For each layer l = l₁ … l_L in turn, on the model as the earlier layers' updates left it:
    K = the keys at l (inputs of the MLP output projection at the subject's last token, averaged
@@ -39,7 +39,7 @@ from editguard.editors.keys import (
     keys_and_values,
     subject_last_index,
 )
-from editguard.editors.rome import optimize_value
+from editguard.editors.value import optimize_values
 from editguard.models.loading import ModelUnderEdit
 from editguard.options import UPDATE_NORM_REL
 
@@ -224,8 +224,7 @@ class MEMIT:
         self._second_moments(mue, hp)
         clock = time.perf_counter()
         templates = context_templates(mue, hp.context_template_length_params, hp.template_seed)
-        values = [optimize_value(mue, hp, last, case, templates, scale_module=mue.family.layer.format(last))
-                  for case in cases]
+        values = optimize_values(mue, hp, last, cases, templates, scale_module=mue.family.layer.format(last))
         deltas = torch.stack([v.v_star - v.v_init for v in values])
         targets = block_outputs(mue, last, cases) + deltas        # z, (cases, hidden)
         seconds_value, clock = time.perf_counter() - clock, time.perf_counter()
