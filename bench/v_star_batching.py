@@ -10,7 +10,8 @@ machine's drift reaches every variant alike (medians reported):
 - the first HardCF case's search replicated k = 1, 2, 4, 8 times in one batch: the cost of a step
   per case as the batch grows, and one case on 1 thread;
 - the first `--cases` HardCF cases in one batch against each alone (the sum of their steps): what
-  the batching saves on real cases of different lengths.
+  the batching saves on real cases of different lengths;
+- then those cases' whole searches, in one batch and each alone: steps, final loss and v* compared.
 Output also goes to bench/results/v_star_batching-<cpu>.txt.
 """
 
@@ -29,7 +30,7 @@ from case_timing import Tee, cpu_info  # noqa: E402
 
 from editguard import get_editor, load_model  # noqa: E402
 from editguard.editors.keys import context_templates  # noqa: E402
-from editguard.editors.value import ValueObjective, _frozen  # noqa: E402
+from editguard.editors.value import ValueObjective, _frozen, optimize_value, optimize_values  # noqa: E402
 from editguard.suites import counterfact_hard  # noqa: E402
 
 REPLICAS = (1, 2, 4, 8)
@@ -105,6 +106,18 @@ def main() -> None:
         rows = " + ".join(s.rows for s in searches) if len(searches) < 3 else f"{len(searches)} batches"
         emit(f"{label:<44}{rows:>16}{median:>9.3f}{median / n:>17.3f}   "
              + ", ".join(f"{s:.3f}" for s in seconds[label]))
+
+    start = time.perf_counter()
+    together = optimize_values(mue, hp, hp.layer, cases, templates, cases_per_search=len(cases))
+    seconds_together, start = time.perf_counter() - start, time.perf_counter()
+    alone = [optimize_value(mue, hp, hp.layer, case, templates) for case in cases]
+    seconds_alone = time.perf_counter() - start
+    emit(f"\nwhole searches: {len(cases)} cases in one batch {seconds_together:.1f}s, each alone {seconds_alone:.1f}s")
+    emit(f"{'case':<28}{'steps':>7}{'loss together':>15}{'loss alone':>12}{'v* rel diff':>13}")
+    for case, batched, one in zip(cases, together, alone):
+        diff = float((batched.v_star - one.v_star).norm() / one.v_star.norm())
+        emit(f"{(case.case_id + ' ' + case.subject)[:27]:<28}{f'{batched.steps}/{one.steps}':>7}"
+             f"{batched.loss:>15.5f}{one.loss:>12.5f}{diff:>13.2e}")
 
 
 if __name__ == "__main__":
