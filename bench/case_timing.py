@@ -35,6 +35,7 @@ import torch
 from editguard import check, get_editor, load_model, measure_baseline
 from editguard.data import load_ppl_corpus
 from editguard.editors.keys import context_templates
+from editguard.editors.value import _frozen
 from editguard.models.precision import cpu_multiplies_bfloat16_natively
 from editguard.suites import counterfact_hard
 
@@ -118,38 +119,36 @@ def reference_v_star(mue, hp: dict, layer: int, case, templates: list[str]) -> t
         return out
 
     opt = torch.optim.Adam([delta], lr=hp["v_lr"])
-    # Frozen as their code freezes it; the flags are put back so that the guarded path, which runs
-    # interleaved with this one, finds the model as it was.
-    grad_flags = [(p, p.requires_grad) for p in mue.model.parameters()]
-    mue.model.requires_grad_(False)
+    # Frozen as their code freezes it; _frozen puts the flags back, so that the guarded path, which
+    # runs interleaved with this one, finds the model as it was.
     handle = mue.module(mue.family.mlp.format(layer)).register_forward_hook(edit_output)
     try:
-        for it in range(hp["v_num_grad_steps"]):
-            opt.zero_grad()
-            logits = mue.model(**inputs).logits
-            kl_log_probs = torch.log_softmax(logits[len(rewriting):, lookups[-1]], dim=-1)
-            if kl_init is None:
-                kl_init = kl_log_probs.detach().clone()
-            log_probs = torch.log_softmax(logits[: len(rewriting)], dim=2)
-            token_lp = torch.gather(log_probs, 2, torch.where(targets != -100, targets, 0)[:, :, None])[:, :, 0]
-            mask = (targets != -100).float()
-            nll = (-(token_lp * mask).sum(1) / len(target)).mean()
-            kl = hp["kl_factor"] * torch.nn.functional.kl_div(kl_init, kl_log_probs, log_target=True,
-                                                              reduction="batchmean")
-            decay = hp["v_weight_decay"] * (torch.norm(delta) / torch.norm(target_init) ** 2)
-            loss = nll + kl + decay
-            if loss < 5e-2 or it == hp["v_num_grad_steps"] - 1:
-                break
-            loss.backward()
-            opt.step()
-            max_norm = hp["clamp_norm_factor"] * target_init.norm()
-            if delta.norm() > max_norm:
-                with torch.no_grad():
-                    delta[...] = delta * max_norm / delta.norm()
+        with _frozen(mue.model):
+            for it in range(hp["v_num_grad_steps"]):
+                opt.zero_grad()
+                logits = mue.model(**inputs).logits
+                kl_log_probs = torch.log_softmax(logits[len(rewriting):, lookups[-1]], dim=-1)
+                if kl_init is None:
+                    kl_init = kl_log_probs.detach().clone()
+                log_probs = torch.log_softmax(logits[: len(rewriting)], dim=2)
+                labels = torch.where(targets != -100, targets, 0)[:, :, None]
+                token_lp = torch.gather(log_probs, 2, labels)[:, :, 0]
+                mask = (targets != -100).float()
+                nll = (-(token_lp * mask).sum(1) / len(target)).mean()
+                kl = hp["kl_factor"] * torch.nn.functional.kl_div(kl_init, kl_log_probs, log_target=True,
+                                                                  reduction="batchmean")
+                decay = hp["v_weight_decay"] * (torch.norm(delta) / torch.norm(target_init) ** 2)
+                loss = nll + kl + decay
+                if loss < 5e-2 or it == hp["v_num_grad_steps"] - 1:
+                    break
+                loss.backward()
+                opt.step()
+                max_norm = hp["clamp_norm_factor"] * target_init.norm()
+                if delta.norm() > max_norm:
+                    with torch.no_grad():
+                        delta[...] = delta * max_norm / delta.norm()
     finally:
         handle.remove()
-        for param, flag in grad_flags:
-            param.requires_grad_(flag)
     return target_init + delta.detach(), it + 1
 
 
