@@ -1,6 +1,6 @@
 """Per-case time breakdown of a guarded ROME edit on the embedded model (run on demand).
 
-    python bench/case_timing.py [--editor rome] [--cases 4] [--threads N] [--reference]
+    python bench/case_timing.py [--editor rome] [--cases 4] [--threads N] [--reference] [--alone]
 
 Prints keys, v*, update, perplexity, efficacy/anatomy and restore seconds per case, and the mean.
 
@@ -15,6 +15,10 @@ range of the per-case ratios). The two paths run interleaved, case by case, alte
 first: on a shared machine whose speed drifts by ±20 % over minutes, running one path's cases after
 the other's measured the drift as much as the paths (2.61× to 3.24× for the same code).
 The reference supports ROME (unprefixed key in the update, EasyEdit's default mom2 setting: off).
+
+Each guarded edit is told the next cases, as a suite run tells it (guard.check's `upcoming`): ROME
+then searches four cases' v* in one batch during the first of them and the next three use theirs,
+so the per-case column is uneven and the mean is what compares. `--alone`: each v* searched alone.
 
 The header names the CPU (/proc/cpuinfo's model name, family/model, cores) and whether it
 multiplies bfloat16 natively (AVX-512 BF16 or AMX flags, as `precision: auto` decides); the
@@ -253,6 +257,8 @@ def main() -> None:
     parser.add_argument("--data", default=os.environ.get("EDITGUARD_DATA"))
     parser.add_argument("--reference", action="store_true",
                         help="also run the papers' path on the same cases and compare (ROME only)")
+    parser.add_argument("--alone", action="store_true",
+                        help="do not tell the editor the next cases (each ROME v* searched alone)")
     parser.add_argument("--out", default=None,
                         help="results file (default bench/results/case_timing-<cpu>.txt; '-' for none)")
     args = parser.parse_args()
@@ -266,7 +272,7 @@ def main() -> None:
     commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
                             cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
     emit(f"# python bench/case_timing.py --editor {args.editor} --model {args.model} --cases {args.cases}"
-          f"{' --reference' if args.reference else ''}   (commit {commit or '?'}, "
+          f"{' --reference' if args.reference else ''}{' --alone' if args.alone else ''}   (commit {commit or '?'}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
     emit(f"cpu: {cpu['model']} ({cpu['family']}, {cpu['cpus']} logical CPUs); bfloat16 native: "
           f"{'yes' if cpu_multiplies_bfloat16_natively() else 'no'} (flags: {cpu['bf16_flags']}); "
@@ -295,7 +301,7 @@ def main() -> None:
         paths = ["editguard", "reference"][: 1 + args.reference]
         for path in (paths if i % 2 == 0 else paths[::-1]):
             if path == "editguard":
-                result = check(mue, editor, case, baseline)
+                result = check(mue, editor, case, baseline, upcoming=() if args.alone else cases[i + 1 :])
                 results.append((result, editor.last_report.vectors["delta_w"].detach().clone()))
             else:
                 start = time.perf_counter()
@@ -304,11 +310,12 @@ def main() -> None:
         print(f"case {i + 1}/{len(cases)} done", flush=True)
 
     emit(f"{'case':<32}" + "".join(f"{c.replace('seconds_', ''):>11}" for c in COLUMNS) + f"{'total':>11}"
-         + f"{'v steps':>9}")
+         + f"{'v steps':>9}  v* search")
     for case, (result, _) in zip(cases, results):
         row = [result.timings.get(c, 0.0) for c in COLUMNS]
         emit(f"{(case.case_id + ' ' + case.subject)[:31]:<32}" + "".join(f"{v:>11.2f}" for v in row)
-             + f"{result.seconds:>11.2f}{result.diagnostics['v_steps']:>9}")
+             + f"{result.seconds:>11.2f}{result.diagnostics['v_steps']:>9}"
+             + f"  {result.diagnostics.get('v_star_search', '')}")
     mean_editguard = statistics.mean(result.seconds for result, _ in results)
     emit(f"mean per case: {mean_editguard:.2f}s over {len(results)} cases")
     emit(f"load after: {load()}")

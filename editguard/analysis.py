@@ -20,7 +20,7 @@ from typing import Any
 from editguard.cases import EditCase
 from editguard.editors.api import Editor
 from editguard.gates import Thresholds, is_collapsed
-from editguard.guard import Baseline, EditSequence, check
+from editguard.guard import UPCOMING_CASES, Baseline, EditSequence, check
 from editguard.metrics.efficacy import edit_scores
 from editguard.models.loading import ModelUnderEdit
 from editguard.options import COLLAPSE_PPL, UPDATE_NORM_REL
@@ -44,19 +44,23 @@ def position_variants(mue: ModelUnderEdit, case: EditCase) -> dict[str, EditCase
 def analyze_positions(mue: ModelUnderEdit, editor: Editor, cases: Sequence[EditCase], baseline: Baseline,
                       thresholds: Thresholds = Thresholds(),
                       on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """One guarded edit per (case, variant); a row of measurements each."""
+    """One guarded edit per (case, variant); a row of measurements each. Every case is checked
+    before the first edit (a case whose subject is not first is refused up front)."""
+    edits = [(case, condition, variant) for case in cases
+             for condition, variant in position_variants(mue, case).items()]
+    variants = [variant for _, _, variant in edits]
     rows = []
-    for case in cases:
-        for condition, variant in position_variants(mue, case).items():
-            result = check(mue, editor, variant, baseline, thresholds)
-            row = {"case_id": case.case_id, "condition": condition, "text": variant.text,
-                   "subject_first": variant.subject_first, "ppl": result.ppl, "passed": result.passed,
-                   "key_cosine": result.diagnostics.get("key_cosine"),
-                   "denominator_ratio": result.diagnostics.get("denominator_ratio"),
-                   UPDATE_NORM_REL: result.diagnostics.get(UPDATE_NORM_REL), "efficacy": result.efficacy}
-            rows.append(row)
-            if on_row:
-                on_row(row)
+    for edited, (case, condition, variant) in enumerate(edits, 1):
+        result = check(mue, editor, variant, baseline, thresholds,
+                       upcoming=variants[edited : edited + UPCOMING_CASES])
+        row = {"case_id": case.case_id, "condition": condition, "text": variant.text,
+               "subject_first": variant.subject_first, "ppl": result.ppl, "passed": result.passed,
+               "key_cosine": result.diagnostics.get("key_cosine"),
+               "denominator_ratio": result.diagnostics.get("denominator_ratio"),
+               UPDATE_NORM_REL: result.diagnostics.get(UPDATE_NORM_REL), "efficacy": result.efficacy}
+        rows.append(row)
+        if on_row:
+            on_row(row)
     return rows
 
 

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ import torch
 
 from editguard.cache import cache_dir, cache_key, cached_json, safe_name
 from editguard.cases import EditCase
-from editguard.editors.api import Editor, checked_report, reset_editor
+from editguard.editors.api import Editor, checked_report, reset_editor, tell_upcoming
 from editguard.errors import EditorError
 from editguard.gates import Thresholds, Verdict, downstream_gates, is_collapsed, judge
 from editguard.metrics.anatomy import blast_radius_skipped, normal_text_keys, update_anatomy
@@ -34,7 +35,7 @@ from editguard.models.state import ModelState
 from editguard.options import DEFAULT_PPL_BOS, SEQUENCE_ON_ERROR, UPDATE_NORM_REL
 from editguard.restore import RestorePoint, StateChanged, put_back_cases, put_back_state
 from editguard.run.records import ANATOMY_FIELDS, CaseRecord
-from editguard.tokens import check_case_fits
+from editguard.tokens import check_case_fits, fits
 
 
 @dataclass
@@ -215,7 +216,7 @@ def _measure_edit(mue: ModelUnderEdit, editor: Editor, case: EditCase | Sequence
                   thresholds: Thresholds, snapshot: WeightSnapshot, timings: dict[str, float],
                   start: float, probe_step: bool = True, measure_scores: bool = False,
                   edited_since_pristine: Sequence[str] = (), *, phase: list[str],
-                  state: ModelState | None = None) -> CaseResult:
+                  state: ModelState | None = None, upcoming: Sequence[EditCase] = ()) -> CaseResult:
     """Apply the edit on top of the model as it is, measure and judge; restores nothing.
     `snapshot` holds the touched weights as they were just before this edit; `edited_since_pristine`
     names every parameter earlier edits of a sequence touched (the layers below all of them are
@@ -240,6 +241,8 @@ def _measure_edit(mue: ModelUnderEdit, editor: Editor, case: EditCase | Sequence
     phase[0] = "edit"
     case_fields = [vars(c).copy() for c in cases]
     state = state if state is not None else ModelState(mue)
+    if upcoming:   # copies (the editor cannot reach cases it has not been given), of those that fit
+        tell_upcoming(editor, [copy.copy(c) for c in upcoming[:UPCOMING_CASES] if fits(mue, c)])
     report = checked_report(editor, editor.apply(mue, cases))
     timings["edit"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -314,11 +317,17 @@ def peak_memory_mb(mue: ModelUnderEdit) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+# How many of the next cases a single edit's editor is told of (editors.api.SearchesAhead).
+UPCOMING_CASES = 8
+
+
 def check(mue: ModelUnderEdit, editor: Editor, case: EditCase | Sequence[EditCase], baseline: Baseline,
-          thresholds: Thresholds = Thresholds(), measure_scores: bool = False) -> CaseResult:
+          thresholds: Thresholds = Thresholds(), measure_scores: bool = False,
+          upcoming: Sequence[EditCase] = ()) -> CaseResult:
     """Apply `editor` to `case` (or to a batch of cases in one call), measure, judge, and restore
     the model bit for bit. With `measure_scores`, generalization and locality are measured too
-    (quality mode)."""
+    (quality mode). `upcoming`: the cases the next checks on this model will edit, in order (the
+    first UPCOMING_CASES are told to an editor that searches ahead: ROME)."""
     timings: dict[str, float] = {}
     start = time.perf_counter()
     with named_phase(["snapshot"]):
@@ -327,7 +336,7 @@ def check(mue: ModelUnderEdit, editor: Editor, case: EditCase | Sequence[EditCas
     timings["snapshot"] = time.perf_counter() - start
     try:
         result = _edit_and_measure(mue, editor, case, baseline, thresholds, restore_point.snapshot, timings, start,
-                                   measure_scores=measure_scores, state=restore_point.state)
+                                   measure_scores=measure_scores, state=restore_point.state, upcoming=upcoming)
     except BaseException as err:
         _restore(restore_point, timings, during=err)
         raise

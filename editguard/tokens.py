@@ -53,6 +53,15 @@ def check_case_fits(mue: ModelUnderEdit, case: EditCase, scored_prompts: bool = 
                                 f"{limit} {where}: shorten it")
 
 
+def fits(mue: ModelUnderEdit, case: EditCase) -> bool:
+    """Whether check_case_fits would take the case for an edit."""
+    try:
+        check_case_fits(mue, case)
+    except CaseError:
+        return False
+    return True
+
+
 def prompt_target_ids(tokenizer, prompt: str, target: str) -> tuple[list[int], list[int]]:
     """Token ids of `prompt` and of " " + `target` (without special tokens: it continues the prompt).
     Target token j is predicted at position len(prompt ids) − 1 + j."""

@@ -133,6 +133,32 @@ def suite_name(node) -> str:
     return path.parent.name if path.parent.name not in ("tests", "") else path.stem
 
 
+UPCOMING_KEY = pytest.StashKey[tuple]()
+
+
+def upcoming_cases(request: pytest.FixtureRequest) -> list:
+    """The cases the next single-edit tests of this process will edit, in run order (told to an
+    editor that searches ahead: ROME searches their v* with this edit's). None under xdist, whose
+    workers do not know their next tests ahead, and none in a sequence."""
+    config = request.config
+    if hasattr(config, "workerinput"):
+        return []
+    if UPCOMING_KEY not in config.stash:
+        single = [(item.nodeid, case) for item in request.session.items
+                  if (case := getattr(getattr(item, "callspec", None), "params", {}).get("edit_case")) is not None
+                  and not isinstance(case, (tuple, list)) and "edit_guard" in getattr(item, "fixturenames", ())
+                  and not is_sequential(config, getattr(item, "module", None))]
+        config.stash[UPCOMING_KEY] = ([case for _, case in single],
+                                      {nodeid: position for position, (nodeid, _) in enumerate(single)})
+    cases, position_of = config.stash[UPCOMING_KEY]
+    position = position_of.get(request.node.nodeid)
+    if position is None:
+        return []
+    from editguard.guard import UPCOMING_CASES
+
+    return cases[position + 1 : position + 1 + UPCOMING_CASES]
+
+
 class EditGuard:
     """What tests use: `check(case)` returns a CaseResult; `assert_safe(case)` fails the test
     with the reasons when a gate fails. Every result is recorded for the end-of-run report."""
@@ -181,7 +207,8 @@ class EditGuard:
         else:
             try:
                 result = check(self.model, self.editor, case, self.baseline, self.gates.thresholds,
-                               measure_scores=self.settings.quality.measure_scores)
+                               measure_scores=self.settings.quality.measure_scores,
+                               upcoming=upcoming_cases(self._request) if isinstance(case, EditCase) else ())
             except Exception as err:
                 self._record_error(case, err)
                 if not isinstance(err, user_errors()):

@@ -90,6 +90,9 @@ def test_json_report_holds_every_field(suite):
             assert key in case, key
         assert case["denominator_ratio"] == pytest.approx(1.0)
         assert case["ppl_baseline"] == pytest.approx(run["baseline_ppl"])
+    # The first edit searched the next two cases' v* with its own; they used theirs (same model).
+    assert [c["diagnostics"]["v_star_search"] for c in doc["cases"]] == [
+        "with t2, t3", "ahead, during t1", "ahead, during t1"]
 
 
 def test_unsafe_user_editor_fails_with_named_gates_and_report(suite):
@@ -207,6 +210,8 @@ def test_sequential_mode_accumulates_edits_and_restores_after_the_module(suite):
     # Later steps measure a model that carries the earlier edits: the cumulative change grows.
     cumulative = [c["diagnostics"]["cumulative_update_norm_rel"] for c in steps]
     assert cumulative[-1] > steps[0]["diagnostics"]["update_norm_rel"] * 0.999
+    # Each step edits the model the earlier ones left: no v* is searched ahead.
+    assert {c["diagnostics"]["v_star_search"] for c in steps} == {"alone"}
 
 
 def test_sequences_default_to_me_ppl_1k(suite):

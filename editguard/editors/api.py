@@ -18,10 +18,11 @@ group `editguard.editors` (see editguard.editors.registry).
 Optional parts are declared as protocols of their own: `hparams(model)` (the values an edit
 runs with, for the report: `HasHparams`), `reset()` (an editor with memory across sequential
 edits, such as AlphaEdit: `Resettable`), `prepare(model)` (`NeedsPreparation`), `statistics(model)`
-(`UsesStatistics`: which second-moment statistics the edits use, for the report) and the class
+(`UsesStatistics`: which second-moment statistics the edits use, for the report), `upcoming(cases)`
+(the cases the next single edits will get, to prepare with this one: `SearchesAhead`) and the class
 attribute `batch_edits = True` (several cases per `apply`: `BatchEditing`). Callers go through
-`editor_hparams`, `reset_editor`, `prepare_editor`, `editor_statistics` and `edits_in_batches`, never
-through hasattr.
+`editor_hparams`, `reset_editor`, `prepare_editor`, `editor_statistics`, `tell_upcoming` and
+`edits_in_batches`, never through hasattr.
 """
 
 from __future__ import annotations
@@ -107,6 +108,23 @@ class BatchEditing(Protocol):
     per call (--batch-size 1)."""
 
     batch_edits: bool
+
+
+@runtime_checkable
+class SearchesAhead(Protocol):
+    """Optional: an editor that can prepare the edits it will be given next. Before a single edit's
+    `apply`, the harness tells it the cases the next single edits will get (each on the model as it
+    is now: the harness puts the model back after every edit); ROME searches their v* in one batch
+    with the current case's. What it prepares must only be used on the model it was prepared on."""
+
+    def upcoming(self, cases: Sequence[EditCase]) -> None:
+        """The cases of the next single edits, in order (copies: changing them changes nothing)."""
+
+
+def tell_upcoming(editor: Editor, cases: Sequence[EditCase]) -> None:
+    """Tell an editor that searches ahead which cases come next; any other editor needs nothing."""
+    if isinstance(editor, SearchesAhead):
+        editor.upcoming(cases)
 
 
 def edits_in_batches(editor: Editor) -> bool:

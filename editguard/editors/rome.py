@@ -29,7 +29,7 @@ from editguard.editors.api import EditReport
 from editguard.editors.covariance import StatsSource, inverse_second_moment_from, plan_statistics
 from editguard.editors.hparams import Hparams, ranged
 from editguard.editors.keys import context_templates, fill, keys_and_values
-from editguard.editors.value import optimize_value
+from editguard.editors.value import SearchAhead
 from editguard.models.loading import ModelUnderEdit
 from editguard.options import UPDATE_NORM_REL
 
@@ -108,6 +108,7 @@ class ROME:
     data_dir: Any = None
     prefix_at_test: bool = True   # consistent editors only: C-ROME (True) or r-ROME (False)
     _statistics: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _search_ahead: SearchAhead = field(default_factory=SearchAhead, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         RomeHparams.check_overrides(self.overrides)  # fail at construction, not at the first edit
@@ -143,6 +144,12 @@ class ROME:
     def prepare(self, mue: ModelUnderEdit) -> None:
         self.statistics(mue)
 
+    def upcoming(self, cases: Sequence[EditCase]) -> None:
+        """The cases of the next single edits: their v* are searched in one batch with the next
+        edit's (editors.value.SearchAhead; on a 2-core CPU four cases' searches took 62 s in one
+        batch against 72 s one by one)."""
+        self._search_ahead.upcoming(cases)
+
     def apply(self, mue: ModelUnderEdit, cases: Sequence[EditCase]) -> EditReport:
         if len(cases) != 1:
             raise ValueError(f"{self.name} applies one edit at a time; got {len(cases)} cases "
@@ -153,7 +160,7 @@ class ROME:
         templates = context_templates(mue, hp.context_template_length_params, hp.template_seed)
         keys = subject_keys(mue, hp.layer, case, templates)
         seconds_keys, clock = time.perf_counter() - clock, time.perf_counter()
-        value = optimize_value(mue, hp, hp.layer, case, templates)
+        value, v_star_search = self._search_ahead.value(mue, hp, hp.layer, case, templates)
         seconds_value, clock = time.perf_counter() - clock, time.perf_counter()
         left = keys.k_bar
         if hp.mom2_adjustment:
@@ -186,6 +193,9 @@ class ROME:
             "v_steps": value.steps,
             "v_loss": value.loss,
             "v_target_prob": value.target_prob,
+            # "alone", "with <ids>" (this edit searched their v* too: seconds_v_star counts theirs) or
+            # "ahead, during <id>" (searched in that case's edit: seconds_v_star is only the check)
+            "v_star_search": v_star_search,
             "seconds_keys": seconds_keys,
             "seconds_v_star": seconds_value,
             "seconds_update": seconds_update,

@@ -5,9 +5,10 @@ the new target, with the papers' KL term, weight decay, norm clamp and early sto
 `ValueObjective` is the loss of one or several cases as a function of their δ, computed only where
 it can change (prefix cache, the layers below run once, the LM head at the scored positions);
 `descend` is the papers' Adam loop over it; `optimize_values` searches cases `CASES_PER_SEARCH` at a
-time, `optimize_value` one. `hp` is any hyperparameters with the v_* fields (`v_num_grad_steps`,
-`v_lr`, `v_weight_decay`, `v_precision`), `clamp_norm_factor`, `kl_factor` and `early_stop_loss`:
-ROME's and MEMIT's.
+time, `optimize_value` one; `SearchAhead` searches a single edit's v* with those of the cases the
+next single edits will get, and hands them out when their turn comes on the same model. `hp` is
+any hyperparameters with the v_* fields (`v_num_grad_steps`, `v_lr`, `v_weight_decay`,
+`v_precision`), `clamp_norm_factor`, `kl_factor` and `early_stop_loss`: ROME's and MEMIT's.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from editguard.editors.keys import fill, subject_last_index
 from editguard.models.forward import cache_kwargs, input_and_output_of, inputs_until, starting_at_layer
 from editguard.models.loading import ModelUnderEdit, token_grid
 from editguard.models.precision import precision_context
+from editguard.models.snapshot import weight_digests
+from editguard.models.state import ModelState
 
 
 @dataclass
@@ -344,3 +347,72 @@ def optimize_value(mue: ModelUnderEdit, hp: Hparams, layer: int, case: EditCase,
     fields (v_precision bfloat16: the passes run under autocast), clamp_norm_factor, kl_factor and
     early_stop_loss."""
     return optimize_values(mue, hp, layer, [case], templates, scale_module)[0]
+
+
+def _value_inputs(case: EditCase) -> tuple[str, str, str]:
+    """What of a case its v* depends on (with the model, hp, layer and templates)."""
+    return case.prompt, case.subject, case.target_new
+
+
+@dataclass
+class _ModelAtSearch:
+    """The model a batch of v* was searched on: every weight's digest, everything else of the model
+    under edit (models.state), and the search's own inputs."""
+
+    digests: dict[str, str]
+    state: ModelState
+    inputs: tuple
+
+    def matches(self, mue: ModelUnderEdit, inputs: tuple) -> bool:
+        return inputs == self.inputs and weight_digests(mue.model) == self.digests and not self.state.changes(mue)
+
+
+class SearchAhead:
+    """A single edit's v* searched in one batch with those of the next cases (`upcoming`), up to
+    CASES_PER_SEARCH in all: a harness restores the model after each single edit, so the next
+    cases start from the model this one starts from. A case's v* found ahead is used only when
+    the model is the one it was searched on — same weights (digests), same hooks, modules,
+    settings and tokenizer (models.state.ModelState), same hyperparameters, layer and templates —
+    and is searched again otherwise. A batch that fails (a later case malformed, say) is searched
+    again for the current case alone, so an error stays with its own case.
+
+    `value` returns the v* and a note for the report: "alone", "with <ids>" (this edit's batch) or
+    "ahead, during <id>" (found while an earlier case was edited)."""
+
+    def __init__(self, cases_per_search: int = CASES_PER_SEARCH):
+        self.cases_per_search = cases_per_search
+        self.next_cases: list[EditCase] = []
+        self.found: dict[tuple[str, str, str], tuple[ValueResult, str]] = {}
+        self.model_at_search: _ModelAtSearch | None = None
+
+    def upcoming(self, cases: Sequence[EditCase]) -> None:
+        self.next_cases = list(cases)
+
+    def value(self, mue: ModelUnderEdit, hp: Hparams, layer: int, case: EditCase, templates: list[str],
+              scale_module: str | None = None) -> tuple[ValueResult, str]:
+        inputs = (mue.fingerprint, hp, layer, tuple(templates), scale_module)
+        ahead = self.found.pop(_value_inputs(case), None)
+        if ahead is not None and self.model_at_search.matches(mue, inputs):
+            return ahead
+        self.found, self.model_at_search = {}, None
+        batch, seen = [case], {_value_inputs(case)}
+        for later in self.next_cases:
+            if len(batch) == self.cases_per_search:
+                break
+            if _value_inputs(later) not in seen:
+                batch.append(later), seen.add(_value_inputs(later))
+        self.next_cases = []   # told again before the next edit
+        if len(batch) > 1:
+            at_search = _ModelAtSearch(weight_digests(mue.model), ModelState(mue), inputs)
+            try:
+                results = optimize_values(mue, hp, layer, batch, templates, scale_module,
+                                          cases_per_search=len(batch))
+            except Exception:
+                results = None   # searched again alone below: the error, if any, is this case's
+            if results is not None:
+                ids = ", ".join(str(c.case_id) for c in batch[1:])
+                self.found = {_value_inputs(c): (r, f"ahead, during {case.case_id}")
+                              for c, r in zip(batch[1:], results[1:])}
+                self.model_at_search = at_search
+                return results[0], f"with {ids}"
+        return optimize_value(mue, hp, layer, case, templates, scale_module), "alone"

@@ -18,8 +18,9 @@ RUN_IDENTITY = ("model", "model_fingerprint", "editor", "hparams", "thresholds",
                 "edit_precision")
 # A suite module's fields that must agree where two shards ran the same module.
 SUITE_IDENTITY = ("sequential", "ppl_corpus")
-# Case fields that are wall-clock measurements: they differ between any two runs.
-TIMING_FIELDS = ("seconds", "timings", "peak_memory_mb")
+# Case fields (and diagnostics) that say how a run went, not what it measured: wall-clock times,
+# and which cases' v* ROME searched together (xdist workers and shards search fewer ahead).
+TIMING_FIELDS = ("seconds", "timings", "peak_memory_mb", "v_star_search")
 
 
 class MergeError(ReportError, ValueError):
