@@ -25,7 +25,7 @@ from editguard.editors.api import editor_hparams
 from editguard.errors import DataError, bounded
 from editguard.files import parse_config_text
 from editguard.gates import Thresholds, is_collapsed
-from editguard.guard import UPCOMING_CASES, check
+from editguard.guard import check
 from editguard.options import CALIBRATION_MODEL, COLLAPSE_PPL, DEFAULT_EDITOR, OPTIONS_BY_NAME, UPDATE_NORM_REL
 from editguard.report.json_report import versions
 from editguard.suite_files import find_suite_file, prepared_file
@@ -154,14 +154,11 @@ def calibrate(mue, editor, cases, baseline, *, mined: dict[str, Any] | None = No
     holds rows of cases measured before (an interrupted calibration resumed): they are not edited
     again, nor passed to `progress`."""
     rows = []
-    to_edit = [case for case in cases if not (done and case.case_id in done)]
-    edited = 0
     for case in cases:
         if done and case.case_id in done:
             rows.append(done[case.case_id])
             continue
-        edited += 1
-        result = check(mue, editor, case, baseline, upcoming=to_edit[edited : edited + UPCOMING_CASES])
+        result = check(mue, editor, case, baseline)
         r = result.to_json()
         row = {"case_id": case.case_id, "text": case.text, "ppl": r["ppl"],
                "ppl_ratio": r["ppl"] / baseline.ppl.ppl if r["ppl"] is not None else None,

@@ -20,7 +20,7 @@ from typing import Any, Callable
 from editguard.cases import EditCase, write_cases
 from editguard.editors.api import editor_hparams
 from editguard.gates import Thresholds, is_collapsed
-from editguard.guard import UPCOMING_CASES, Baseline, check
+from editguard.guard import Baseline, check
 from editguard.models.loading import ModelUnderEdit
 from editguard.options import UPDATE_NORM_REL
 from editguard.report.json_report import versions
@@ -95,16 +95,12 @@ def mine(mue: ModelUnderEdit, editor, candidates: list[tuple[EditCase, str]], ba
     if not path.exists() or not path.read_text().strip():
         path.write_text(json.dumps({"header": header}) + "\n")
     records = []
-    to_edit = [case for case, _ in candidates if case.case_id not in done]
-    edited = 0
     with open(path, "a", encoding="utf-8") as log:
         for case, group in candidates:
             if case.case_id in done:
                 record = done[case.case_id]
             else:
-                edited += 1
-                result = check(mue, editor, case, baseline, thresholds,
-                               upcoming=to_edit[edited : edited + UPCOMING_CASES])
+                result = check(mue, editor, case, baseline, thresholds)
                 record = {**result.to_json(), "group": group,
                           "degradation": degradation(result.ppl, baseline.ppl.ppl, thresholds),
                           "screen": (risk or {}).get(case.case_id)}
