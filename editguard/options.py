@@ -299,6 +299,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("downstream-precision", str, "auto",
            f"precision of the downstream probes: {', '.join(PRECISIONS)} (auto: bfloat16 autocast where "
            "the CPU/GPU multiplies it fast, else float32)", metavar="PRECISION", choices=PRECISIONS),
+    Option("threads", int, None,
+           "torch's CPU threads in each process (matrix products and element-wise work)", namespaced=True,
+           metavar="N", minimum=1,
+           default_help="torch's own (OMP_NUM_THREADS, else one per core); under pytest -n N: the CPUs this "
+                        "process may use, divided among the N workers (at least 1 each)"),
     Option("edit-precision", str, "float32",
            f"precision of the edit's v* search (ROME, C-ROME, r-ROME, MEMIT, AlphaEdit) and of the perplexity "
            f"probe, baseline included: {', '.join(PRECISIONS)} (auto: bfloat16 autocast where the CPU/GPU multiplies "

@@ -45,6 +45,7 @@ from pytest_editguard.settings import (
     read_settings,
     sequence_name,
     user_errors,
+    xdist_workers,
 )
 
 __all__ = ["EditGuard", "EditguardSettings"]
@@ -256,6 +257,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     corpus = s.ppl_corpus or f"{s.ppl_corpus_for(sequential=False)} (sequences: {s.ppl_corpus_for(sequential=True)})"
     mode = " sequential" if s.sequential else ""
     extra = (f" devices={','.join(s.devices)}" if s.devices else "") + (f" shard={s.shard_label}" if s.shard else "")
+    extra += f" threads={s.threads}" + (" per worker" if xdist_workers(config) else "") if s.threads else ""
     if s.downstream:
         picked = f"first {s.downstream_limit}" if s.downstream_limit else f"n={s.downstream_n}"
         extra += f" downstream={','.join(s.downstream)} ({picked})"

@@ -125,6 +125,14 @@ def _check_output_paths(config: pytest.Config, json_path: str | None, plots_dir:
         raise pytest.UsageError(str(err)) from None
 
 
+def xdist_workers(config: pytest.Config) -> int | None:
+    """How many pytest-xdist workers this run has (on a worker and on their controller); None without -n."""
+    if hasattr(config, "workerinput"):
+        return int(config.workerinput["workercount"])
+    count = getattr(config.option, "numprocesses", None)
+    return count if isinstance(count, int) and count > 0 and getattr(config.option, "dist", "no") != "no" else None
+
+
 def read_settings(config: pytest.Config) -> EditguardSettings:
     """The run's frozen settings from the command line and ini keys (editguard.run.config.RunConfig);
     bad input is a pytest usage error naming the option. Outputs are proven writable now."""
@@ -138,7 +146,8 @@ def read_settings(config: pytest.Config) -> EditguardSettings:
     try:
         settings = RunConfig.from_options(lambda name: option_value(config, name),
                                           lambda name: option_given(config, name),
-                                          worker_index=int(worker.removeprefix("gw")) if worker else None, warn=warn)
+                                          worker_index=int(worker.removeprefix("gw")) if worker else None,
+                                          worker_count=xdist_workers(config), warn=warn)
     except UsageError as err:
         raise pytest.UsageError(str(err)) from None
     _check_output_paths(config, settings.json_path, settings.plots_dir, settings.markdown_path,

@@ -29,6 +29,7 @@ PLUGIN_FLAGS = {
     "--editguard-hparams-any-family",
     "--sequence-length", "--ppl-every", "--sequence-stop-on-collapse", "--batch-size",
     "--downstream-limit", "--editguard-lm-eval-json", "--editguard-trust-remote-code", "--editguard-edit-precision",
+    "--editguard-threads",
 }
 
 
@@ -66,7 +67,8 @@ def test_defaults_are_the_library_ones():
 
 # Where a command's default differs from the plugin's, on purpose.
 OWN_DEFAULTS = {(command, "ppl-corpus") for command in ("ppl", "mine", "filter", "analyze", "eval")} | {
-    ("analyze", "max-cases"), ("eval", "max-cases"), ("analyze", "editor"), ("eval", "editor")}
+    ("analyze", "max-cases"), ("eval", "max-cases"), ("analyze", "editor"), ("eval", "editor"),
+    ("train-mend", "threads")}
 
 
 def _cli_actions(*command):

@@ -410,6 +410,45 @@ def test_xdist_run_equals_the_serial_run(suite):
     assert compare_reports(serial, parallel) == []
 
 
+THREADS_PROBE = """
+import os, pytest, torch
+
+@pytest.mark.parametrize("i", range(4))
+def test_threads(model_under_edit, i):
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    with open(f"threads-{worker}-{i}.txt", "w") as f:
+        f.write(str(torch.get_num_threads()))
+"""
+
+
+def _threads_seen(suite, *args):
+    for old in suite.path.glob("threads-*.txt"):
+        old.unlink()
+    result = suite.runpytest_subprocess(*base_args("test_threads.py", *args))
+    result.assert_outcomes(passed=4)
+    return result, {int(p.read_text()) for p in suite.path.glob("threads-*.txt")}
+
+
+def test_xdist_workers_each_take_their_share_of_the_cpus(suite, monkeypatch):
+    """Two workers with torch's default would each start one thread per core and contend for them;
+    each takes half the CPUs instead, an explicit --editguard-threads wins, and OMP_NUM_THREADS
+    (torch's own setting) is left alone."""
+    import os
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    suite.makepyfile(test_threads=THREADS_PROBE)
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    result, seen = _threads_seen(suite, "-n", "2")
+    assert seen == {share}
+    result.stdout.fnmatch_lines([f"editguard: * threads={share} per worker*"])
+    assert _threads_seen(suite, "-n", "2", "--editguard-threads=3")[1] == {3}
+    assert _threads_seen(suite, "--editguard-threads=3")[1] == {3}
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    result, seen = _threads_seen(suite, "-n", "2")
+    assert seen == {2}
+    assert "threads=" not in result.stdout.str()
+
+
 def test_junit_xml_carries_each_case_numbers(suite):
     import xml.etree.ElementTree as ET
 

@@ -98,6 +98,32 @@ def test_worker_devices():
     assert worker_device("cuda:2", None, 1, 4) == "cuda:2"    # an explicit device wins
 
 
+def test_xdist_workers_share_the_cpus_unless_told():
+    from editguard.run.config import threads_per_worker
+
+    assert threads_per_worker(2, {}, 2) == 1
+    assert threads_per_worker(4, {}, 16) == 4
+    assert threads_per_worker(3, {}, 2) == 1                       # never below one
+    assert threads_per_worker(None, {}, 16) is None                # one process: torch's own
+    assert threads_per_worker(1, {}, 16) is None
+    assert threads_per_worker(2, {"OMP_NUM_THREADS": "3"}, 16) is None   # the user said it already
+
+
+def test_an_explicit_thread_count_wins_over_the_workers_share():
+    from editguard.options import OPTIONS_BY_NAME
+    from editguard.run.config import RunConfig
+
+    def config(values, worker_count):
+        return RunConfig.from_options(lambda name: values.get(name, OPTIONS_BY_NAME[name].default),
+                                      worker_index=0 if worker_count else None, worker_count=worker_count)
+
+    assert config({"threads": 3}, 2).threads == 3
+    assert config({"threads": 3}, None).threads == 3
+    assert config({}, None).threads is None
+    with pytest.raises(ValueError, match="expected an integer ≥ 1, got '0'"):
+        OPTIONS_BY_NAME["threads"].parse("0")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_cuda_without_cuda_is_a_clear_error():
     with pytest.raises(ValueError, match="--device cuda:1: CUDA is not available on this machine"):

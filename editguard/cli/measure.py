@@ -7,7 +7,6 @@ import os
 
 from editguard.cli.common import (
     DEFAULT_OUT,
-    NON_NEGATIVE,
     POSITIVE,
     add_model_options,
     add_options,
@@ -136,7 +135,7 @@ def register(sub) -> None:
     add_options(p, "max-cases", "ppl-corpus", "ppl-bos", "downstream-precision", max_cases=10,
                 ppl_corpus=SINGLE_EDIT_PPL_CORPUS)
     p.add_argument("--sequential", action="store_true", help="apply the edits one after another (else one batch)")
-    p.add_argument("--threads", type=NON_NEGATIVE, default=0, help="torch CPU threads (0: torch's default)")
+    add_options(p, "threads")
     p.add_argument("--json", default=None, help="JSON path (default out/eval-MODEL[-EDITOR].json)")
     add_options(p, "lm-eval-json")
     p.set_defaults(run=cmd_eval, outputs={"json": False, "lm_eval_json": False}, default_outputs={"json": DEFAULT_OUT})

@@ -6,7 +6,6 @@ import json
 
 from editguard.cli.common import (
     DEFAULT_OUT,
-    NON_NEGATIVE,
     POSITIVE,
     add_model_options,
     add_options,
@@ -123,9 +122,7 @@ def register(sub) -> None:
     p.add_argument("--cases", default="counterfact",
                    help="counterfact (its train split, without the cases the suites edit) or a case file")
     add_options(p, "hparams", "hparams-any-family")
-    p.add_argument("--threads", type=NON_NEGATIVE, default=1,
-                   help="torch CPU threads (default 1: on a shared 2-core machine 2 threads run ~10x slower); "
-                        "0 keeps torch's")
+    add_options(p, "threads", threads=1)   # 1: training shares the machine with other jobs
     p.add_argument("--no-ppl-locality", action="store_true",
                    help="locality text from the cases' neighbourhood prompts only")
     p.add_argument("--retrain", action="store_true", help="train even if this exact editor is cached")

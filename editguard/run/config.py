@@ -9,9 +9,10 @@ beyond counting them. The gate bounds a model's calibration sets are resolved by
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from editguard.errors import EditguardError, UsageError
 from editguard.gates import QualityGates, Thresholds
@@ -74,6 +75,9 @@ class RunConfig:
     hparams_families: tuple[str, ...] = ()
     hparams_any_family: bool = False
     trust_remote_code: bool = False         # --editguard-trust-remote-code: never implied
+    # torch's CPU threads in this process (--editguard-threads, or this process's share of the CPUs
+    # under pytest -n N: see threads_per_worker); None: torch's own.
+    threads: int | None = None
 
     def ppl_corpus_for(self, sequential: bool) -> str:
         if self.ppl_corpus:
@@ -94,10 +98,12 @@ class RunConfig:
     @classmethod
     def from_options(cls, value: Callable[[str], Any], given: Callable[[str], bool] = lambda name: False, *,
                      flag: Callable[[str], str] = _pytest_flag, worker_index: int | None = None,
+                     worker_count: int | None = None,
                      warn: Callable[[str], None] = lambda message: None) -> "RunConfig":
         """Read every option through `value(name)` (typed, default applied) and `given(name)` (set by
-        the user); `flag(name)` spells an option in errors; `warn` says what a translated EasyEdit
-        hparams file ignores."""
+        the user); `flag(name)` spells an option in errors; `worker_index` and `worker_count` say which
+        of how many pytest-xdist processes this is (None: the only one); `warn` says what a translated
+        EasyEdit hparams file ignores."""
         from editguard.sharding import parse_shard
 
         editor, model = value("editor"), value("model")
@@ -156,7 +162,24 @@ class RunConfig:
             sequence_stop_on_collapse=value("sequence-stop-on-collapse") == "on", batch_size=value("batch-size"),
             explicit_thresholds=explicit, hparams_families=families, hparams_any_family=value("hparams-any-family"),
             trust_remote_code=value("trust-remote-code"),
+            threads=value("threads") or threads_per_worker(worker_count, os.environ, available_cpus()),
         )
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one: a container's or
+    taskset's limit, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def threads_per_worker(worker_count: int | None, environ: Mapping[str, str], cpus: int) -> int | None:
+    """torch threads for one of `worker_count` processes sharing `cpus`: each its share, at least one.
+    Left to torch (None) in a single process, or where OMP_NUM_THREADS says it already: each worker
+    would otherwise start one thread per core, and N workers' threads contending for the same cores
+    run several times slower than one process (docs/guides/scale.md, "One machine")."""
+    if not worker_count or worker_count < 2 or environ.get("OMP_NUM_THREADS"):
+        return None
+    return max(1, cpus // worker_count)
 
 
 def read_hparams(path: str, editor: str, flag: str,

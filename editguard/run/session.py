@@ -130,9 +130,13 @@ class Run:
 
 
 def open_run(config: RunConfig) -> Run:
-    """Load the model and resolve its gate bounds; errors are editguard's (model load, usage). With
-    --editguard-stats-dir the editor is set up now, so that its statistics files are found and
-    checked (or refused, as a usage error) before any test."""
+    """Set torch's threads (config.threads), load the model and resolve its gate bounds; errors are
+    editguard's (model load, usage). With --editguard-stats-dir the editor is set up now, so that
+    its statistics files are found and checked (or refused, as a usage error) before any test."""
+    if config.threads:
+        import torch
+
+        torch.set_num_threads(config.threads)
     model, prepared = apply_prepared(config, config.load_model())
     check_hparams_family(config, model.name, model.family.name)
     gates = resolve_gates(config, model.name, model.fingerprint)
