@@ -1,6 +1,7 @@
 """Per-case time breakdown of a guarded ROME edit on the embedded model (run on demand).
 
-    python bench/case_timing.py [--editor rome] [--cases 4] [--threads N] [--reference] [--alone]
+    python bench/case_timing.py [--editor rome] [--cases 4] [--first K] [--threads N] [--reference] [--alone]
+                                [--workers N]
 
 Prints keys, v*, update, perplexity, efficacy/anatomy and restore seconds per case, and the mean.
 
@@ -20,6 +21,11 @@ Each guarded edit is told the next cases, as a suite run tells it (guard.check's
 then searches four cases' v* in one batch during the first of them and the next three use theirs,
 so the per-case column is uneven and the mean is what compares. `--alone`: each v* searched alone.
 
+`--workers N` runs N copies of the bench side by side, as `pytest -n N` runs a suite: each its own
+`--cases` cases (copy i from case `--first` + i × cases), each on its share of the CPUs
+(`--threads`, default the CPUs divided by N, as the plugin gives an xdist worker), both paths
+interleaved in each; it prints every copy's table and one line over all their cases.
+
 The header names the CPU (/proc/cpuinfo's model name, family/model, cores) and whether it
 multiplies bfloat16 natively (AVX-512 BF16 or AMX flags, as `precision: auto` decides); the
 output is also written to bench/results/case_timing-<cpu>.txt (`--out` to change).
@@ -28,10 +34,13 @@ output is also written to bench/results/case_timing-<cpu>.txt (`--out` to change
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import statistics
 import subprocess
+import sys
+import tempfile
 import time
 
 import torch
@@ -253,7 +262,11 @@ def main() -> None:
     parser.add_argument("--editor", default="rome")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--cases", type=int, default=4)
+    parser.add_argument("--first", type=int, default=0, help="skip the first K HardCF cases")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="run N copies side by side, each on its own cases and its share of the CPUs")
+    parser.add_argument("--summary", default=None, help=argparse.SUPPRESS)   # a copy's per-case seconds, as JSON
     parser.add_argument("--data", default=os.environ.get("EDITGUARD_DATA"))
     parser.add_argument("--reference", action="store_true",
                         help="also run the papers' path on the same cases and compare (ROME only)")
@@ -264,14 +277,17 @@ def main() -> None:
     args = parser.parse_args()
     if args.reference and args.editor != "rome":
         parser.error(f"--reference runs the papers' ROME; --editor {args.editor} has no reference path here")
+    cpu = cpu_info()
+    emit = Tee.for_cpu("case_timing", cpu, args.out)   # every line goes to stdout and the results file
+    if args.workers > 1:
+        return run_workers(args, emit)
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    cpu = cpu_info()
-    emit = Tee.for_cpu("case_timing", cpu, args.out)   # every line goes to stdout and the results file
     commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
                             cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
     emit(f"# python bench/case_timing.py --editor {args.editor} --model {args.model} --cases {args.cases}"
+          f"{f' --first {args.first}' if args.first else ''}{f' --threads {args.threads}' if args.threads else ''}"
           f"{' --reference' if args.reference else ''}{' --alone' if args.alone else ''}   (commit {commit or '?'}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
     emit(f"cpu: {cpu['model']} ({cpu['family']}, {cpu['cpus']} logical CPUs); bfloat16 native: "
@@ -286,7 +302,7 @@ def main() -> None:
     baseline = measure_baseline(mue, sentences, "me-ppl-50")
     emit(f"baseline ME-PPL_50 {baseline.ppl.ppl:.2f}: {time.perf_counter() - t:.1f}s")
     editor = RecordingEditor(get_editor(args.editor, data_dir=args.data))
-    cases = counterfact_hard(args.data, mue.tokenizer)[: args.cases]
+    cases = counterfact_hard(args.data, mue.tokenizer)[args.first : args.first + args.cases]
     # The first edit also generates and caches the context templates: time it apart.
     check(mue, editor, cases[0], baseline)
 
@@ -319,7 +335,9 @@ def main() -> None:
     mean_editguard = statistics.mean(result.seconds for result, _ in results)
     emit(f"mean per case: {mean_editguard:.2f}s over {len(results)} cases")
     emit(f"load after: {load()}")
+    summary = {"editguard": [result.seconds for result, _ in results], "reference": []}
     if not args.reference:
+        write_summary(args.summary, summary)
         return
 
     emit("\nreference path (papers' algorithm: full forward/backward per v* step, float32, ppl.py batching)")
@@ -336,9 +354,60 @@ def main() -> None:
              + f"{total:>11.2f}{steps:>9}{dw_rel:>13.2e}{ref_ppl:>10.2f}{result.ppl:>10.2f}{ppl_rel:>14.2e}"
              + f"{ratios[-1]:>8.2f}×")
     mean_reference = statistics.mean(run[-1] for run in reference_runs)
+    write_summary(args.summary, {**summary, "reference": [run[-1] for run in reference_runs]})
     emit(f"largest relative difference: ΔW {worst_dw:.2e}, ME-PPL_50 {worst_ppl:.2e}")
     emit(f"editguard {mean_editguard:.2f} s/case; reference path {mean_reference:.2f} s/case; "
          f"speedup {mean_reference / mean_editguard:.2f}× (per case: {min(ratios):.2f}× to {max(ratios):.2f}×)")
+
+
+def write_summary(path: str | None, summary: dict) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(summary, f)
+
+
+def run_workers(args, emit) -> None:
+    """--workers N: N copies of this bench side by side on disjoint cases, each on its share of the
+    CPUs; their tables, then the mean seconds per case over all of them."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = args.threads or max(1, cpus // args.workers)
+    emit(f"# python bench/case_timing.py --editor {args.editor} --model {args.model} --cases {args.cases} "
+         f"--workers {args.workers}{' --reference' if args.reference else ''}{' --alone' if args.alone else ''} "
+         f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
+    emit(f"{args.workers} copies side by side, {threads} torch thread(s) each, on {cpus} CPUs; load before: {load()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        procs, start = [], time.perf_counter()
+        for i in range(args.workers):
+            cmd = [sys.executable, os.path.abspath(__file__), "--editor", args.editor, "--model", args.model,
+                   "--cases", str(args.cases), "--first", str(args.first + i * args.cases), "--threads", str(threads),
+                   "--out", os.path.join(tmp, f"{i}.txt"), "--summary", os.path.join(tmp, f"{i}.json")]
+            cmd += ["--data", args.data] if args.data else []
+            cmd += ["--reference"] if args.reference else []
+            cmd += ["--alone"] if args.alone else []
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL))
+        codes = [p.wait() for p in procs]
+        wall = time.perf_counter() - start
+        summaries = []
+        for i, code in enumerate(codes):
+            emit(f"\n## copy {i + 1} of {args.workers} (exit {code})")
+            with open(os.path.join(tmp, f"{i}.txt")) as f:
+                emit(f.read().rstrip())
+            if code:
+                raise SystemExit(f"copy {i + 1} failed (exit {code})")
+            with open(os.path.join(tmp, f"{i}.json")) as f:
+                summaries.append(json.load(f))
+    editguard = [s for summary in summaries for s in summary["editguard"]]
+    line = (f"\nall {len(editguard)} cases, {args.workers} copies side by side ({wall:.0f} s wall): "
+            f"editguard {statistics.mean(editguard):.2f} s/case")
+    reference = [s for summary in summaries for s in summary["reference"]]
+    if reference:
+        ratios = [r / e for e, r in zip(editguard, reference)]
+        line += (f"; reference path {statistics.mean(reference):.2f} s/case; speedup "
+                 f"{statistics.mean(reference) / statistics.mean(editguard):.2f}× "
+                 f"(per case: {min(ratios):.2f}× to {max(ratios):.2f}×)")
+    emit(line)
+    emit(f"load after: {load()}")
+
 
 if __name__ == "__main__":
     main()
