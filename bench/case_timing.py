@@ -50,6 +50,7 @@ from editguard.data import load_ppl_corpus
 from editguard.editors.keys import context_templates
 from editguard.editors.value import _frozen
 from editguard.models.precision import cpu_multiplies_bfloat16_natively
+from editguard.run.config import available_cpus, threads_per_worker
 from editguard.suites import counterfact_hard
 
 COLUMNS = ["seconds_keys", "seconds_v_star", "seconds_update", "perplexity", "efficacy", "anatomy", "restore"]
@@ -369,8 +370,8 @@ def write_summary(path: str | None, summary: dict) -> None:
 def run_workers(args, emit) -> None:
     """--workers N: N copies of this bench side by side on disjoint cases, each on its share of the
     CPUs; their tables, then the mean seconds per case over all of them."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = args.threads or max(1, cpus // args.workers)
+    cpus = available_cpus()
+    threads = args.threads or threads_per_worker(args.workers, {}, cpus)   # as the plugin's xdist workers
     emit(f"# python bench/case_timing.py --editor {args.editor} --model {args.model} --cases {args.cases} "
          f"--workers {args.workers}{' --reference' if args.reference else ''}{' --alone' if args.alone else ''} "
          f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")

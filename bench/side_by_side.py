@@ -21,6 +21,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from case_timing import Tee, cpu_info, load  # noqa: E402
 
+from editguard.run.config import available_cpus  # noqa: E402
+
 
 def steps_per_second(args, case: int, threads: int, start_at: float) -> None:
     """One copy: load, warm up one step, wait for `start_at`, time the steps; prints s/step."""
@@ -79,7 +81,7 @@ def main() -> None:
         return steps_per_second(args, int(case), int(threads), float(start_at))
     cpu = cpu_info()
     emit = Tee.for_cpu("side_by_side", cpu, args.out)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cpus = available_cpus()
     emit(f"# python bench/side_by_side.py --model {args.model} --steps {args.steps} "
          f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
     emit(f"cpu: {cpu['model']} ({cpu['family']}, {cpus} CPUs); load before: {load()}")
