@@ -90,3 +90,23 @@ def test_shards_and_xdist_share_one_unit_of_work():
     assert {work_unit(n) for n in steps} == {"suites/seq/test_s.py"}
     assert work_unit("suites/hardcf/test_hardcf.py::test_edit[1-Paris]").endswith("[1-Paris]")
     assert plugin.work_unit is work_unit and not hasattr(plugin, "unit")
+
+
+def test_open_run_sets_the_threads_the_config_says_for_the_plugin_and_the_cli():
+    """One place applies --threads / the xdist share: open_run, which the plugin and every
+    model-loading command (editguard.cli.common.open_setup) open their runs with."""
+    import argparse
+
+    import torch
+
+    from editguard.cli.common import run_config
+
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    try:
+        config = run_config(argparse.Namespace(model="tiny-llama", threads=wanted))
+        assert config.threads == wanted
+        open_run(config)
+        assert torch.get_num_threads() == wanted
+    finally:
+        torch.set_num_threads(before)

@@ -53,10 +53,6 @@ def cmd_eval(args) -> int:
     from editguard.metrics.lm_eval import write_lm_eval_json
     from editguard.tasks import parse_task_list
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     tasks = parse_task_list(args.tasks)
     n = None if args.n == "full" or args.limit is not None else int(args.n)
     setup = open_setup(args, editor=bool(args.editor), baseline=bool(args.editor))

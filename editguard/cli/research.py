@@ -64,8 +64,6 @@ def cmd_train_mend(args) -> int:
     from editguard.mend_data import locality_sentences, training_cases
     from editguard.progress import progress_bar
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     args.editor = "mend"   # --hparams is MEND's: editguard's keys, or an EasyEdit MEND file (translated)
     setup = open_setup(args)
     mue = setup.mue
