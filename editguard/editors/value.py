@@ -23,7 +23,13 @@ import torch
 from editguard.cases import EditCase
 from editguard.editors.hparams import Hparams
 from editguard.editors.keys import fill, subject_last_index
-from editguard.models.forward import cache_kwargs, input_and_output_of, inputs_until, starting_at_layer
+from editguard.models.forward import (
+    cache_kwargs,
+    grouped_query_attention,
+    input_and_output_of,
+    inputs_until,
+    starting_at_layer,
+)
 from editguard.models.loading import ModelUnderEdit, token_grid
 from editguard.models.precision import precision_context
 from editguard.models.snapshot import weight_digests
@@ -327,7 +333,7 @@ def optimize_values(mue: ModelUnderEdit, hp: Hparams, layer: int, cases: Sequenc
                     cases_per_search: int = CASES_PER_SEARCH) -> list[ValueResult]:
     """Each case's v* (see optimize_value), `cases_per_search` cases searched in one batch."""
     results = []
-    with _frozen(mue.model), precision_context(mue, hp.v_precision):
+    with _frozen(mue.model), precision_context(mue, hp.v_precision), grouped_query_attention(mue):
         for start in range(0, len(cases), cases_per_search):
             objective = ValueObjective(mue, hp, layer, cases[start : start + cases_per_search], templates,
                                        scale_module)

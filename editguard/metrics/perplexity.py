@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from editguard.errors import DataError, bounded
-from editguard.models.forward import inputs_until, starting_at_layer
+from editguard.models.forward import grouped_query_attention, inputs_until, starting_at_layer
 from editguard.models.loading import ModelUnderEdit
 from editguard.models.precision import precision_context
 from editguard.options import DEFAULT_PPL_BOS, PPL_BOS_CHOICES
@@ -170,7 +170,7 @@ def perplexity(mue: ModelUnderEdit, sentences: list[str], *, bos: str = DEFAULT_
     encoded = encode_sentences(mue, sentences, add_bos, max_length)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     per_sentence_nll: list[torch.Tensor | None] = [None] * len(encoded)
-    with precision_context(mue, precision):
+    with precision_context(mue, precision), grouped_query_attention(mue):
         for i, j in length_batches([len(encoded[k]) for k in order], tokens_per_batch):
             chunk = order[i:j]
             for idx, nll in zip(chunk, token_nlls(mue, [encoded[k] for k in chunk], unchanged_below, layer_inputs)):
